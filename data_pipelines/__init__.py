@@ -1,0 +1,1 @@
+"""Preprocessing jobs: image tiles + OSM vectors → tile graphs → ArrayRecord shards (local, Beam, TFDS)."""

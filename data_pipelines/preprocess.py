@@ -1,0 +1,339 @@
+"""The preprocessing job: tiles → graph records → ArrayRecord shards + manifest.json + errors.jsonl.
+
+`process_tile` is the whole per-tile computation, a pure function of (TileSpec, PreprocessConfig); the local runner
+(`run_local`, worker processes) and the Beam pipeline (`beam_pipeline.py`) both call it and both write through
+`shard_plan`/`make_manifest`, so their outputs are identical.
+
+Problems never pass silently: each goes to errors.jsonl with tile, file, severity and reason, and the manifest
+counts them. 'error' means the tile was not written, 'warning' that a feature was repaired or dropped, 'note' an
+expected condition (empty layer, image-only tile, Delaunay skipped). `strict` turns any error or warning fatal.
+"""
+import dataclasses
+import datetime
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from geolink_jax.data import record_format, shards, tile_sources
+from geolink_jax.data.tile_sources import TileError
+from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, geometry, osm_graph, tag_encoders
+
+MANIFEST = "manifest.json"
+ERRORS = "errors.jsonl"
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Options of a preprocessing run (recorded in the manifest)."""
+
+    encoder: str = "e5"                 # tag encoder spec: e5 | hash[:dim] | clip[:path]
+    seed: int = 0                       # polygon sample-point seed (mixed with each tile id)
+    invalid_geometry: str = "repair"    # repair (shapely.make_valid) | skip
+    max_features: int = 5000            # tiles with more cleaned features are reported and not written
+    aspect_tolerance: float = 0.25      # bbox ground aspect vs image pixel aspect
+    tiles_per_shard: int = 512
+    pbf: str | None = None              # OSM PBF to take features from (in addition to vector files)
+
+
+class PreprocessError(RuntimeError):
+    """A strict run stopped on a problem."""
+
+
+@dataclasses.dataclass
+class TileResult:
+    """Outcome of one tile: the encoded record (None if not written) and a small summary for the manifest."""
+
+    index: int
+    tile_id: str
+    record: bytes | None
+    summary: dict
+
+
+_ENCODERS = {}
+
+
+def _encoder(spec):
+    # One encoder per process and spec: model loading and the per-tag cache are reused across tiles.
+    if spec not in _ENCODERS:
+        _ENCODERS[spec] = tag_encoders.make_encoder(spec)
+    return _ENCODERS[spec]
+
+
+def _lonlat_transform(crs):
+    import pyproj
+
+    if crs.equals(pyproj.CRS("EPSG:4326")):
+        return None
+    tr = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return tr.transform
+
+
+def _tile_graph(spec, image, cfg, problems):
+    """Vectors (files and/or PBF) → cleaned layers → TileGraph, in the image's CRS."""
+    to_lonlat = _lonlat_transform(image.crs)
+    geoms, labels, sources, empty = tile_sources.read_vectors(spec.vectors, image.crs)
+    for path in empty:
+        problems.append(geometry.Problem("note", "empty layer", path))
+    if cfg.pbf:
+        import pyproj
+        from geolink_jax.data import osm_pbf
+
+        bbox_ll = _bbox_lonlat(image, to_lonlat)
+        g, lbl = osm_pbf.load(cfg.pbf).query(bbox_ll)
+        if to_lonlat is not None:
+            import geopandas as gpd
+
+            g = gpd.GeoSeries(g, crs="EPSG:4326").to_crs(image.crs).values
+        geoms += list(g)
+        labels += lbl
+        sources += [os.path.basename(cfg.pbf)] * len(g)
+        del pyproj
+    if not spec.vectors and not cfg.pbf:
+        problems.append(geometry.Problem("note", "no OSM vector files: image-only tile", spec.image))
+    layers, feature_problems = geometry.clean_features(geoms, labels, sources, image.bbox, cfg.invalid_geometry)
+    problems += feature_problems
+    total = sum(len(layer) for layer in layers.values())
+    if total > cfg.max_features:
+        raise TileError(f"tile has {total} features, over the cap of {cfg.max_features}",
+                        spec.vectors[0] if spec.vectors else (cfg.pbf or spec.image))
+    if total == 0 and (spec.vectors or cfg.pbf):
+        problems.append(geometry.Problem("note", "no OSM features inside the tile: image-only tile",
+                                         spec.vectors[0] if spec.vectors else cfg.pbf))
+    delaunay = osm_graph.point_lonlat(layers["point"].geoms, to_lonlat)
+    graph, notes = osm_graph.build_tile_graph(layers, image.bbox, _encoder(cfg.encoder), spec.tile_id,
+                                              seed=cfg.seed, delaunay_coords=delaunay)
+    problems += [geometry.Problem("note", n, spec.tile_id) for n in notes]
+    return graph
+
+
+def _bbox_lonlat(image, to_lonlat):
+    if to_lonlat is None:
+        return tuple(float(v) for v in image.bbox)
+    import pyproj
+
+    tr = pyproj.Transformer.from_crs(image.crs, "EPSG:4326", always_xy=True)
+    return tuple(float(v) for v in tr.transform_bounds(*image.bbox))
+
+
+def graph_record(spec, image, graph, encoder_meta, extra=None):
+    """Assemble the record dict of `record_format` from a tile's parts."""
+    rec = {
+        "tile_id": spec.tile_id,
+        "image": image.data,
+        "image_format": image.format,
+        "image_size": np.array([image.height, image.width], np.int32),
+        "bbox_lonlat": np.array(_bbox_lonlat(image, _lonlat_transform(image.crs)), np.float64),
+        "crs": image.crs.to_string(),
+        "meta": {"encoder": encoder_meta, "image_file": os.path.basename(spec.image),
+                 "vector_files": [os.path.basename(v) for v in spec.vectors], **(extra or {})},
+    }
+    for t in NODE_TYPES:
+        rec[f"x_{t}"] = graph.features[t]
+        rec[f"pos_{t}"] = graph.positions[t]
+        rec[f"labels_{t}"] = list(graph.labels[t])
+    for r in RELATION_NAMES:
+        rec[f"edge_index_{r}"] = graph.edge_index[r].astype(np.int32)
+        rec[f"edge_attr_{r}"] = graph.edge_attr[r].astype(np.uint8)
+    return rec
+
+
+def process_tile(spec, cfg):
+    """One tile → TileResult. Never raises for bad input: problems are in `summary['problems']`."""
+    problems = []
+    record, counts, encoder_meta = None, None, None
+    try:
+        image = tile_sources.read_image(spec, cfg.aspect_tolerance)
+        extra = {}
+        if spec.graph_npz:
+            graph = osm_graph.graph_from_npz(spec.graph_npz)
+            encoder_meta = {"name": "precomputed", "spec": "precomputed:clip",
+                            "dim": int(graph.features["polygon"].shape[1])}
+        else:
+            graph = _tile_graph(spec, image, cfg, problems)
+            encoder_meta = _encoder(cfg.encoder).metadata()
+        rec = graph_record(spec, image, graph, encoder_meta, extra)
+        if spec.label_image:
+            with open(spec.label_image, "rb") as f:
+                rec["label_image"], rec["label_format"] = f.read(), "png"
+        record = record_format.encode(rec)
+        counts = {"nodes": {t: graph.num_nodes(t) for t in NODE_TYPES},
+                  "edges": {r: graph.num_edges(r) for r in RELATION_NAMES}}
+    except TileError as e:
+        problems.append(geometry.Problem("error", e.reason, e.file, e.detail))
+    except Exception as e:  # a bug or an unforeseen input: report it with the tile, keep the job going
+        problems.append(geometry.Problem("error", f"unexpected failure: {type(e).__name__}", spec.image, str(e)))
+    summary = {
+        "index": spec.index, "tile_id": spec.tile_id, "written": record is not None, "counts": counts,
+        "encoder": encoder_meta, "problems": [p.as_dict(spec.tile_id) for p in problems],
+    }
+    return TileResult(spec.index, spec.tile_id, record, summary)
+
+
+def check_strict(result):
+    bad = [p for p in result.summary["problems"] if p["severity"] in ("error", "warning")]
+    if bad:
+        p = bad[0]
+        raise PreprocessError(f"--strict: tile {p['tile_id']}: {p['file']}: {p['reason']} {p['detail']}".strip())
+
+
+def num_shards(num_tiles, cfg):
+    return max(1, math.ceil(num_tiles / cfg.tiles_per_shard))
+
+
+def _stats(values):
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return {**{f"p{q}": 0 for q in PERCENTILES}, "max": 0, "mean": 0.0}
+    out = {f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES}
+    out.update(max=int(v.max()), mean=float(v.mean()))
+    return out
+
+
+def make_manifest(summaries, shard_infos, cfg, num_tiles):
+    """Manifest dict from all tile summaries (any order) and [{'path', 'num_records'}] of the shard files."""
+    summaries = sorted(summaries, key=lambda s: s["index"])
+    written = [s for s in summaries if s["written"]]
+    encoders = {json.dumps(s["encoder"], sort_keys=True) for s in written}
+    if len(encoders) > 1:
+        raise PreprocessError(f"records with different tag encoders in one run: {sorted(encoders)}")
+    encoder = json.loads(encoders.pop()) if encoders else _encoder(cfg.encoder).metadata()
+    problems = [p for s in summaries for p in s["problems"]]
+    severity = {k: sum(p["severity"] == k for p in problems) for k in ("error", "warning", "note")}
+    return {
+        "format": record_format.FORMAT,
+        "record_version": record_format.VERSION,
+        "num_tiles": num_tiles,
+        "num_records": len(written),
+        "num_failed_tiles": sum(not s["written"] for s in summaries),
+        "num_image_only": sum(sum(s["counts"]["nodes"].values()) == 0 for s in written),
+        "problems": severity,
+        "encoder": encoder,
+        "feature_dim": int(encoder["dim"]),
+        "shards": sorted(shard_infos, key=lambda s: s["path"]),
+        "writer_options": shards.WRITER_OPTIONS,
+        "node_counts": {t: _stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
+        "edge_counts": {r: _stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
+        "errors_file": ERRORS,
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def write_json_atomic(path, obj):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_errors(path, summaries):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for s in sorted(summaries, key=lambda s: s["index"]):
+            for p in s["problems"]:
+                f.write(json.dumps(p, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _init_worker():
+    # One thread per worker process: parallelism comes from the processes.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+def _process(args):
+    return process_tile(*args)
+
+
+def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False, progress=True):
+    """Process `specs` in `workers` processes (default: all cores) and write shards, manifest and errors report.
+
+    Returns the manifest dict. Shard k holds the written tiles with `shard_of(index) == k`, in input order.
+    """
+    from tqdm import tqdm
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = sorted(specs, key=lambda s: s.index)
+    n_tiles, n_shards = len(specs), num_shards(len(specs), cfg)
+    workers = workers or os.cpu_count() or 1
+    summaries, shard_infos = [], []
+    pending = {k: [] for k in range(n_shards)}
+    next_shard = 0
+    start = time.perf_counter()
+
+    def flush(upto):
+        nonlocal next_shard
+        while next_shard < upto:
+            name = shards.shard_name(next_shard, n_shards)
+            count = shards.write_shard(str(out_dir / name), pending.pop(next_shard))
+            shard_infos.append({"path": name, "num_records": count})
+            next_shard += 1
+
+    pool = None
+    try:
+        if workers > 1 and n_tiles > 1:
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+            results = pool.imap(_process, [(s, cfg) for s in specs], chunksize=1)
+        else:
+            results = (process_tile(s, cfg) for s in specs)
+        bar = tqdm(results, total=n_tiles, unit="tile", desc="preprocess", disable=not progress, smoothing=0.1)
+        for res in bar:
+            if strict:
+                check_strict(res)
+            summaries.append(res.summary)
+            k = shards.shard_of(res.index, n_tiles, n_shards)
+            if res.record is not None:
+                pending[k].append(res.record)
+            flush(k)  # input order: every shard before k is complete
+            bar.set_postfix(errors=sum(not s["written"] for s in summaries))
+        flush(n_shards)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    manifest = make_manifest(summaries, shard_infos, cfg, n_tiles)
+    manifest["runner"] = {"name": "local", "workers": workers, "seconds": time.perf_counter() - start,
+                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    write_errors(out_dir / ERRORS, summaries)
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(out_dir):
+    with open(pathlib.Path(out_dir) / MANIFEST) as f:
+        return json.load(f)
+
+
+def read_records(out_dir):
+    """All records of a preprocessed directory, decoded, in shard order."""
+    out_dir = pathlib.Path(out_dir)
+    return [r for s in load_manifest(out_dir)["shards"] for r in shards.read_shard(out_dir / s["path"])]
+
+
+def format_summary(manifest):
+    """Human-readable summary of a manifest (printed by the CLI)."""
+    lines = [
+        f"tiles: {manifest['num_tiles']}  written: {manifest['num_records']}  failed: {manifest['num_failed_tiles']}"
+        f"  image-only: {manifest['num_image_only']}",
+        "problems: " + ", ".join(f"{k} {v}" for k, v in manifest["problems"].items())
+        + f"  (see {manifest['errors_file']})",
+        f"encoder: {manifest['encoder']['spec']}  feature_dim: {manifest['feature_dim']}",
+        f"shards: {len(manifest['shards'])} x ArrayRecord ({manifest['writer_options']})",
+    ]
+    if "runner" in manifest:
+        r = manifest["runner"]
+        lines.append(f"runner: {r['name']}, {r.get('workers', '?')} workers, {r['seconds']:.1f} s, "
+                     f"{manifest['num_tiles'] / max(r['seconds'], 1e-9):.2f} tiles/s")
+    lines.append(f"{'nodes':<22}" + "".join(f"{k:>8}" for k in ("p50", "p90", "p99", "max")))
+    for t, s in manifest["node_counts"].items():
+        lines.append(f"  {t:<20}" + "".join(f"{s[k]:>8.0f}" for k in ("p50", "p90", "p99", "max")))
+    lines.append(f"{'edges':<22}" + "".join(f"{k:>8}" for k in ("p50", "p90", "p99", "max")))
+    for r, s in manifest["edge_counts"].items():
+        lines.append(f"  {r:<20}" + "".join(f"{s[k]:>8.0f}" for k in ("p50", "p90", "p99", "max")))
+    return "\n".join(lines)

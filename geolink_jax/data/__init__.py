@@ -1,0 +1,1 @@
+"""Tile records, shard IO and tile sources."""

@@ -1,0 +1,86 @@
+"""The tile record: one ArrayRecord record per tile, msgpack-encoded, versioned.
+
+Format ``geolink_jax.tile`` version 1. A record is a msgpack map with these keys (arrays are msgpack extension
+type 1 holding ``{dtype, shape, little-endian bytes}``, so decoding needs only numpy + msgpack):
+
+=====================================  ===========================  ===============================================
+key                                    type                         meaning
+=====================================  ===========================  ===============================================
+``format``, ``version``                str, int                     ``"geolink_jax.tile"``, 1
+``tile_id``                            str                          tile name (file stem)
+``image``                              bytes                        encoded image, as given (JPEG/PNG) or encoded
+``image_format``                       str                          ``jpeg`` | ``png`` | ``npy`` (float/multiband)
+``image_size``                         int32 [2]                    (height, width) in pixels
+``bbox_lonlat``                        float64 [4]                  (west, south, east, north), EPSG:4326
+``crs``                                str                          CRS the graph was built in (positions are
+                                                                    normalised to the tile in that CRS)
+``x_<type>``                           float32 [N_t, D]             tag features, type ∈ polygon, line, point
+``pos_<type>``                         float32 [N_t, 8|6|2]         normalised positions (y top-down), spec §1.1
+``labels_<type>``                      list[str] [N_t]              tag labels ``key:value;…`` ('' if unknown)
+``edge_index_<src>_to_<dst>``          int32 [2, E]                 (src row, dst row), the 9 relations
+``edge_attr_<src>_to_<dst>``           uint8 [E, d]                 relation one-hot (the model ignores it)
+``label_image``, ``label_format``      bytes, str (optional)        per-pixel class map (downstream tiles)
+``meta``                               map                          encoder spec, source files, notes
+=====================================  ===========================  ===============================================
+
+Empty node types have shape [0, D]; image-only tiles have all types empty. The encoder and feature width are the
+same for every record of a shard set and are recorded in its manifest.
+"""
+import io
+
+import msgpack
+import numpy as np
+
+FORMAT = "geolink_jax.tile"
+VERSION = 1
+_ARRAY_EXT = 1
+
+
+class RecordFormatError(ValueError):
+    """A record that is not a geolink_jax tile record of a supported version."""
+
+
+def _default(obj):
+    if isinstance(obj, np.ndarray):
+        arr = np.ascontiguousarray(obj)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        payload = msgpack.packb([arr.dtype.str, list(arr.shape), arr.tobytes()], use_bin_type=True)
+        return msgpack.ExtType(_ARRAY_EXT, payload)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__} in a tile record")
+
+
+def _ext_hook(code, data):
+    if code != _ARRAY_EXT:
+        raise RecordFormatError(f"unknown msgpack extension type {code}")
+    dtype, shape, raw = msgpack.unpackb(data, raw=False)
+    return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+def encode(record):
+    """dict → bytes. Adds format and version."""
+    return msgpack.packb({"format": FORMAT, "version": VERSION, **record}, default=_default, use_bin_type=True)
+
+
+def decode(data):
+    """bytes → dict of numpy arrays / python values. Raises RecordFormatError for foreign or newer records."""
+    try:
+        record = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except (msgpack.exceptions.ExtraData, ValueError) as e:
+        raise RecordFormatError(f"not a msgpack tile record: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise RecordFormatError("not a geolink_jax tile record")
+    if record.get("version") != VERSION:
+        raise RecordFormatError(f"tile record version {record.get('version')} is not supported (expected {VERSION})")
+    return record
+
+
+def decode_image(record):
+    """The record's image as uint8/float array [H, W, C]."""
+    if record["image_format"] == "npy":
+        return np.load(io.BytesIO(record["image"]))
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(record["image"])).convert("RGB"))

