@@ -32,27 +32,54 @@ def _touches(s):
     return s[vec.II] == "F" and (s[vec.IB] != "F" or s[vec.BI] != "F" or s[vec.BB] != "F")
 
 
+def classify_samedim(s):
+    """s = relate(g_j, g_i), i < j → (r_ij, r_ji)."""
+    if _disjoint(s):
+        return vec.DISJOINT, vec.DISJOINT
+    if _touches(s):
+        return vec.TOUCHES, vec.TOUCHES
+    if _any4(s) and _f(s, vec.EI, vec.EB):
+        return vec.COVERED_BY, vec.COVERS
+    if _any4(s) and _f(s, vec.IE, vec.BE):
+        return vec.COVERS, vec.COVERED_BY
+    if _t(s, vec.II, vec.IE, vec.EI):
+        return vec.OVERLAPS, vec.OVERLAPS
+    if _t(s, vec.II) and _f(s, vec.IE, vec.BE, vec.EI, vec.EB):
+        return vec.EQUALS, vec.EQUALS
+    return vec.OTHER, vec.OTHER
+
+
+def classify_point(s):
+    """s = relate(point, other) → 1 disjoint, 2 touches, 3 within, else 0."""
+    if _disjoint(s):
+        return vec.DISJOINT
+    if _touches(s):
+        return vec.TOUCHES
+    if _t(s, vec.II) and _f(s, vec.IE, vec.BE):
+        return vec.WITHIN
+    return 0
+
+
+def classify_line_polygon(s):
+    """s = relate(line, polygon) → 1 disjoint, 2 touches, 4 covered by, 3 cross, else 0."""
+    if _disjoint(s):
+        return vec.DISJOINT
+    if _touches(s):
+        return vec.TOUCHES
+    if _any4(s) and _f(s, vec.IE, vec.BE):
+        return vec.COVERED_BY
+    if _t(s, vec.II) and (s[vec.IE] != "F" or s[vec.EI] != "F"):
+        return vec.CROSS
+    return 0
+
+
 def samedim_matrix(geoms):
     """r [n, n] of category codes, exactly as the reference's double loop fills it."""
     n = len(geoms)
     r = np.zeros((n, n), np.int64)
     for i in range(n):
         for j in range(i + 1, n):
-            s = geoms[j].relate(geoms[i])
-            if _disjoint(s):
-                r[i, j] = r[j, i] = vec.DISJOINT
-            elif _touches(s):
-                r[i, j] = r[j, i] = vec.TOUCHES
-            elif _any4(s) and _f(s, vec.EI, vec.EB):
-                r[i, j], r[j, i] = vec.COVERED_BY, vec.COVERS
-            elif _any4(s) and _f(s, vec.IE, vec.BE):
-                r[i, j], r[j, i] = vec.COVERS, vec.COVERED_BY
-            elif _t(s, vec.II, vec.IE, vec.EI):
-                r[i, j] = r[j, i] = vec.OVERLAPS
-            elif _t(s, vec.II) and _f(s, vec.IE, vec.BE, vec.EI, vec.EB):
-                r[i, j] = r[j, i] = vec.EQUALS
-            else:
-                r[i, j] = r[j, i] = vec.OTHER
+            r[i, j], r[j, i] = classify_samedim(geoms[j].relate(geoms[i]))
     return r
 
 
@@ -70,13 +97,7 @@ def point_other_matrix(points, others):
     r = np.zeros((len(points), len(others)), np.int64)
     for i, p in enumerate(points):
         for j, o in enumerate(others):
-            s = p.relate(o)
-            if _disjoint(s):
-                r[i, j] = vec.DISJOINT
-            elif _touches(s):
-                r[i, j] = vec.TOUCHES
-            elif _t(s, vec.II) and _f(s, vec.IE, vec.BE):
-                r[i, j] = vec.WITHIN
+            r[i, j] = classify_point(p.relate(o))
     return r
 
 
@@ -84,15 +105,7 @@ def line_polygon_matrix(lines, polygons):
     r = np.zeros((len(lines), len(polygons)), np.int64)
     for i, ln in enumerate(lines):
         for j, pg in enumerate(polygons):
-            s = ln.relate(pg)
-            if _disjoint(s):
-                r[i, j] = vec.DISJOINT
-            elif _touches(s):
-                r[i, j] = vec.TOUCHES
-            elif _any4(s) and _f(s, vec.IE, vec.BE):
-                r[i, j] = vec.COVERED_BY
-            elif _t(s, vec.II) and (s[vec.IE] != "F" or s[vec.EI] != "F"):
-                r[i, j] = vec.CROSS
+            r[i, j] = classify_line_polygon(ln.relate(pg))
     return r
 
 

@@ -1,0 +1,37 @@
+import json
+
+import geopandas as gpd
+import pytest
+
+from geolink_jax import samples
+from geolink_jax.osm import geometry
+
+
+def load_sample_layers(name):
+    """Cleaned layers + bbox of one bundled OSM tile."""
+    folder = samples.OSM_TILES_DIR / name
+    with open(folder / f"{name}.json") as f:
+        bbox = tuple(json.load(f)["bbox_west_south_east_north"])
+    geoms, labels, sources = [], [], []
+    for path in sorted(folder.glob("*.geojson")):
+        gdf = gpd.read_file(path)
+        geoms += list(gdf.geometry)
+        labels += list(gdf["label"])
+        sources += [path.name] * len(gdf)
+    layers, problems = geometry.clean_features(geoms, labels, sources, bbox)
+    assert problems == []
+    return layers, bbox
+
+
+@pytest.fixture(scope="session")
+def helsinki_features():
+    from geolink_jax.data import osm_pbf
+
+    return osm_pbf.load(str(samples.helsinki_pbf()))
+
+
+def helsinki_layers(features, bbox):
+    """Cleaned layers of a tile cut from the real Helsinki extract."""
+    geoms, labels = features.query(bbox)
+    layers, _ = geometry.clean_features(geoms, labels, ["Helsinki.osm.pbf"] * len(geoms), bbox)
+    return layers
