@@ -147,7 +147,9 @@ def point_point_edges(coords):
         try:
             simplices = scipy.spatial.Delaunay(coords).simplices
             tri = np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [2, 0]]])
-            pairs = np.unique(np.concatenate([tri, tri[:, ::-1]]), axis=0).astype(np.int64)
+            both = np.concatenate([tri, tri[:, ::-1]]).astype(np.int64)
+            key = np.unique(both[:, 0] * n + both[:, 1])  # 1-D keys: same lexicographic order, faster
+            pairs = np.stack([key // n, key % n], 1)
         except scipy.spatial.QhullError as e:
             note = f"Delaunay skipped: {str(e).splitlines()[0]}"
     loops = np.arange(n, dtype=np.int64)

@@ -159,17 +159,27 @@ def node_features(labels, encoder, frequency=None):
     """Per-node features [N, dim] float32 from label strings (spec §2.2).
 
     Each node's feature is Σ α_i e_i / Σ α_i with α_i = ln(freq[key_i]); if Σ α_i = 0, the plain mean of the e_i.
-    Pooling in float64, stored as float32. A node without any tag gets zeros.
+    Pooling in float64, stored as float32. A node without any tag gets zeros. Computed as one sparse
+    [N, unique tags] weight matrix times the tag table.
     """
+    import scipy.sparse
+
     frequency = tags_lib.load_tag_frequency() if frequency is None else frequency
     split = [tags_lib.split_label(lbl) for lbl in labels]
-    unique = list(dict.fromkeys(t for s in split for t in s))
-    table = dict(zip(unique, encoder.encode(unique))) if unique else {}
-    out = np.zeros((len(labels), encoder.dim), np.float64)
+    unique = {}
+    rows, cols = [], []
     for n, tags in enumerate(split):
-        if not tags:
-            continue
-        e = np.stack([table[t] for t in tags])
-        w = np.asarray(tags_lib.tag_weights(tags, frequency))
-        out[n] = (w @ e) / w.sum() if w.sum() != 0 else e.mean(0)
-    return out.astype(np.float32)
+        for t in tags:
+            rows.append(n)
+            cols.append(unique.setdefault(t, len(unique)))
+    if not rows:
+        return np.zeros((len(labels), encoder.dim), np.float32)
+    table = encoder.encode(list(unique))                                                  # [U, dim] float64
+    alpha = np.asarray(tags_lib.tag_weights(list(unique), frequency))[cols]              # [T]
+    rows = np.asarray(rows)
+    total = np.bincount(rows, weights=alpha, minlength=len(labels))                      # Σ α per node
+    count = np.bincount(rows, minlength=len(labels))
+    # Σα = 0 → plain mean; nodes without tags keep a zero row.
+    w = np.where(total[rows] != 0, alpha / np.where(total != 0, total, 1)[rows], 1.0 / np.maximum(count, 1)[rows])
+    weights = scipy.sparse.csr_matrix((w, (rows, cols)), shape=(len(labels), len(unique)))
+    return np.asarray(weights @ table).astype(np.float32)
