@@ -93,19 +93,12 @@ def samedim_edges(geoms):
     return _edges(src, dst, codes, vec.SAMEDIM_ONEHOT)
 
 
-def point_other_matrix(points, others):
-    r = np.zeros((len(points), len(others)), np.int64)
-    for i, p in enumerate(points):
-        for j, o in enumerate(others):
-            r[i, j] = classify_point(p.relate(o))
-    return r
-
-
-def line_polygon_matrix(lines, polygons):
-    r = np.zeros((len(lines), len(polygons)), np.int64)
-    for i, ln in enumerate(lines):
-        for j, pg in enumerate(polygons):
-            r[i, j] = classify_line_polygon(ln.relate(pg))
+def cross_matrix(a, b, classify):
+    """r [len(a), len(b)] with r[i, j] = classify(relate(a[i], b[j])), one call per pair."""
+    r = np.zeros((len(a), len(b)), np.int64)
+    for i, ga in enumerate(a):
+        for j, gb in enumerate(b):
+            r[i, j] = classify(ga.relate(gb))
     return r
 
 
@@ -130,10 +123,10 @@ def _edges(src, dst, codes, categories):
 
 def all_relations(polygons, lines, points, point_coords_for_delaunay=None):
     """Same contract as `relations.all_relations`, computed pair by pair."""
-    lp, pl = _cross_edges(line_polygon_matrix(lines, polygons), (vec.TOUCHES, vec.CROSS, vec.COVERED_BY),
-                          vec.LINE_POLYGON_ONEHOT)
-    pt_l, l_pt = _cross_edges(point_other_matrix(points, lines), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
-    pt_p, p_pt = _cross_edges(point_other_matrix(points, polygons), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
+    lp, pl = _cross_edges(cross_matrix(lines, polygons, classify_line_polygon),
+                          (vec.TOUCHES, vec.CROSS, vec.COVERED_BY), vec.LINE_POLYGON_ONEHOT)
+    pt_l, l_pt = _cross_edges(cross_matrix(points, lines, classify_point), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
+    pt_p, p_pt = _cross_edges(cross_matrix(points, polygons, classify_point), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
     coords = (np.array([[p.x, p.y] for p in points]).reshape(-1, 2)
               if point_coords_for_delaunay is None else point_coords_for_delaunay)
     ptpt, note = vec.point_point_edges(coords)
