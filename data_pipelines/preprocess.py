@@ -81,7 +81,6 @@ def _tile_graph(spec, image, cfg, problems):
     for path in empty:
         problems.append(geometry.Problem("note", "empty layer", path))
     if cfg.pbf:
-        import pyproj
         from geolink_jax.data import osm_pbf
 
         bbox_ll = _bbox_lonlat(image, to_lonlat)
@@ -93,7 +92,6 @@ def _tile_graph(spec, image, cfg, problems):
         geoms += list(g)
         labels += lbl
         sources += [os.path.basename(cfg.pbf)] * len(g)
-        del pyproj
     if not spec.vectors and not cfg.pbf:
         problems.append(geometry.Problem("note", "no OSM vector files: image-only tile", spec.image))
     layers, feature_problems = geometry.clean_features(geoms, labels, sources, image.bbox, cfg.invalid_geometry)
@@ -121,7 +119,7 @@ def _bbox_lonlat(image, to_lonlat):
     return tuple(float(v) for v in tr.transform_bounds(*image.bbox))
 
 
-def graph_record(spec, image, graph, encoder_meta, extra=None):
+def graph_record(spec, image, graph, encoder_meta):
     """Assemble the record dict of `record_format` from a tile's parts."""
     rec = {
         "tile_id": spec.tile_id,
@@ -131,7 +129,7 @@ def graph_record(spec, image, graph, encoder_meta, extra=None):
         "bbox_lonlat": np.array(_bbox_lonlat(image, _lonlat_transform(image.crs)), np.float64),
         "crs": image.crs.to_string(),
         "meta": {"encoder": encoder_meta, "image_file": os.path.basename(spec.image),
-                 "vector_files": [os.path.basename(v) for v in spec.vectors], **(extra or {})},
+                 "vector_files": [os.path.basename(v) for v in spec.vectors]},
     }
     for t in NODE_TYPES:
         rec[f"x_{t}"] = graph.features[t]
@@ -149,7 +147,6 @@ def process_tile(spec, cfg):
     record, counts, encoder_meta = None, None, None
     try:
         image = tile_sources.read_image(spec, cfg.aspect_tolerance)
-        extra = {}
         if spec.graph_npz:
             graph = osm_graph.graph_from_npz(spec.graph_npz)
             encoder_meta = {"name": "precomputed", "spec": "precomputed:clip",
@@ -157,7 +154,7 @@ def process_tile(spec, cfg):
         else:
             graph = _tile_graph(spec, image, cfg, problems)
             encoder_meta = _encoder(cfg.encoder).metadata()
-        rec = graph_record(spec, image, graph, encoder_meta, extra)
+        rec = graph_record(spec, image, graph, encoder_meta)
         if spec.label_image:
             with open(spec.label_image, "rb") as f:
                 rec["label_image"], rec["label_format"] = f.read(), "png"

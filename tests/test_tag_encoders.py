@@ -35,7 +35,7 @@ def test_hash_encoder_deterministic_unit_vectors():
 def test_node_features_weighted_pooling():
     enc = tag_encoders.make_encoder("hash:16")
     freq = {"landuse": 100, "golf": 10, "one": 1}
-    out = node_feats = tag_encoders.node_features(
+    out = tag_encoders.node_features(
         ["landuse:grass;golf:tee", "one:a;unknown:b", "", "golf:tee"], enc, freq)
     e = {t: enc.encode([t])[0] for t in ("landuse:grass", "golf:tee", "one:a", "unknown:b")}
     w1, w2 = math.log(100), math.log(10)
@@ -43,7 +43,7 @@ def test_node_features_weighted_pooling():
     np.testing.assert_allclose(out[1], (e["one:a"] + e["unknown:b"]) / 2, rtol=1e-6)  # all weights 0 → mean
     np.testing.assert_array_equal(out[2], 0)
     np.testing.assert_allclose(out[3], e["golf:tee"], rtol=1e-6)
-    assert node_feats.dtype == np.float32
+    assert out.dtype == np.float32
 
 
 def test_e5_encoder_offline_semantic():
