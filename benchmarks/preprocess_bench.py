@@ -19,21 +19,17 @@ import numpy as np
 import shapely
 
 from geolink_jax import samples
-from geolink_jax.data import osm_pbf
+from geolink_jax.data import osm_pbf, tile_sources
 from geolink_jax.osm import geometry, osm_graph, tag_encoders
 
 
 def sample_tiles():
-    import geopandas as gpd
+    import pyproj
 
     for name in samples.osm_tile_names():
         folder = samples.OSM_TILES_DIR / name
         bbox = tuple(json.loads((folder / f"{name}.json").read_text())["bbox_west_south_east_north"])
-        geoms, labels = [], []
-        for path in sorted(folder.glob("*.geojson")):
-            gdf = gpd.read_file(path)
-            geoms += list(gdf.geometry)
-            labels += list(gdf["label"])
+        geoms, labels, _, _ = tile_sources.read_vectors(sorted(folder.glob("*.geojson")), pyproj.CRS("EPSG:4326"))
         yield name, bbox, geoms, labels
 
 

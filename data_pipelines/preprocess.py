@@ -83,8 +83,7 @@ def _tile_graph(spec, image, cfg, problems):
     if cfg.pbf:
         from geolink_jax.data import osm_pbf
 
-        bbox_ll = _bbox_lonlat(image, to_lonlat)
-        g, lbl = osm_pbf.load(cfg.pbf).query(bbox_ll)
+        g, lbl = osm_pbf.load(cfg.pbf).query(_bbox_lonlat(image))
         if to_lonlat is not None:
             import geopandas as gpd
 
@@ -110,11 +109,12 @@ def _tile_graph(spec, image, cfg, problems):
     return graph
 
 
-def _bbox_lonlat(image, to_lonlat):
-    if to_lonlat is None:
-        return tuple(float(v) for v in image.bbox)
+def _bbox_lonlat(image):
+    """The tile footprint as (west, south, east, north) in EPSG:4326 (the enclosing box for projected CRSs)."""
     import pyproj
 
+    if image.crs.equals(pyproj.CRS("EPSG:4326")):
+        return tuple(float(v) for v in image.bbox)
     tr = pyproj.Transformer.from_crs(image.crs, "EPSG:4326", always_xy=True)
     return tuple(float(v) for v in tr.transform_bounds(*image.bbox))
 
@@ -126,7 +126,7 @@ def graph_record(spec, image, graph, encoder_meta):
         "image": image.data,
         "image_format": image.format,
         "image_size": np.array([image.height, image.width], np.int32),
-        "bbox_lonlat": np.array(_bbox_lonlat(image, _lonlat_transform(image.crs)), np.float64),
+        "bbox_lonlat": np.array(_bbox_lonlat(image), np.float64),
         "crs": image.crs.to_string(),
         "meta": {"encoder": encoder_meta, "image_file": os.path.basename(spec.image),
                  "vector_files": [os.path.basename(v) for v in spec.vectors]},

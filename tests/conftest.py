@@ -1,9 +1,10 @@
 import json
 
-import geopandas as gpd
+import pyproj
 import pytest
 
 from geolink_jax import samples
+from geolink_jax.data import tile_sources
 from geolink_jax.osm import geometry
 
 
@@ -12,12 +13,7 @@ def load_sample_layers(name):
     folder = samples.OSM_TILES_DIR / name
     with open(folder / f"{name}.json") as f:
         bbox = tuple(json.load(f)["bbox_west_south_east_north"])
-    geoms, labels, sources = [], [], []
-    for path in sorted(folder.glob("*.geojson")):
-        gdf = gpd.read_file(path)
-        geoms += list(gdf.geometry)
-        labels += list(gdf["label"])
-        sources += [path.name] * len(gdf)
+    geoms, labels, sources, _ = tile_sources.read_vectors(sorted(folder.glob("*.geojson")), pyproj.CRS("EPSG:4326"))
     layers, problems = geometry.clean_features(geoms, labels, sources, bbox)
     assert problems == []
     return layers, bbox

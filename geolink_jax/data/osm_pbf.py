@@ -39,7 +39,6 @@ class OsmFeatures:
         self.path = str(path)
         wkb = osmium.geom.WKBFactory()
         geoms, labels, kinds = [], [], []
-        area_ways = set()
         ways = []
         proc = osmium.FileProcessor(self.path).with_locations().with_areas()
         for obj in proc:
@@ -64,8 +63,6 @@ class OsmFeatures:
                     label = tags_lib.label_from_osm_tags(tags)
                     if label:
                         geoms.append(wkb.create_multipolygon(obj)), labels.append(label), kinds.append("polygon")
-                        if obj.from_way():
-                            area_ways.add(obj.orig_id())
             except Exception:  # osmium cannot build a geometry for broken/incomplete data: not a feature
                 continue
         for g, label in ways:
