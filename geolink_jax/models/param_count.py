@@ -1,0 +1,75 @@
+"""Parameter count of a GeoLink model by module, compared with the reference's (spec §3.1).
+
+    python -m geolink_jax.models.param_count [--vit L]
+
+Shapes come from `nnx.eval_shape`, so even ViT-H costs no memory.
+"""
+
+import argparse
+import math
+
+import jax
+from flax import nnx
+
+from geolink_jax.models.geolink import GeoLink, GeoLinkConfig
+from geolink_jax.models.vit import VIT_PRESETS
+
+
+def count_by_module(cfg):
+    """{top-level submodule name: trainable parameter count} for a GeoLink built from cfg (abstractly)."""
+    model = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    counts = {}
+    for path, var in flat:
+        counts[path[0]] = counts.get(path[0], 0) + math.prod(var.shape)
+    return counts
+
+
+def timm_extras(cfg):
+    """Parameters a timm VisionTransformer(num_classes=0) holds that GeoLink does not use: cls_token,
+    pos_embed [1, 1+L, D] and the final norm."""
+    v = cfg.vit
+    return {"timm cls_token": v.width, "timm pos_embed": (1 + v.num_patches) * v.width, "timm norm": 2 * v.width}
+
+
+def fixed_tables(cfg):
+    """The reference's frozen sin-cos tables, stored as (requires_grad=False) parameters there and recomputed here."""
+    n = 1 + cfg.vit.num_patches
+    return {"img_pos_embed": n * cfg.vit.width, "rec_img_pos_embed": n * cfg.decoder_width,
+            "fusion_img_pos_embed": n * cfg.fusion_dim}
+
+
+def report(cfg):
+    counts = count_by_module(cfg)
+    encoder = counts["img_encoder"]
+    specific = sum(c for k, c in counts.items() if k != "img_encoder")
+    extras = timm_extras(cfg)
+    tables = fixed_tables(cfg)
+    lines = [f"{'module':32s} {'parameters':>14s}"]
+    for k in sorted(counts, key=lambda k: -counts[k]):
+        lines.append(f"{k:32s} {counts[k]:14,d}")
+    lines += [
+        "",
+        f"{'ViT encoder (patch_embed+blocks)':32s} {encoder:14,d}",
+        f"{'  + timm-only cls/pos/norm':32s} {sum(extras.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in extras.items())})",
+        f"{'  = timm ViT (num_classes=0)':32s} {encoder + sum(extras.values()):14,d}",
+        f"{'GeoLink-specific trainable':32s} {specific:14,d}",
+        f"{'frozen sin-cos tables (not params)':32s} {sum(tables.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in tables.items())})",
+        f"{'total trainable':32s} {encoder + specific:14,d}",
+    ]
+    return "\n".join(lines), dict(encoder=encoder, specific=specific, timm=encoder + sum(extras.values()),
+                                  tables=sum(tables.values()), by_module=counts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vit", default="L", choices=sorted(VIT_PRESETS))
+    args = parser.parse_args(argv)
+    cfg = GeoLinkConfig(vit=VIT_PRESETS[args.vit])
+    text, _ = report(cfg)
+    print(f"GeoLink ViT-{args.vit}/{cfg.vit.patch_size} @ {cfg.vit.image_size}px, jax {jax.__version__}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
