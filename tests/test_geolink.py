@@ -254,3 +254,23 @@ def test_geolink_config_from_dict():
     assert cfg.vit.width == 768 and cfg.vit.image_size == 128 and cfg.loss_weights == (1, 2, 3)
     m = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
     assert m.img_encoder.patch_embed.proj["kernel"].shape == (16, 16, 3, 768)
+
+
+def test_every_parameter_carries_logical_axes(model):
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    for path, var in flat:
+        axes = var.get_metadata().get("logical_axes")
+        assert axes is not None and len(axes) == var[...].ndim, (path, axes)
+    names = {a for _, v in flat for a in v.get_metadata()["logical_axes"] if a}
+    assert {"embed", "mlp", "heads", "head_dim", "node_in", "node_hidden"} <= names
+
+
+def test_configurable_input_channels_and_image_size():
+    m = tiny_model(vit=dataclasses.replace(tiny_config().vit, in_channels=4, image_size=96))
+    x = jax.random.normal(jax.random.key(0), (2, 96, 64, 4))  # non-square, divisible by the patch
+    enc = m.encode_image(x, jax.random.key(1))
+    assert enc["tokens"].shape == (2, 1 + int(24 * 0.25), 32) and enc["grid"] == (6, 4)
+    pred = m.decode_image(enc["tokens"], enc["ids_restore"], enc["grid"])
+    assert pred.shape == (2, 24, 16 * 16 * 4)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        m.encode_image(jnp.zeros((1, 90, 64, 4)))
