@@ -274,3 +274,18 @@ def test_configurable_input_channels_and_image_size():
     assert pred.shape == (2, 24, 16 * 16 * 4)
     with pytest.raises(ValueError, match="not divisible by the patch size"):
         m.encode_image(jnp.zeros((1, 90, 64, 4)))
+
+
+def test_batch_groups_and_global_negatives():
+    gb = batch(ufz_graphs()[:4])
+    key = jax.random.key(3)
+    outs = {}
+    for name, kw, glob in (("one", dict(batch_groups=1), False), ("local", dict(batch_groups=2), False),
+                           ("global", dict(batch_groups=2), True)):
+        m = tiny_model(global_negatives=glob)
+        outs[name] = _loss_fn(train=False, **kw)(m, images(4), gb, key)[1]
+    # groups change the graph-norm statistics (node loss) and, unless global, the contrastive negatives
+    assert float(outs["one"]["node_loss"]) != float(outs["local"]["node_loss"])
+    assert float(outs["local"]["node_loss"]) == float(outs["global"]["node_loss"])
+    assert float(outs["local"]["contrastive_loss"]) != float(outs["global"]["contrastive_loss"])
+    assert float(outs["one"]["img_loss"]) == float(outs["local"]["img_loss"])

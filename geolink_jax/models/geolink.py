@@ -56,7 +56,8 @@ osm_cross_modal_encoder.*.norm1..norm4, .mlp              same names
 class GeoLinkConfig:
     """Every GeoLink hyperparameter; defaults are the reference's (spec §3, §4).
 
-    Deviation flags (all off by default): graph_norm='per_graph' (batch-independent node norm),
+    Deviation flags (all off by default): graph_norm='per_graph' (batch-independent node norm), global_negatives
+    (InfoNCE negatives gathered from the whole batch rather than each per-device batch),
     type_softmax_over_slots (a real softmax over the type slots), round_type_slots_bf16=False (keep the
     float32 graph embedding the reference rounds to bf16)."""
 
@@ -85,6 +86,7 @@ class GeoLinkConfig:
     temperature: float = 0.2
     loss_weights: tuple = (1.0, 1.0, 1.0)  # image reconstruction, contrastive, node reconstruction
     graph_norm: str = "graph"
+    global_negatives: bool = False  # contrastive negatives from the whole global batch instead of per group
     type_softmax_over_slots: bool = False
     round_type_slots_bf16: bool = True
 
@@ -274,7 +276,8 @@ class GeoLink(nnx.Module):
 
         images [B, H, W, C]; graph: GraphBatch; key: a PRNG key (all randomness of the step); batch_groups: number
         of equal batch slices that keep their own graph-norm statistics and contrastive negatives (the
-        reference's per-GPU batches; 1 = the whole batch). Returns (total, aux): aux has the losses, metrics and,
+        reference's per-GPU batches: the trainer passes the number of per-device batches; 1 = the whole batch;
+        cfg.global_negatives uses the whole batch for the negatives whatever the groups). Returns (total, aux): aux has the losses, metrics and,
         if return_outputs, pred [B, L, p·p·C], mask [B, L] and the node-selection arrays."""
         cfg = self.cfg
         k_img, k_node, k_select, k_drop = jax.random.split(key, 4)
@@ -290,7 +293,8 @@ class GeoLink(nnx.Module):
         visible = tokens[:, 1:]
         z_img = self.img_consistency_prj(visible.astype(jnp.float32).mean(axis=1))
         z_graph = self.osm_graph_consistency_prj(g)
-        con_loss, con_acc = losses.contrastive_loss(z_img, z_graph, has_nodes, cfg.temperature, batch_groups)
+        con_groups = 1 if cfg.global_negatives else batch_groups
+        con_loss, con_acc = losses.contrastive_loss(z_img, z_graph, has_nodes, cfg.temperature, con_groups)
 
         node_tokens, node_pe, node_feats = self._node_tokens(emb, graph, enc["grid"])
         candidates = jnp.concatenate([masked[t] for t in NODE_TYPES], axis=1)
