@@ -1,0 +1,88 @@
+"""grain input pipeline over the preprocessed ArrayRecord shards.
+
+source (ArrayRecord) → this host's slice → seeded global shuffle (reshuffled each epoch) → repeat → decode +
+augment + pad to the static graph budget (a random map: per-record seeds derived from the pipeline seed) →
+batch → iterator (optionally multiprocess prefetch). The iterator's state is a small dict (grain
+`get_state`/`set_state`), checkpointed with the model so that a resumed run continues with exactly the next batch.
+
+A batch is a dict of numpy arrays: image float32 [B, S, S, 3] and graph = the fields of
+`graph_batch.GraphBatch` with a leading B, plus per-sample stats (dropped nodes/edges).
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from geolink_jax.data import record_format
+from geolink_jax.data.augment import AugmentConfig, augment, resize_only
+from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
+from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.osm.osm_graph import TileGraph
+
+
+def tile_graph_from_record(record):
+    """Decoded tile record → TileGraph (labels and edge attributes included)."""
+    rels = [relation_name(s, d) for s, d in RELATIONS]
+    return TileGraph(
+        features={t: np.asarray(record[f"x_{t}"], np.float32) for t in NODE_TYPES},
+        positions={t: np.asarray(record[f"pos_{t}"], np.float32) for t in NODE_TYPES},
+        labels={t: list(record.get(f"labels_{t}", [""] * len(record[f"x_{t}"]))) for t in NODE_TYPES},
+        edge_index={r: np.asarray(record[f"edge_index_{r}"]).reshape(2, -1) for r in rels},
+        edge_attr={r: np.asarray(record[f"edge_attr_{r}"]) for r in rels},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int  # per host
+    budget: GraphBudget
+    augment: AugmentConfig = AugmentConfig()
+    train: bool = True  # False: no shuffle-time augmentation (resize only)
+    seed: int = 0
+    worker_count: int = 0  # >0: grain multiprocess prefetch
+
+
+class DecodeAugmentPad(grain.transforms.RandomMap):
+    """bytes → padded sample dict (image, graph fields with no batch axis, stats)."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+
+    def random_map(self, data, rng):
+        record = record_format.decode(data)
+        image = record_format.decode_image(record)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        graph = tile_graph_from_record(record)
+        if self.cfg.train:
+            image, graph = augment(image.astype(np.uint8), graph, rng, self.cfg.augment)
+        else:
+            image = resize_only(image.astype(np.uint8), self.cfg.augment.image_size)
+        padded, stats = pad_graphs([graph], self.cfg.budget, rng=rng, names=[record.get("tile_id", "?")])
+        graph_fields = {f.name: {k: v[0] for k, v in getattr(padded, f.name).items()}
+                        for f in dataclasses.fields(GraphBatch)}
+        return dict(image=image, graph=graph_fields,
+                    stats={k: np.int32(v) for k, v in stats.items()})
+
+
+def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
+    """A grain IterDataset of per-host batches from ArrayRecord shard paths."""
+    source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+    ds = grain.MapDataset.source(source)
+    ds = ds[process_index::process_count]
+    if cfg.train:
+        ds = ds.seed(cfg.seed).shuffle().repeat()
+    else:
+        ds = ds.seed(cfg.seed)
+    ds = ds.random_map(DecodeAugmentPad(cfg))
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
+    it_ds = ds.to_iter_dataset()
+    if cfg.worker_count > 0:
+        it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.worker_count))
+    return it_ds
+
+
+def to_graph_batch(batch):
+    """The batch dict's graph fields → GraphBatch (numpy or jax arrays alike)."""
+    return GraphBatch(**batch["graph"])
