@@ -60,11 +60,47 @@ def cmd_preprocess(args):
     return 0
 
 
+def _pretrain_parser(sub):
+    p = sub.add_parser("pretrain", help="GeoLink pretraining from an ml_collections config (resumes from the workdir)",
+                       description="Extra --config.a.b=value flags override config fields.")
+    p.add_argument("--config", required=True, help="config file, e.g. configs/demo.py (optionally FILE:arg)")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, config.json")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_pretrain(args, overrides):
+    from absl import flags
+    from ml_collections import config_flags
+
+    from geolink_jax.train import trainer
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "pretraining config file", flag_values=values,
+                                    lock_config=True)
+    try:
+        values(["geolink-jax", f"--config={args.config}", *overrides])
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    rows = trainer.train(values.config, args.workdir, progress=not args.no_progress)
+    if rows:
+        last = rows[-1]
+        print(f"step {last['step']}: loss {last['loss']:.4f} (img {last['img_loss']:.4f}, contrastive "
+              f"{last['contrastive_loss']:.4f}, node {last['node_loss']:.4f}); outputs in {args.workdir}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="geolink-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_parser(sub).set_defaults(func=cmd_preprocess)
-    args = parser.parse_args(argv)
+    _pretrain_parser(sub).set_defaults(func=cmd_pretrain)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "pretrain":
+        return args.func(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

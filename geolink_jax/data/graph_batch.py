@@ -22,7 +22,7 @@ RELATION_NAMES = tuple(relation_name(s, d) for s, d in RELATIONS)
 
 
 def _round_up(x, multiple=8):
-    return int(-(-max(int(x), 1) // multiple) * multiple)
+    return int(-(-max(int(np.ceil(x)), 1) // multiple) * multiple)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,14 @@ class GraphBudget:
         edges = {"polygon_to_polygon": 256, "line_to_line": 512, "line_to_polygon": 128, "polygon_to_line": 128,
                  "point_to_point": 512, "point_to_line": 128, "line_to_point": 128, "point_to_polygon": 128,
                  "polygon_to_point": 128}
+        return cls(nodes, edges)
+
+    @classmethod
+    def from_manifest(cls, manifest, stat="max", multiple=8):
+        """Budgets from a preprocessing manifest's per-type/per-relation count statistics ('max', 'p99', …),
+        rounded up to `multiple`. Tiles above a percentile budget lose random nodes in the pipeline (counted)."""
+        nodes = {t: _round_up(manifest["node_counts"][t][stat], multiple) for t in NODE_TYPES}
+        edges = {r: _round_up(manifest["edge_counts"][r][stat], multiple) for r in RELATION_NAMES}
         return cls(nodes, edges)
 
     @classmethod

@@ -1,0 +1,239 @@
+"""The pretraining loop: one obvious function, `train(config, workdir)`.
+
+mesh → model and optimizer initialised directly into their shardings → grain iterator → restore the latest
+checkpoint if any → jitted step (explicit in/out shardings, donated state) → metrics JSONL + TensorBoard,
+checkpoints every K steps and on SIGTERM → final pictures for small runs.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from geolink_jax.data.graph_batch import GraphBatch, GraphBudget
+from geolink_jax.data.pipeline import PipelineConfig, make_dataset
+from geolink_jax.data.augment import AugmentConfig
+from geolink_jax.models import GeoLink, GeoLinkConfig
+from geolink_jax.train import sharding
+from geolink_jax.train.checkpoint import Checkpointer, abstract_like
+from geolink_jax.train.optimizer import make_optimizer
+
+
+def _nested(flat_items, fn):
+    """[(path, value)] → nested dict {path[0]: {path[1]: … fn(value)}} (the layout of nnx.to_pure_dict)."""
+    root = {}
+    for path, value in flat_items:
+        node = root
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = fn(value)
+    return root
+
+
+def model_config(config, feature_dim):
+    d = config.model.to_dict()
+    d["osm_in_features"] = feature_dim
+    return GeoLinkConfig.from_dict(d)
+
+
+class Setup:
+    """Everything static about a run on a mesh: model graph, shardings, optimizer, jitted step."""
+
+    def __init__(self, config, mesh, feature_dim):
+        self.config, self.mesh = config, mesh
+        self.model_cfg = model_config(config, feature_dim)
+        abstract = nnx.eval_shape(lambda: GeoLink(self.model_cfg, rngs=nnx.Rngs(0)))
+        self.graphdef, self.abstract_params = nnx.split(abstract, nnx.Param)
+        rules = [tuple(r) for r in config.sharding_rules]
+        flat = nnx.to_flat_state(self.abstract_params)
+        self.param_shardings = _nested(flat, lambda v: sharding.NamedSharding(
+            mesh, sharding.logical_to_spec(v.get_metadata()["logical_axes"], v.shape, rules, mesh)))
+        self.tx = make_optimizer(config.optim, config.total_steps)
+        self.replicated = sharding.NamedSharding(mesh, sharding.P())
+        self.batch_groups = sharding.num_batch_shards(mesh) if config.faithful_batch_groups else 1
+
+        params_abs = jax.eval_shape(self._init_params)
+        p_struct = jax.tree.structure(params_abs)
+        opt_abs = jax.eval_shape(self.tx.init, params_abs)
+        # Optimizer moments mirror the params tree: give them the params' shardings; scalars are replicated.
+        self.opt_shardings = jax.tree.map(
+            lambda node: self.param_shardings if jax.tree.structure(node) == p_struct else self.replicated,
+            opt_abs, is_leaf=lambda node: jax.tree.structure(node) == p_struct or not jax.tree.leaves(node)
+            or isinstance(node, jax.ShapeDtypeStruct))
+        self.state_shardings = dict(params=self.param_shardings, opt_state=self.opt_shardings,
+                                    step=self.replicated)
+        self.step_fn = jax.jit(self._train_step, donate_argnums=(0,),
+                               in_shardings=(self.state_shardings, None, self.replicated),
+                               out_shardings=(self.state_shardings, self.replicated))
+
+    def _init_params(self):
+        model = GeoLink(self.model_cfg, rngs=nnx.Rngs(self.config.seed))
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def init_state(self):
+        with jax.set_mesh(self.mesh):
+            params = jax.jit(self._init_params, out_shardings=self.param_shardings)()
+            opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+            state = dict(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+            # Commit every leaf to exactly the step's in_shardings, or the second step recompiles.
+            return jax.device_put(state, self.state_shardings)
+
+    def model(self, params):
+        state = jax.tree.map(lambda x: x, self.abstract_params)  # fresh copy; replace_by_pure_dict mutates
+        nnx.replace_by_pure_dict(state, params)
+        return nnx.merge(self.graphdef, state)
+
+    def _train_step(self, state, batch, key):
+        key = jax.random.fold_in(key, state["step"])
+
+        def loss_fn(params):
+            return self.model(params).loss(batch["image"], GraphBatch(**batch["graph"]), key,
+                                           batch_groups=self.batch_groups)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # A non-finite step changes nothing (params, optimizer moments), so no checkpoint ever holds its result.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = dict(params=keep(params, state["params"]), opt_state=keep(opt_state, state["opt_state"]),
+                         step=state["step"] + 1)
+        metrics = {k: v for k, v in aux.items()}
+        metrics.update(grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
+        return new_state, metrics
+
+
+def prepare_data(config, workdir):
+    """Shard paths + manifest: config.data.path, or (empty) the bundled sample tiles preprocessed into workdir."""
+    path = config.data.path
+    if not path:
+        from data_pipelines import preprocess
+        from geolink_jax import samples
+        from geolink_jax.data import tile_sources
+
+        path = pathlib.Path(workdir) / "data"
+        if not (path / "manifest.json").exists():
+            cfg = preprocess.PreprocessConfig(encoder=config.data.encoder)
+            preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), path, cfg, workers=1,
+                                 progress=False)
+    path = pathlib.Path(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    return sorted(path.glob("*.array_record-*")), manifest
+
+
+def pipeline_config(config, manifest, image_size):
+    d = config.data
+    budget = GraphBudget.from_manifest(manifest, d.budget_stat)
+    per_host = config.batch_size // jax.process_count()
+    return PipelineConfig(batch_size=per_host, budget=budget, seed=config.seed, worker_count=d.worker_count,
+                          augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop))
+
+
+class _Preemption:
+    """SIGTERM → finish the current step, save, exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config, workdir, progress=True):
+    """Run (or resume) pretraining; returns the list of logged metric rows."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # multi-host: must run before anything touches the backend
+    config_json = config.to_json()
+    (workdir / "config.json").write_text(config_json)
+
+    paths, manifest = prepare_data(config, workdir)
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    if config.batch_size % sharding.num_batch_shards(mesh):
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {sharding.num_batch_shards(mesh)} "
+                         "batch shards of the mesh")
+    setup = Setup(config, mesh, manifest["feature_dim"])
+    data_iter = iter(make_dataset(paths, pipeline_config(config, manifest, setup.model_cfg.vit.image_size),
+                                  jax.process_index(),
+                                  jax.process_count()))
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
+                        keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints)
+    state = setup.init_state()
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, abstract_like(state), data_iter)
+    key = jax.random.key(config.seed)
+
+    metrics_path = workdir / "metrics.jsonl"
+    writer = _tensorboard(workdir) if config.get("tensorboard", True) else None
+    rows, preempt = [], _Preemption()
+    start = int(state["step"])
+    bar = _progress(start, config.total_steps, progress)
+    t_last, seen = time.perf_counter(), 0
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start, config.total_steps):
+                host = next(data_iter)
+                stats = host.pop("stats")
+                batch = sharding.global_batch(host, mesh)
+                state, metrics = setup.step_fn(state, batch, key)
+                seen += config.batch_size
+                done = step + 1
+                if done % config.log_every == 0 or done == config.total_steps:
+                    row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    row.update(step=done, samples_per_s=seen / (now - t_last),
+                               dropped_nodes=int(np.sum(stats["dropped_nodes"])))
+                    t_last, seen = now, 0
+                    rows.append(row)
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    if writer:
+                        for k, v in row.items():
+                            writer.add_scalar(k, v, done)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", img=f"{row['img_loss']:.3f}",
+                                    con=f"{row['contrastive_loss']:.3f}", node=f"{row['node_loss']:.3f}",
+                                    sps=f"{row['samples_per_s']:.1f}")
+                    if row["nonfinite"] and config.on_nonfinite == "stop":
+                        raise FloatingPointError(f"non-finite loss or gradient at step {done} (update skipped; "
+                                                 "the last checkpoint is intact)")
+                bar.update(1)
+                ckpt.save(done, state, data_iter, config_json,
+                          force=preempt.requested or done == config.total_steps)
+                if preempt.requested:
+                    ckpt.wait()
+                    raise SystemExit(143)
+    finally:
+        bar.close()
+        ckpt.close()
+        preempt.restore()
+        if writer:
+            writer.flush()
+    return rows
+
+
+def _progress(start, total, enabled):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step")
+
+
+def _tensorboard(workdir):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(workdir / "tensorboard"))
