@@ -1,0 +1,82 @@
+"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller, before jax starts).
+
+    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS → JSON {mesh: per-step losses, param specs}
+    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR      → saves the state after 2 steps
+    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR   → JSON: max |restored − saved| and the specs
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from configs import demo
+from geolink_jax.train import sharding, trainer
+from geolink_jax.train.checkpoint import Checkpointer, abstract_like
+
+
+def setup(data_dir, mesh_shape):
+    config = demo.get_config()
+    config.data.path = data_dir
+    config.batch_size = 8
+    config.faithful_batch_groups = False  # compare meshes with the same (global) batch statistics
+    config.model.vit.depth = 1
+    data, fsdp, tensor = (int(x) for x in mesh_shape.split(","))
+    config.mesh = dict(data=data, fsdp=fsdp, tensor=tensor)
+    paths, manifest = trainer.prepare_data(config, None)
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    s = trainer.Setup(config, mesh, manifest["feature_dim"])
+    it = iter(trainer.make_dataset(paths, trainer.pipeline_config(config, manifest, s.model_cfg.vit.image_size)))
+    return config, mesh, s, it
+
+
+def run_steps(mesh, s, it, state, n):
+    losses = []
+    with jax.set_mesh(mesh):
+        for _ in range(n):
+            host = next(it)
+            host.pop("stats")
+            state, metrics = s.step_fn(state, sharding.global_batch(host, mesh), jax.random.key(0))
+            losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def main():
+    mode, data_dir, mesh_shape = sys.argv[1:4]
+    assert jax.device_count() == 8, jax.device_count()
+    if mode == "losses":  # several meshes separated by ';'
+        out = {}
+        for shape in mesh_shape.split(";"):
+            config, mesh, s, it = setup(data_dir, shape)
+            state = s.init_state()
+            specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
+            _, losses = run_steps(mesh, s, it, state, int(sys.argv[4]))
+            out[shape] = dict(losses=losses, specs=specs)
+        print(json.dumps(out))
+        return
+    config, mesh, s, it = setup(data_dir, mesh_shape)
+    state = s.init_state()
+    if mode == "save":
+        state, _ = run_steps(mesh, s, it, state, 2)
+        ckpt = Checkpointer(sys.argv[4], save_every=1)
+        ckpt.save(2, state, it, config.to_json(), force=True)
+        ckpt.close()
+        np.savez(sys.argv[4] + "/reference.npz", *[np.asarray(x) for x in jax.tree.leaves(state)])
+        print(json.dumps(dict(saved=2)))
+    elif mode == "restore":
+        ckpt = Checkpointer(sys.argv[4], save_every=1)
+        restored = ckpt.restore(ckpt.latest_step(), abstract_like(state), it)
+        ref = np.load(sys.argv[4] + "/reference.npz")
+        leaves = jax.tree.leaves(restored)
+        diff = max(float(np.abs(np.asarray(x) - ref[f"arr_{i}"]).max()) for i, x in enumerate(leaves))
+        specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(restored["params"])})
+        step = int(restored["step"])
+        # the restored iterator continues: one more step runs on the new mesh (it donates `restored`)
+        _, losses = run_steps(mesh, s, it, restored, 1)
+        print(json.dumps(dict(max_abs_diff=diff, step=step, specs=specs, next_loss=losses[0])))
+        ckpt.close()
+
+
+if __name__ == "__main__":
+    main()
