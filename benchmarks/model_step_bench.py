@@ -24,7 +24,7 @@ from geolink_jax.models import VIT_PRESETS, GeoLink, GeoLinkConfig
 from geolink_jax.osm import osm_graph
 
 
-def make_step(cfg, model):
+def make_step(model):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(p, images, graph, key):
@@ -53,7 +53,7 @@ def main(argv=None):
     for ratio in (0.75, 0.0):
         cfg = GeoLinkConfig(vit=VIT_PRESETS[args.vit], dtype=args.dtype, img_mask_ratio=ratio)
         model = GeoLink(cfg, rngs=nnx.Rngs(0))
-        step = make_step(cfg, model)
+        step = make_step(model)
         t0 = time.perf_counter()
         jax.block_until_ready(step(images, graph, jax.random.key(1)))
         print(f"mask {ratio}: compiled + first step in {time.perf_counter() - t0:.1f} s", flush=True)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from model_helpers import batch, budget_for, np_params, tiny_model, ufz_graphs
 
-from geolink_jax.data.graph_batch import RELATION_NAMES, pad_graphs
+from geolink_jax.data.graph_batch import pad_graphs
 from geolink_jax.models.graph_network import graph_layer_norm_stats
-from geolink_jax.osm import NODE_TYPES, RELATIONS
+from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
 
 
 def _numpy_hetero_gat_layernorm(graphs, conv_params, norm_params, eps=1e-5):

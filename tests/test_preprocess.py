@@ -6,7 +6,6 @@ import shutil
 import geopandas as gpd
 import numpy as np
 import pytest
-import shapely
 from shapely.geometry import Point, Polygon
 
 from conftest import load_sample_layers

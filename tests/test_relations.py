@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import shapely
-from shapely.geometry import LineString, Point, Polygon, box
+from shapely.geometry import LineString, Point, box
 
 from conftest import helsinki_layers, load_sample_layers
 from geolink_jax import samples

@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.osm import NODE_TYPES
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -45,41 +45,24 @@ def crop_graph(graph, box):
     Returns (graph, bbox (x0, y0, x1, y1)) or (None, None) when no node survives (the reference then keeps the
     original sample)."""
     x0, y0, w, h = box
-    keep, remap = {}, {}
+    keep = {}
     for t in NODE_TYPES:
         p = graph.positions[t]
-        k = (p[:, 0] >= x0) & (p[:, 0] <= x0 + w) & (p[:, 1] >= y0) & (p[:, 1] <= y0 + h)
-        keep[t] = np.nonzero(k)[0]
-        remap[t] = np.full(len(p), -1, np.int64)
-        remap[t][keep[t]] = np.arange(len(keep[t]))
+        inside = (p[:, 0] >= x0) & (p[:, 0] <= x0 + w) & (p[:, 1] >= y0) & (p[:, 1] <= y0 + h)
+        keep[t] = np.nonzero(inside)[0]
     if sum(len(k) for k in keep.values()) == 0:
         return None, None
-    pts = [np.array([[x0, y0], [x0 + w, y0 + h]])]
-    pts += [graph.positions[t][keep[t]].reshape(-1, 2) for t in NODE_TYPES]
-    pts = np.concatenate(pts)
+    sub = graph.subgraph(keep)
+    pts = np.concatenate([np.array([[x0, y0], [x0 + w, y0 + h]])]
+                         + [sub.positions[t].reshape(-1, 2) for t in NODE_TYPES])
     lo = np.clip(pts.min(0) - 0.005, 0.0, 1.0)
     hi = np.clip(pts.max(0) + 0.005, 0.0, 1.0)
     span = np.maximum(hi - lo, 1e-6)
     positions = {}
     for t in NODE_TYPES:
-        p = graph.positions[t][keep[t]]
+        p = sub.positions[t]
         positions[t] = ((p.reshape(len(p), p.shape[1] // 2, 2) - lo) / span).reshape(p.shape).astype(np.float32)
-    edge_index = {}
-    for s, d in RELATIONS:
-        r = relation_name(s, d)
-        src, dst = np.asarray(graph.edge_index[r]).reshape(2, -1)
-        src, dst = remap[s][src], remap[d][dst]
-        ok = (src >= 0) & (dst >= 0)
-        edge_index[r] = np.stack([src[ok], dst[ok]])
-    out = dataclasses.replace(
-        graph,
-        features={t: graph.features[t][keep[t]] for t in NODE_TYPES},
-        positions=positions,
-        labels={t: [graph.labels[t][i] for i in keep[t]] for t in NODE_TYPES},
-        edge_index=edge_index,
-        edge_attr={r: np.asarray(a)[:0] for r, a in graph.edge_attr.items()},  # the model ignores them
-    )
-    return out, (lo[0], lo[1], hi[0], hi[1])
+    return dataclasses.replace(sub, positions=positions), (lo[0], lo[1], hi[0], hi[1])
 
 
 def flip_graph(graph):

@@ -16,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATIONS, relation_name
-
-RELATION_NAMES = tuple(relation_name(s, d) for s, d in RELATIONS)
+from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATION_NAMES
 
 
 def _round_up(x, multiple=8):
@@ -122,28 +120,23 @@ def pad_graphs(graphs, budget, rng=None, feature_dtype=np.float32, names=None):
     stats = {"dropped_nodes": 0, "dropped_edges": 0, "over_budget_graphs": 0}
 
     for i, (g, name) in enumerate(zip(graphs, names)):
-        kept, new_index, over = {}, {}, False
+        keep = {t: _subsample_nodes(g, t, budget.nodes[t], rng, name) for t in NODE_TYPES}
+        over = any(len(keep[t]) < g.num_nodes(t) for t in NODE_TYPES)
+        if over:
+            sub = g.subgraph(keep)
+            stats["dropped_nodes"] += sum(g.num_nodes(t) - sub.num_nodes(t) for t in NODE_TYPES)
+            stats["dropped_edges"] += sum(g.num_edges(r) - sub.num_edges(r) for r in RELATION_NAMES)
+            g = sub
         for t in NODE_TYPES:
-            keep = _subsample_nodes(g, t, budget.nodes[t], rng, name)
-            kept[t] = keep
-            remap = np.full(g.num_nodes(t), -1, np.int64)
-            remap[keep] = np.arange(len(keep))
-            new_index[t] = remap
-            dropped = g.num_nodes(t) - len(keep)
-            over |= dropped > 0
-            stats["dropped_nodes"] += dropped
             if g.features[t].shape[1] != out["nodes"][t].shape[2]:
                 raise ValueError(f"{name}: {t} features are {g.features[t].shape[1]}-d, the batch's are "
                                  f"{out['nodes'][t].shape[2]}-d")
-            out["nodes"][t][i, :len(keep)] = g.features[t][keep]
-            out["positions"][t][i, :len(keep)] = g.positions[t][keep]
-            out["n_node"][t][i] = len(keep)
-        for (s, d), r in zip(RELATIONS, RELATION_NAMES):
+            n = g.num_nodes(t)
+            out["nodes"][t][i, :n] = g.features[t]
+            out["positions"][t][i, :n] = g.positions[t]
+            out["n_node"][t][i] = n
+        for r in RELATION_NAMES:
             src, dst = np.asarray(g.edge_index[r]).reshape(2, -1)
-            src, dst = new_index[s][src], new_index[d][dst]
-            ok = (src >= 0) & (dst >= 0)
-            stats["dropped_edges"] += int((~ok).sum())
-            src, dst = src[ok], dst[ok]
             if len(src) > budget.edges[r]:
                 if rng is None:
                     raise ValueError(f"{name}: {len(src)} {r} edges exceed the budget of {budget.edges[r]} "

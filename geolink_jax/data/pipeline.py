@@ -17,19 +17,18 @@ import numpy as np
 from geolink_jax.data import record_format
 from geolink_jax.data.augment import AugmentConfig, augment, resize_only
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
-from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.osm.osm_graph import TileGraph
 
 
 def tile_graph_from_record(record):
     """Decoded tile record → TileGraph (labels and edge attributes included)."""
-    rels = [relation_name(s, d) for s, d in RELATIONS]
     return TileGraph(
         features={t: np.asarray(record[f"x_{t}"], np.float32) for t in NODE_TYPES},
         positions={t: np.asarray(record[f"pos_{t}"], np.float32) for t in NODE_TYPES},
         labels={t: list(record.get(f"labels_{t}", [""] * len(record[f"x_{t}"]))) for t in NODE_TYPES},
-        edge_index={r: np.asarray(record[f"edge_index_{r}"]).reshape(2, -1) for r in rels},
-        edge_attr={r: np.asarray(record[f"edge_attr_{r}"]) for r in rels},
+        edge_index={r: np.asarray(record[f"edge_index_{r}"]).reshape(2, -1) for r in RELATION_NAMES},
+        edge_attr={r: np.asarray(record[f"edge_attr_{r}"]) for r in RELATION_NAMES},
     )
 
 

@@ -340,7 +340,8 @@ class GeoLink(nnx.Module):
             if i > max(layers_):
                 break  # later blocks feed nothing
             x = block(x)
-            after[i] = x[:, 1:]
+            if i in layers_:
+                after[i] = x[:, 1:]
         gh, gw = grid
         maps = [after[i].reshape(x.shape[0], gh, gw, x.shape[-1]) for i in layers_[:-1]]
 

@@ -15,9 +15,8 @@ import jax.numpy as jnp
 import jraph
 from flax import nnx
 
-from geolink_jax.data.graph_batch import RELATION_NAMES
 from geolink_jax.models import layers
-from geolink_jax.osm import NODE_TYPES, RELATIONS
+from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
 
 
 def _batched_gather(x, idx):

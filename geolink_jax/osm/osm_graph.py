@@ -34,6 +34,28 @@ class TileGraph:
     def is_empty(self):
         return all(self.num_nodes(t) == 0 for t in NODE_TYPES)
 
+    def subgraph(self, keep):
+        """The graph on the nodes keep[t] (sorted int indices per type): node arrays filtered, the edges between kept
+        nodes kept (with their attributes) and renumbered."""
+        new_index = {}
+        for t in NODE_TYPES:
+            new_index[t] = np.full(self.num_nodes(t), -1, np.int64)
+            new_index[t][keep[t]] = np.arange(len(keep[t]))
+        edge_index, edge_attr = {}, {}
+        for s, d in RELATIONS:
+            r = relation_name(s, d)
+            src, dst = np.asarray(self.edge_index[r]).reshape(2, -1)
+            src, dst = new_index[s][src], new_index[d][dst]
+            ok = (src >= 0) & (dst >= 0)
+            edge_index[r] = np.stack([src[ok], dst[ok]])
+            edge_attr[r] = np.asarray(self.edge_attr[r])[ok]
+        return TileGraph(
+            features={t: self.features[t][keep[t]] for t in NODE_TYPES},
+            positions={t: self.positions[t][keep[t]] for t in NODE_TYPES},
+            labels={t: [self.labels[t][i] for i in keep[t]] for t in NODE_TYPES},
+            edge_index=edge_index, edge_attr=edge_attr,
+        )
+
 
 def build_relations(layers, delaunay_coords=None, pairwise=False):
     """{kind: Layer} → ({relation name: Edges}, notes). `pairwise` uses the O(n²) reference-style builder."""

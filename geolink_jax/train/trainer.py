@@ -106,8 +106,7 @@ class Setup:
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         new_state = dict(params=keep(params, state["params"]), opt_state=keep(opt_state, state["opt_state"]),
                          step=state["step"] + 1)
-        metrics = {k: v for k, v in aux.items()}
-        metrics.update(grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
+        metrics = dict(aux, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
         return new_state, metrics
 
 
