@@ -18,6 +18,7 @@ def base_config():
     c.on_nonfinite = "skip"  # skip the update, or "stop" (raise at the next log line)
     c.faithful_batch_groups = True  # graph-norm stats and InfoNCE negatives per device batch, as the reference
     c.tensorboard = True
+    c.pictures = True  # reconstructions.png and osm_graph.png in the workdir at the end (single-host runs)
     c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
 
     c.data = ml_collections.ConfigDict(dict(

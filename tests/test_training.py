@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from data_pipelines import preprocess
@@ -59,7 +61,7 @@ def _pretrain(workdir, data_dir, steps, **popen):
     cmd = [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "demo.py"),
            "--workdir", str(workdir), "--no-progress", f"--config.data.path={data_dir}",
            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2",
-           "--config.model.vit.depth=1"]
+           "--config.model.vit.depth=1", "--config.model.dtype=bfloat16"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
@@ -71,6 +73,7 @@ def _losses(workdir):
 
 
 def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path):
+    """bf16 compute: the resumed run must still match bit for bit, and the checkpoint holds float32 parameters."""
     steps = 8
     straight = _pretrain(tmp_path / "straight", data_dir, steps)
     interrupted = _pretrain(tmp_path / "cut", data_dir, steps)
@@ -96,6 +99,12 @@ def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path):
     a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "cut")
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
+    meta = ocp.StandardCheckpointer().metadata(tmp_path / "cut" / "checkpoints" / str(steps) / "state").item_metadata
+    dtypes = {str(leaf.dtype) for path, leaf in jax.tree_util.tree_leaves_with_path(meta.tree)
+              if path[0].key in ("params", "opt_state") and leaf.shape}
+    assert dtypes == {"float32"}
+    for picture in ("reconstructions.png", "osm_graph.png"):  # the end-of-run pictures (demo config)
+        assert (tmp_path / "straight" / picture).stat().st_size > 1000
 
 
 def test_logical_rules_fall_back_to_replication():
@@ -110,3 +119,66 @@ def test_logical_rules_fall_back_to_replication():
         None, "tensor", None)
     with pytest.raises(ValueError, match="needs 16 devices"):
         sharding.make_mesh(dict(data=2, fsdp=4, tensor=2), devices=list(range(8)))
+
+
+def test_kill_during_async_save_leaves_the_previous_checkpoint_restorable(tmp_path):
+    worker = [sys.executable, str(ROOT / "tests" / "async_save_worker.py")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    saving = subprocess.Popen([*worker, "save", str(tmp_path)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    line = saving.stdout.readline()  # printed as soon as the async save of step 4 has started
+    saving.send_signal(signal.SIGKILL)
+    saving.communicate(timeout=60)
+    assert line.startswith("SAVING"), saving.stderr
+    left = sorted(os.listdir(tmp_path))
+    assert "2" in left and "4" not in left and any(n.startswith("4.") for n in left), left  # killed mid-write
+    out = subprocess.run([*worker, "restore", str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["latest"] == 2 and got["step"] == 2 and got["weights_equal"]
+    assert got["next_item"] == got["expected_item"]  # the data iterator resumes after step 2's batches
+    assert got["after_new_save"] == 4  # the half-written step does not block saving it again
+
+
+def test_batch_size_must_split_over_hosts_and_batch_shards():
+    from geolink_jax.train import trainer
+
+    class FakeMesh:
+        shape = {"data": 2, "fsdp": 4, "tensor": 1}
+
+    trainer.check_batch_size(16, FakeMesh, process_count=2)
+    with pytest.raises(ValueError, match="3 processes"):
+        trainer.check_batch_size(16, FakeMesh, process_count=3)
+    with pytest.raises(ValueError, match="8 batch shards"):
+        trainer.check_batch_size(12, FakeMesh, process_count=2)
+
+
+@pytest.mark.parametrize("name, encoder_params", [("geolink_vit_b", 85_645_056), ("geolink_vit_l", 303_096_832)])
+def test_named_configs_build_their_models_and_shard_them(name, encoder_params):
+    import importlib
+
+    from flax import nnx
+
+    from geolink_jax.models import GeoLink
+    from geolink_jax.train import trainer
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    assert config.model.dtype == "bfloat16" and config.batch_size % 8 == 0
+    cfg = trainer.model_config(config, feature_dim=384)
+    model = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    encoder = sum(int(np.prod(v.shape)) for path, v in flat if path[0] == "img_encoder")
+    assert encoder == encoder_params
+
+    class FakeMesh:  # the config's mesh on 8 devices
+        shape = {k: (8 if v == -1 else v) for k, v in config.mesh.items()}
+
+    specs = [sharding.logical_to_spec(v.get_metadata()["logical_axes"], v.shape, config.sharding_rules, FakeMesh)
+             for _, v in flat]
+    sharded = sum(int(np.prod(v.shape)) for (_, v), spec in zip(flat, specs) if any(a for a in spec))
+    total = sum(int(np.prod(v.shape)) for _, v in flat)
+    if FakeMesh.shape["fsdp"] > 1:
+        assert sharded / total > 0.99  # FSDP: essentially every weight is split
+    else:
+        assert sharded == 0  # pure data parallelism: replicated

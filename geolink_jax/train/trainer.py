@@ -110,6 +110,17 @@ class Setup:
         return new_state, metrics
 
 
+def check_batch_size(batch_size, mesh, process_count=None):
+    """The global batch must split evenly over the hosts (each feeds its own slice) and the batch shards."""
+    process_count = process_count or jax.process_count()
+    shards = sharding.num_batch_shards(mesh)
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes (hosts)")
+    if batch_size % shards:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {shards} batch shards of the mesh "
+                         f"{dict(mesh.shape)} (data × fsdp)")
+
+
 def prepare_data(config, workdir):
     """Shard paths + manifest: config.data.path, or (empty) the bundled sample tiles preprocessed into workdir."""
     path = config.data.path
@@ -137,17 +148,29 @@ def pipeline_config(config, manifest, image_size):
 
 
 class _Preemption:
-    """SIGTERM → finish the current step, save, exit."""
+    """SIGTERM → finish the current step, save, exit.
 
-    def __init__(self):
+    One process: our own SIGTERM handler. Several: JAX's coordination service already listens for the signal, and
+    every host must stop at the same step or the collective save deadlocks, so we ask orbax's
+    `reached_preemption(step)` (jax's preemption sync point), which all hosts answer identically."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.multihost = jax.process_count() > 1
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None if self.multihost else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
 
+    def check(self, step):
+        if self.multihost and not self.requested:
+            self.requested = bool(self.manager.reached_preemption(step))
+        return self.requested
+
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(config, workdir, progress=True):
@@ -161,9 +184,7 @@ def train(config, workdir, progress=True):
 
     paths, manifest = prepare_data(config, workdir)
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    if config.batch_size % sharding.num_batch_shards(mesh):
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {sharding.num_batch_shards(mesh)} "
-                         "batch shards of the mesh")
+    check_batch_size(config.batch_size, mesh)
     setup = Setup(config, mesh, manifest["feature_dim"])
     data_iter = iter(make_dataset(paths, pipeline_config(config, manifest, setup.model_cfg.vit.image_size),
                                   jax.process_index(),
@@ -178,15 +199,16 @@ def train(config, workdir, progress=True):
 
     metrics_path = workdir / "metrics.jsonl"
     writer = _tensorboard(workdir) if config.get("tensorboard", True) else None
-    rows, preempt = [], _Preemption()
+    rows, preempt = [], _Preemption(ckpt.manager)
     start = int(state["step"])
     bar = _progress(start, config.total_steps, progress)
-    t_last, seen = time.perf_counter(), 0
+    t_last, seen, last_host = time.perf_counter(), 0, None
     try:
         with jax.set_mesh(mesh):
             for step in range(start, config.total_steps):
                 host = next(data_iter)
                 stats = host.pop("stats")
+                last_host = host
                 batch = sharding.global_batch(host, mesh)
                 state, metrics = setup.step_fn(state, batch, key)
                 seen += config.batch_size
@@ -210,9 +232,9 @@ def train(config, workdir, progress=True):
                         raise FloatingPointError(f"non-finite loss or gradient at step {done} (update skipped; "
                                                  "the last checkpoint is intact)")
                 bar.update(1)
-                ckpt.save(done, state, data_iter, config_json,
-                          force=preempt.requested or done == config.total_steps)
-                if preempt.requested:
+                stop = preempt.check(done)
+                ckpt.save(done, state, data_iter, config_json, force=stop or done == config.total_steps)
+                if stop:
                     ckpt.wait()
                     raise SystemExit(143)
     finally:
@@ -221,7 +243,37 @@ def train(config, workdir, progress=True):
         preempt.restore()
         if writer:
             writer.flush()
+    if config.get("pictures") and last_host is not None:
+        write_pictures(setup, state, last_host, workdir)
     return rows
+
+
+def write_pictures(setup, state, host_batch, workdir, count=4):
+    """workdir/reconstructions.png (original | masked | reconstruction per sample) and workdir/osm_graph.png (the
+    first sample's graph on its image), from the last training batch. Single-host runs only: the inputs are this
+    host's samples."""
+    from geolink_jax import pictures
+
+    if jax.process_count() > 1:
+        return
+    n = min(count, len(host_batch["image"]))
+    images = np.asarray(host_batch["image"][:n])
+    graph = jax.tree.map(lambda x: np.asarray(x)[:n], host_batch["graph"])
+    cfg = setup.model_cfg
+
+    @jax.jit
+    def outputs(params):
+        _, aux = setup.model(params).loss(images, GraphBatch(**graph), jax.random.key(0), train=False,
+                                          return_outputs=True)
+        return aux["pred"], aux["mask"]
+
+    with jax.set_mesh(setup.mesh):
+        pred, mask = jax.device_get(outputs(state["params"]))
+    pictures.reconstruction_figure(images, pred, mask, cfg.vit.patch_size, cfg.norm_pix_loss).save(
+        pathlib.Path(workdir) / "reconstructions.png")
+    one = jax.tree.map(lambda x: x[0], graph)
+    pictures.graph_figure(images[0], one["positions"], one["n_node"], one["senders"], one["receivers"],
+                          one["n_edge"]).save(pathlib.Path(workdir) / "osm_graph.png")
 
 
 def _progress(start, total, enabled):
