@@ -70,13 +70,28 @@ def test_crop_aspect_faithful_is_always_tall():
     assert hw.min() >= 0.74 and hw.max() <= 1.34 and (hw < 1).any() and (hw > 1).any()
 
 
-def test_flip_and_hsv_roundtrip():
+def test_flip_and_colour_jitter():
     g = ufz_graphs()[0]
     f = aug.flip_graph(g)
     np.testing.assert_allclose(f.positions["polygon"][:, 0::2], 1 - g.positions["polygon"][:, 0::2])
     np.testing.assert_array_equal(f.positions["polygon"][:, 1::2], g.positions["polygon"][:, 1::2])
-    rgb = np.random.default_rng(0).random((8, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(aug._hsv_to_rgb(aug._rgb_to_hsv(rgb)), rgb, atol=1e-5)
+    from PIL import Image
+
+    rgb = Image.fromarray((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    # brightness alone: torchvision's PIL path scales every channel by the drawn factor
+    rng = np.random.default_rng(3)
+    factor = np.random.default_rng(3).uniform(0.6, 1.4)
+    out = np.asarray(aug.color_jitter(rgb, rng, (0.4, 0, 0, 0)), np.float32)
+    np.testing.assert_allclose(out, np.clip(np.asarray(rgb, np.float32) * factor, 0, 255), atol=1.0)
+    # a hue shift moves the HSV hue channel by trunc(f·255) mod 256 and keeps the value channel
+    shifted = aug._shift_hue(rgb, -0.05)
+    h0, h1 = (np.asarray(im.convert("HSV"), np.int32)[..., 0] for im in (rgb, shifted))
+    assert np.all(np.abs((h1 - h0) % 256 - (256 - 12)) <= 1)  # trunc(−12.75) = −12; HSV→RGB→HSV rounds by ≤ 1
+    np.testing.assert_allclose(np.asarray(shifted.convert("HSV"))[..., 2], np.asarray(rgb.convert("HSV"))[..., 2],
+                               atol=1)
+    same = np.asarray(aug._shift_hue(rgb, 0.0), np.int32)
+    diff = np.abs(same - np.asarray(rgb, np.int32))
+    assert diff.max() <= 6 and diff.mean() < 1.5  # no shift: only the rounding of PIL's uint8 HSV round trip
 
 
 def test_augment_is_deterministic_per_seed_and_normalised():

@@ -1,4 +1,4 @@
-"""Pretraining augmentation of an (image, tile graph) pair, spec §5.2, in numpy on the host.
+"""Pretraining augmentation of an (image, tile graph) pair, spec §5.2, on the host (numpy + Pillow).
 
 crop that keeps the nodes inside → renormalised positions → resize → horizontal flip (positions flipped) →
 colour jitter → ImageNet normalisation. The reference's crop aspect U(1.5, 2.25) (always taller than wide, a
@@ -8,7 +8,7 @@ probable bug) is kept only behind `faithful_crop=True`; the default draws the as
 import dataclasses
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from geolink_jax.osm import NODE_TYPES
 
@@ -75,56 +75,35 @@ def flip_graph(graph):
     return dataclasses.replace(graph, positions=positions)
 
 
-def _rgb_to_hsv(rgb):
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    maxc, minc = rgb.max(-1), rgb.min(-1)
-    v = maxc
-    delta = maxc - minc
-    s = np.where(maxc > 0, delta / np.maximum(maxc, 1e-12), 0.0)
-    dc = np.maximum(delta, 1e-12)
-    rc, gc, bc = (maxc - r) / dc, (maxc - g) / dc, (maxc - b) / dc
-    h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = np.where(delta > 0, (h / 6.0) % 1.0, 0.0)
-    return np.stack([h, s, v], -1)
+def _shift_hue(pil, factor):
+    """torchvision's PIL hue shift: H channel of PIL's HSV (uint8) += trunc(factor·255), wrapping mod 256."""
+    h, sat, val = pil.convert("HSV").split()
+    shifted = (np.asarray(h, np.uint8) + np.uint8(int(factor * 255) % 256)).astype(np.uint8)  # wraps
+    return Image.merge("HSV", (Image.fromarray(shifted, "L"), sat, val)).convert("RGB")
 
 
-def _hsv_to_rgb(hsv):
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.astype(np.int64) % 6
-    choices = [np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
-    return np.choose(i[..., None], choices)
-
-
-def _gray(img):
-    return img @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def color_jitter(img, rng, strength):
-    """torchvision ColorJitter semantics on float [H, W, 3] in [0, 1]: the four factors in random order."""
+def color_jitter(pil, rng, strength):
+    """torchvision ColorJitter on a PIL RGB image, as the reference applies it (before ToTensor): brightness,
+    contrast, saturation via PIL ImageEnhance, hue via PIL HSV, the four in random order."""
     b, c, s, hue = strength
     ops = []
     if b:
-        ops.append(lambda x, f=rng.uniform(1 - b, 1 + b): x * f)
+        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - b), 1 + b): ImageEnhance.Brightness(im).enhance(f))
     if c:
-        ops.append(lambda x, f=rng.uniform(1 - c, 1 + c): _gray(x).mean() * (1 - f) + x * f)
+        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - c), 1 + c): ImageEnhance.Contrast(im).enhance(f))
     if s:
-        ops.append(lambda x, f=rng.uniform(1 - s, 1 + s): _gray(x)[..., None] * (1 - f) + x * f)
+        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - s), 1 + s): ImageEnhance.Color(im).enhance(f))
     if hue:
-        def shift(x, f=rng.uniform(-hue, hue)):
-            hsv = _rgb_to_hsv(x)
-            hsv[..., 0] = (hsv[..., 0] + f) % 1.0
-            return _hsv_to_rgb(hsv)
-        ops.append(shift)
+        ops.append(lambda im, f=rng.uniform(-hue, hue): _shift_hue(im, f))
     for k in rng.permutation(len(ops)):
-        img = np.clip(ops[k](img), 0.0, 1.0)
-    return img.astype(np.float32)
+        pil = ops[k](pil)
+    return pil
 
 
 def augment(image, graph, rng, cfg: AugmentConfig):
-    """image uint8 [H, W, 3], TileGraph, numpy Generator → (float32 [S, S, 3] normalised, TileGraph)."""
+    """image uint8 [H, W, 3], TileGraph, numpy Generator → (float32 [S, S, 3] normalised, TileGraph).
+
+    The image stays a uint8 PIL image until the end (as in the reference's torchvision transforms)."""
     hgt, wid = image.shape[:2]
     cropped, bbox = crop_graph(graph, crop_box(rng, cfg.faithful_crop))
     pil = Image.fromarray(image)
@@ -134,13 +113,12 @@ def augment(image, graph, rng, cfg: AugmentConfig):
         right, bottom = max(int(bbox[2] * wid + 0.5), left + 1), max(int(bbox[3] * hgt + 0.5), top + 1)
         pil = pil.crop((left, top, right, bottom))
     pil = pil.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
-    img = np.asarray(pil, np.float32) / 255.0
     if cfg.flip and rng.uniform() < 0.5:
-        img = img[:, ::-1]
+        pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
         graph = flip_graph(graph)
     if cfg.color_jitter_prob and rng.uniform() < cfg.color_jitter_prob:
-        img = color_jitter(img, rng, cfg.color_jitter)
-    return normalize(img), graph
+        pil = color_jitter(pil, rng, cfg.color_jitter)
+    return normalize(np.asarray(pil, np.float32) / 255.0), graph
 
 
 def normalize(img):

@@ -144,6 +144,7 @@ def pipeline_config(config, manifest, image_size):
     budget = GraphBudget.from_manifest(manifest, d.budget_stat)
     per_host = config.batch_size // jax.process_count()
     return PipelineConfig(batch_size=per_host, budget=budget, seed=config.seed, worker_count=d.worker_count,
+                          read_threads=d.read_threads,
                           augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop))
 
 

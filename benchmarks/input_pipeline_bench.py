@@ -1,0 +1,157 @@
+"""Input pipeline rate vs what the train step consumes, and graph padding waste (issue 4).
+
+    python benchmarks/input_pipeline_bench.py [--configs demo,geolink_vit_b] [--batches 30] [--repeats 5]
+
+For each named config, on the bundled sample tiles (preprocessed once with the e5 tag encoder, as the demo does):
+- pipeline: samples/s of the grain pipeline alone (read ArrayRecord → decode → augment → pad → batch), after one
+  warm-up batch, in this process (worker_count as given: 0 = no multiprocess prefetch);
+- step: samples/s the jitted train step consumes (params + AdamW update, state donated) on one device, timed
+  over --repeats after compilation, with one batch already on the device;
+- headroom = pipeline / step (target >= 3x): how much faster the host feeds than the step eats;
+- the real loop (pipeline threads + step together): samples/s and the share of time spent waiting for input;
+- padding waste per node type and relation: 1 − real / padded slots over the batches read, at the config's
+  budget statistic (the manifest's max or percentile), and the nodes dropped to fit it.
+
+On this CPU-only machine the step and the pipeline share the same two cores; on an accelerator host the step runs
+on the device, so the step rate here is far below a GPU's and the demo row is the demanding one. The step runs in
+float32 by default (--dtype): XLA's CPU bf16 is slower than fp32, which would flatter the headroom.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from data_pipelines import preprocess
+from geolink_jax import samples
+from geolink_jax.data import tile_sources
+from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
+from geolink_jax.train import sharding, trainer
+
+
+def bundled_shards(directory):
+    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), directory,
+                         preprocess.PreprocessConfig(encoder="e5"), workers=1, progress=False)
+    return trainer.prepare_data(_with_path(importlib.import_module("configs.demo").get_config(), directory), None)
+
+
+def _with_path(config, path):
+    config.data.path = str(path)
+    return config
+
+
+def measure(name, data_dir, *, batch=None, batches=30, repeats=5, dtype="float32", workers=0, threads=2):
+    config = _with_path(importlib.import_module(f"configs.{name}").get_config(), data_dir)
+    if batch:
+        config.batch_size = batch
+    config.model.dtype = dtype
+    config.data.worker_count = workers
+    paths, manifest = trainer.prepare_data(config, None)
+    mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    setup = trainer.Setup(config, mesh, manifest["feature_dim"])
+    pipe_cfg = dataclasses.replace(trainer.pipeline_config(config, manifest, setup.model_cfg.vit.image_size),
+                                   read_threads=threads)
+    it = iter(trainer.make_dataset(paths, pipe_cfg))
+
+    first = next(it)  # warm-up (opens the shards, starts workers)
+    t0 = time.perf_counter()
+    read = [next(it) for _ in range(batches)]
+    pipeline_sps = batches * config.batch_size / (time.perf_counter() - t0)
+
+    real = {k: 0 for k in (*NODE_TYPES, *RELATION_NAMES)}
+    dropped = 0
+    for b in read:
+        for t in NODE_TYPES:
+            real[t] += int(b["graph"]["n_node"][t].sum())
+        for r in RELATION_NAMES:
+            real[r] += int(b["graph"]["n_edge"][r].sum())
+        dropped += int(b["stats"]["dropped_nodes"].sum())
+    n = batches * config.batch_size
+    budget = pipe_cfg.budget
+    waste = {t: 1 - real[t] / (n * budget.nodes[t]) for t in NODE_TYPES}
+    waste.update({r: 1 - real[r] / (n * budget.edges[r]) for r in RELATION_NAMES})
+
+    first.pop("stats")
+    state = setup.init_state()
+    with jax.set_mesh(mesh):
+        batch_dev = sharding.global_batch(first, mesh)
+        key = jax.random.key(0)
+        t0 = time.perf_counter()
+        state, metrics = setup.step_fn(state, batch_dev, key)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            state, metrics = setup.step_fn(state, batch_dev, key)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+        # The real loop: pipeline threads and the (asynchronously dispatched) step together; the share of the wall
+        # time spent waiting in next() is what a user sees as "input-bound".
+        waited, t_loop = 0.0, time.perf_counter()
+        for _ in range(batches):
+            t0 = time.perf_counter()
+            host = next(it)
+            waited += time.perf_counter() - t0
+            host.pop("stats")
+            state, metrics = setup.step_fn(state, sharding.global_batch(host, mesh), key)
+        jax.block_until_ready(metrics)
+        loop_s = time.perf_counter() - t_loop
+    step_sps = config.batch_size / statistics.median(times)
+    return dict(
+        bench="input_pipeline", config=name, batch=config.batch_size, image_size=setup.model_cfg.vit.image_size,
+        vit_width=setup.model_cfg.vit.width, vit_depth=setup.model_cfg.vit.depth, dtype=dtype, workers=workers, threads=threads,
+        pipeline_samples_per_s=pipeline_sps, step_samples_per_s=step_sps, headroom=pipeline_sps / step_sps,
+        step_s=dict(min=min(times), median=statistics.median(times), max=max(times)), compile_s=compile_s,
+        budget_stat=config.data.budget_stat, node_budget=budget.nodes, padding_waste=waste,
+        dropped_nodes_per_sample=dropped / n, loop_samples_per_s=batches * config.batch_size / loop_s,
+        loop_input_wait_fraction=waited / loop_s, device=jax.devices()[0].device_kind, jax=jax.__version__,
+        machine=platform.machine(), cpu_count=os.cpu_count())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="demo,geolink_vit_b")
+    parser.add_argument("--batch", type=int, default=0, help="override the configs' batch (0: demo 4, others 8)")
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--workers", type=int, default=0, help="grain worker processes (0: in-process)")
+    parser.add_argument("--threads", type=int, default=2, help="grain reader threads per process")
+    args = parser.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bundled_shards(tmp)
+        for name in args.configs.split(","):
+            batch = args.batch or (None if name == "demo" else 8)
+            row = measure(name, tmp, batch=batch, batches=args.batches, repeats=args.repeats, dtype=args.dtype,
+                          workers=args.workers, threads=args.threads)
+            rows.append(row)
+            print(f"{name}: ViT {row['vit_width']}x{row['vit_depth']} @ {row['image_size']} px, batch {row['batch']}, "
+                  f"{row['dtype']}: pipeline {row['pipeline_samples_per_s']:.1f} samples/s, step consumes "
+                  f"{row['step_samples_per_s']:.1f} samples/s (median step {row['step_s']['median']:.3f} s) → "
+                  f"headroom {row['headroom']:.1f}x (target >= 3x: {'met' if row['headroom'] >= 3 else 'NOT met'})",
+                  flush=True)
+            print(f"  train loop with both running: {row['loop_samples_per_s']:.1f} samples/s, "
+                  f"{100 * row['loop_input_wait_fraction']:.0f}% of the time waiting for input", flush=True)
+    print("\npadding waste (1 − real/padded slots) at the manifest budget, bundled tiles:")
+    r = rows[0]
+    for k, v in r["padding_waste"].items():
+        extra = f" (budget {r['node_budget'][k]} nodes)" if k in r["node_budget"] else ""
+        print(f"  {k:20s} {100 * v:5.1f}%{extra}")
+    print(f"  dropped nodes per sample: {r['dropped_nodes_per_sample']:.2f}")
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

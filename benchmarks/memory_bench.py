@@ -1,0 +1,114 @@
+"""Per-device memory of the train step under data parallelism, FSDP and FSDP + tensor parallelism (issue 4).
+
+    python benchmarks/memory_bench.py [--config geolink_vit_b] [--batch 8] [--meshes "8,1,1;1,8,1;2,2,2"]
+
+Runs on 8 simulated CPU devices (sets XLA_FLAGS itself when jax has not started). For each mesh it lowers and
+compiles the real jitted train step (GeoLink loss, AdamW, donation) for the named config, with abstract inputs, and
+reads XLA's compiled memory analysis: per-device argument bytes (parameters + optimizer state + this device's batch
+slice), output, temporaries. Parameters + optimizer bytes per device = argument bytes − the batch slice; they are
+cross-checked against the sum of the shard sizes of the state's shardings. Target: FSDP over 8 devices holds ≈ 1/8
+of the data-parallel (replicated) bytes. Graphs are the real UFZ graphs (512-d CLIP tag features) at the default
+budgets; images 224 px.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from geolink_jax import samples  # noqa: E402
+from geolink_jax.data.graph_batch import GraphBudget, pad_graphs  # noqa: E402
+from geolink_jax.osm import osm_graph  # noqa: E402
+from geolink_jax.train import sharding, trainer  # noqa: E402
+
+
+def abstract_batch(batch_size, image_size, mesh):
+    graphs = [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
+    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], GraphBudget.default())
+    host = dict(image=np.zeros((batch_size, image_size, image_size, 3), np.float32),
+                graph={k: getattr(graph, k) for k in ("nodes", "positions", "n_node", "senders", "receivers",
+                                                         "n_edge")})
+    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim))  # noqa
+    batch = jax.tree.map(spec, host)
+    per_device = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(host)) / sharding.num_batch_shards(mesh)
+    return batch, per_device, graphs[0].features["polygon"].shape[1]
+
+
+def shard_bytes(abstract_state):
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest device's share)."""
+    total = 0
+    for x in jax.tree.leaves(abstract_state):
+        shard = x.sharding.shard_shape(x.shape)
+        total += math.prod(shard) * x.dtype.itemsize
+    return total
+
+
+def measure(config_name, mesh_shape, batch_size):
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    config.batch_size = batch_size
+    data, fsdp, tensor = mesh_shape
+    config.mesh = dict(data=data, fsdp=fsdp, tensor=tensor)
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    image_size = config.model.vit.image_size
+    batch, batch_bytes, feature_dim = abstract_batch(batch_size, image_size, mesh)
+    setup = trainer.Setup(config, mesh, feature_dim)
+    # eval_shape of the sharded initialisers: ShapeDtypeStructs that carry the state's shardings
+    params = jax.eval_shape(jax.jit(setup._init_params, out_shardings=setup.param_shardings))
+    state = dict(params=params, opt_state=jax.eval_shape(jax.jit(setup.tx.init, out_shardings=setup.opt_shardings),
+                                                         params),
+                 step=jax.ShapeDtypeStruct((), jnp.int32, sharding=setup.replicated))
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
+    t0 = time.perf_counter()
+    with jax.set_mesh(mesh):
+        compiled = setup.step_fn.lower(state, batch, key).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    return dict(
+        bench="memory", config=config_name, mesh=dict(mesh.shape), batch=batch_size, dtype=config.model.dtype,
+        params=n_params, compile_s=compile_s,
+        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+        temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes, batch_bytes=batch_bytes,
+        state_bytes_compiled=mem.argument_size_in_bytes - batch_bytes, state_bytes_shardings=shard_bytes(state),
+        device=jax.devices()[0].device_kind, device_count=jax.device_count(), jax=jax.__version__)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="geolink_vit_b")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--meshes", default="8,1,1;1,8,1;2,2,2")
+    args = parser.parse_args(argv)
+    assert jax.device_count() == 8, f"needs 8 devices, have {jax.device_count()} (XLA_FLAGS set after jax started?)"
+
+    rows = []
+    for shape in args.meshes.split(";"):
+        row = measure(args.config, tuple(int(x) for x in shape.split(",")), args.batch)
+        rows.append(row)
+        mb = lambda b: f"{b / 2**20:8.1f} MiB"  # noqa: E731
+        print(f"mesh {row['mesh']}: params+optimizer per device {mb(row['state_bytes_compiled'])} (compiled) / "
+              f"{mb(row['state_bytes_shardings'])} (shardings); temporaries {mb(row['temp_bytes'])}; "
+              f"compile {row['compile_s']:.0f} s", flush=True)
+    dp = next(r for r in rows if r["mesh"]["fsdp"] == 1 and r["mesh"]["tensor"] == 1)
+    for r in rows:
+        if r is dp:
+            continue
+        ratio = r["state_bytes_compiled"] / dp["state_bytes_compiled"]
+        r["state_ratio_vs_dp"] = ratio
+        shards = r["mesh"]["fsdp"] * r["mesh"]["tensor"]
+        print(f"  {r['mesh']} / data-parallel: {ratio:.4f}x (ideal 1/{shards} = {1 / shards:.4f}x)")
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
