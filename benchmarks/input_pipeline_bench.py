@@ -28,7 +28,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from data_pipelines import preprocess
 from geolink_jax import samples
