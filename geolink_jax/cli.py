@@ -1,4 +1,4 @@
-"""`geolink-jax` command line: `geolink-jax preprocess …` (more subcommands come with training and conversion)."""
+"""`geolink-jax` command line: preprocess, pretrain, convert."""
 import argparse
 import sys
 
@@ -91,11 +91,70 @@ def cmd_pretrain(args, overrides):
     return 0
 
 
+def _convert_parser(sub):
+    p = sub.add_parser("convert", help="weights between the official PyTorch GeoLink / timm ViT and geolink_jax",
+                       description="import: an official checkpoint (.pth via torch.load(weights_only=True), or "
+                                   ".safetensors) → a geolink_jax weights directory. export: a geolink_jax weights "
+                                   "directory or pretraining workdir → .safetensors (or .pth with torch).")
+    p.add_argument("direction", choices=("import", "export"))
+    p.add_argument("--src", required=True, help="import: weight file; export: weights directory or workdir")
+    p.add_argument("--out", required=True, help="import: output directory; export: output file")
+    p.add_argument("--format", choices=("official", "timm"), default="official",
+                   help="official: the full multimodal GeoLink state_dict; timm: the image encoder as a timm ViT")
+    p.add_argument("--heads", type=int, default=None,
+                   help="import: encoder attention heads (default: the timm preset of that width/depth)")
+    p.add_argument("--decoder-heads", type=int, default=16, help="import: MAE decoder heads (reference: 16)")
+    p.add_argument("--fusion-heads", type=int, default=16, help="import: fusion block heads (reference: 16)")
+    return p
+
+
+def cmd_convert(args):
+    from flax import nnx
+
+    from geolink_jax import convert
+    from geolink_jax.convert import params_store
+    from geolink_jax.models import VIT_PRESETS, GeoLink
+
+    try:
+        if args.direction == "import":
+            sd, _ = convert.load_weights(args.src)
+            cfg = convert.infer_config(sd, args.heads, args.decoder_heads, args.fusion_heads)
+            model = GeoLink(cfg, rngs=nnx.Rngs(0))
+            target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            if args.format == "timm":  # the image branch; the rest of GeoLink keeps its fresh initialisation
+                image, report = convert.params_from_timm(sd, target, source=args.src)
+                params = {**target, **image}
+            else:
+                params, report = convert.params_from_official(sd, target, source=args.src)
+            params_store.save_params(args.out, params, cfg)
+            print(f"imported {report['converted']} tensors from {args.src} ({args.format}; listed unused: "
+                  f"{len(report.get('unused_listed', []))}) → {args.out}")
+        else:
+            params, cfg = params_store.load_params(args.src)
+            if args.format == "timm":
+                sd = convert.timm_state_dict(params, cfg)
+                arch = {"B": "vit_base", "L": "vit_large", "H": "vit_huge", "S": "vit_small", "Ti": "vit_tiny"}
+                name = next((f"{arch[k]}_patch{cfg.vit.patch_size}_{cfg.vit.image_size}"
+                             for k, v in VIT_PRESETS.items() if (v.width, v.depth) == (cfg.vit.width, cfg.vit.depth)),
+                            None)
+                model_config = dict(architecture=name, num_classes=0, global_pool="", pos_embed_requires_grad=False)
+            else:
+                sd = convert.official_state_dict(params, cfg)
+                model_config = dict(architecture=None, geolink=params_store.config_to_dict(cfg))
+            convert.save_weights(sd, args.out, model_config)
+            print(f"exported {len(sd)} tensors ({args.format}) → {args.out}")
+    except (convert.ConversionError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="geolink-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_parser(sub).set_defaults(func=cmd_preprocess)
     _pretrain_parser(sub).set_defaults(func=cmd_pretrain)
+    _convert_parser(sub).set_defaults(func=cmd_convert)
     args, extra = parser.parse_known_args(argv)
     if args.command == "pretrain":
         return args.func(args, extra)

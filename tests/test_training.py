@@ -43,7 +43,7 @@ def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data
     runs = _worker("losses", data_dir, "8,1,1;2,4,1;2,2,2", "3")
     ref = runs["8,1,1"]["losses"]
     for mesh, run in runs.items():
-        np.testing.assert_allclose(run["losses"], ref, rtol=1e-5, err_msg=mesh)
+        np.testing.assert_allclose(run["losses"], ref, rtol=5e-5, err_msg=mesh)  # fp32 reduction order differs
     assert not any("fsdp" in s or "tensor" in s for s in runs["8,1,1"]["specs"])  # pure data parallel
     assert any("fsdp" in s for s in runs["2,4,1"]["specs"])
     assert any("tensor" in s for s in runs["2,2,2"]["specs"]) and any("fsdp" in s for s in runs["2,2,2"]["specs"])
