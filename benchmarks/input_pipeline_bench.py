@@ -22,6 +22,7 @@ import dataclasses
 import importlib
 import json
 import os
+import pathlib
 import platform
 import statistics
 import tempfile
@@ -29,26 +30,20 @@ import time
 
 import jax
 
-from data_pipelines import preprocess
-from geolink_jax import samples
-from geolink_jax.data import tile_sources
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.train import sharding, trainer
 
 
-def bundled_shards(directory):
-    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), directory,
-                         preprocess.PreprocessConfig(encoder="e5"), workers=1, progress=False)
-    return trainer.prepare_data(_with_path(importlib.import_module("configs.demo").get_config(), directory), None)
-
-
-def _with_path(config, path):
-    config.data.path = str(path)
-    return config
+def bundled_shards(workdir):
+    """The demo's own data step: the bundled tiles preprocessed (e5) into workdir/data; returns that directory."""
+    config = importlib.import_module("configs.demo").get_config()
+    trainer.prepare_data(config, workdir)
+    return str(pathlib.Path(workdir) / "data")
 
 
 def measure(name, data_dir, *, batch=None, batches=30, repeats=5, dtype="float32", workers=0, threads=2):
-    config = _with_path(importlib.import_module(f"configs.{name}").get_config(), data_dir)
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.data.path = data_dir
     if batch:
         config.batch_size = batch
     config.model.dtype = dtype
@@ -129,10 +124,10 @@ def main(argv=None):
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        bundled_shards(tmp)
+        data_dir = bundled_shards(tmp)
         for name in args.configs.split(","):
             batch = args.batch or (None if name == "demo" else 8)
-            row = measure(name, tmp, batch=batch, batches=args.batches, repeats=args.repeats, dtype=args.dtype,
+            row = measure(name, data_dir, batch=batch, batches=args.batches, repeats=args.repeats, dtype=args.dtype,
                           workers=args.workers, threads=args.threads)
             rows.append(row)
             print(f"{name}: ViT {row['vit_width']}x{row['vit_depth']} @ {row['image_size']} px, batch {row['batch']}, "

@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -35,8 +36,7 @@ def abstract_batch(batch_size, image_size, mesh):
     graphs = [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
     graph, _ = pad_graphs((graphs * batch_size)[:batch_size], GraphBudget.default())
     host = dict(image=np.zeros((batch_size, image_size, image_size, 3), np.float32),
-                graph={k: getattr(graph, k) for k in ("nodes", "positions", "n_node", "senders", "receivers",
-                                                         "n_edge")})
+                graph=dataclasses.asdict(graph))
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim))  # noqa
     batch = jax.tree.map(spec, host)
     per_device = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(host)) / sharding.num_batch_shards(mesh)

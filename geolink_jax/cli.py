@@ -119,12 +119,13 @@ def cmd_convert(args):
         if args.direction == "import":
             sd, _ = convert.load_weights(args.src)
             cfg = convert.infer_config(sd, args.heads, args.decoder_heads, args.fusion_heads)
-            model = GeoLink(cfg, rngs=nnx.Rngs(0))
-            target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
             if args.format == "timm":  # the image branch; the rest of GeoLink keeps its fresh initialisation
+                target = nnx.to_pure_dict(nnx.state(GeoLink(cfg, rngs=nnx.Rngs(0)), nnx.Param))
                 image, report = convert.params_from_timm(sd, target, source=args.src)
                 params = {**target, **image}
-            else:
+            else:  # every tensor comes from the file: shapes suffice, no initialisation
+                target = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0))),
+                                                    nnx.Param))
                 params, report = convert.params_from_official(sd, target, source=args.src)
             params_store.save_params(args.out, params, cfg)
             print(f"imported {report['converted']} tensors from {args.src} ({args.format}; listed unused: "

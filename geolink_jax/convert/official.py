@@ -18,12 +18,11 @@ timm's own cls/pos/norm, and the duplicate registration of the patch embedding);
 error, as is a missing key or a shape mismatch, each naming the key.
 """
 
-import re
-
 import numpy as np
+from flax import traverse_util
 
 from geolink_jax.models import pos_embed
-from geolink_jax.osm import RELATIONS, relation_name
+from geolink_jax.osm import RELATION_NAMES, RELATIONS
 
 # Present in the official multimodal state_dict, deliberately not imported.
 OFFICIAL_UNUSED = (
@@ -122,7 +121,7 @@ def official_name(path, hetero_key="<{s}___to___{d}>"):
         suffix, rule = _mha_rule(path[3:])
         return f"osm_cross_modal_encoder.{path[1]}.{path[2]}.{suffix}", rule
     if top == "osm_encoder":
-        src, dst = _relation_types(path[2])
+        src, dst = dict(zip(RELATION_NAMES, RELATIONS))[path[2]]
         prefix = "osm_encoder.convs.0.convs." + hetero_key.format(s=src, d=dst)
         if path[3] in ("att_src", "att_dst"):
             return f"{prefix}.{path[3]}", "att"
@@ -135,36 +134,11 @@ def official_name(path, hetero_key="<{s}___to___{d}>"):
     return _generic(path)
 
 
-def _relation_types(name):
-    for s, d in RELATIONS:
-        if relation_name(s, d) == name:
-            return s, d
-    raise KeyError(name)
-
-
 def _hetero_key_format(state_dict):
     """PyG ≥ 2.4 writes HeteroConv keys as '<src___to___dst>', older releases as 'src__to__dst'."""
     if any("convs.0.convs.<" in k for k in state_dict):
         return "<{s}___to___{d}>"
     return "{s}__to__{d}"
-
-
-def _flat(tree, prefix=()):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flat(v, (*prefix, k))
-    else:
-        yield prefix, tree
-
-
-def _nest(items):
-    root = {}
-    for path, value in items:
-        node = root
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = value
-    return root
 
 
 # ------------------------------------------------------------------ multimodal
@@ -173,7 +147,7 @@ def params_from_official(state_dict, target, source="state_dict"):
     arrays or ShapeDtypeStructs, e.g. nnx.to_pure_dict of the model's Params). Returns (params, report)."""
     fmt = _hetero_key_format(state_dict)
     used, out, problems = set(), [], []
-    for path, leaf in _flat(target):
+    for path, leaf in traverse_util.flatten_dict(target).items():
         key, rule = official_name(path, fmt)
         if key not in state_dict:
             problems.append(f"missing key {key!r} (for {'.'.join(map(str, path))})")
@@ -199,7 +173,7 @@ def params_from_official(state_dict, target, source="state_dict"):
             raise ConversionError(f"{source}: {k} differs from img_encoder.{k}")
     report = dict(converted=len(used), unused_listed=sorted(set(OFFICIAL_UNUSED) & set(state_dict)),
                   hetero_key_format=fmt)
-    return _nest(out), report
+    return traverse_util.unflatten_dict(dict(out)), report
 
 
 def official_state_dict(params, cfg, hetero_key="<{s}___to___{d}>"):
@@ -207,7 +181,7 @@ def official_state_dict(params, cfg, hetero_key="<{s}___to___{d}>"):
     the official module registers but GeoLink does not train (sin-cos tables; timm's cls/pos/norm as copies of
     cls_token/img_pos_embed/img_norm, as the released checkpoints were made)."""
     sd = {}
-    for path, value in _flat(params):
+    for path, value in traverse_util.flatten_dict(params).items():
         key, rule = official_name(path, hetero_key)
         sd[key] = _to_official(rule, value, (1, 1, -1))
     v, p = cfg.vit, cfg.vit.patch_size
@@ -224,15 +198,12 @@ def official_state_dict(params, cfg, hetero_key="<{s}___to___{d}>"):
 
 
 # ------------------------------------------------------------------ unimodal (timm ViT)
-_TIMM = re.compile(r"^img_encoder\.")
-
-
 def timm_state_dict(params, cfg):
     """The image branch as a timm VisionTransformer state_dict (num_classes=0, global_pool=''): patch_embed,
     blocks, cls_token (GeoLink's), pos_embed (the fixed sin-cos table, cls row zero) and norm (GeoLink's img_norm,
     eps 1e-5 in GeoLink vs timm's 1e-6: a 1e-5-relative difference, as in the official unimodal release)."""
     full = official_state_dict({k: params[k] for k in ("img_encoder", "cls_token", "img_norm")}, cfg)
-    sd = {_TIMM.sub("", k): v for k, v in full.items() if k.startswith("img_encoder.")}
+    sd = {k.removeprefix("img_encoder."): v for k, v in full.items() if k.startswith("img_encoder.")}
     sd["cls_token"] = full["cls_token"]
     sd["pos_embed"] = full["img_pos_embed"]
     sd["norm.weight"], sd["norm.bias"] = full["img_norm.weight"], full["img_norm.bias"]
@@ -244,11 +215,13 @@ def params_from_timm(state_dict, target, source="state_dict"):
     of `target`. pos_embed must be the fixed sin-cos table GeoLink uses (a learned one cannot be represented):
     its max deviation is reported and an error above 1e-4."""
     sub = {k: target[k] for k in ("img_encoder", "cls_token", "img_norm")}
-    renamed = {("img_encoder." + k if k.startswith(("blocks.", "patch_embed.")) else k): v
-               for k, v in state_dict.items()}
-    renamed["img_norm.weight"] = renamed.pop("norm.weight", None)
-    renamed["img_norm.bias"] = renamed.pop("norm.bias", None)
-    renamed = {k: v for k, v in renamed.items() if v is not None}
+    renamed = {}
+    for k, v in state_dict.items():
+        if k.startswith(("blocks.", "patch_embed.")):
+            k = "img_encoder." + k
+        elif k.startswith("norm."):
+            k = "img_" + k  # timm's final norm holds GeoLink's img_norm
+        renamed[k] = v
     pos = renamed.pop("pos_embed", None)
     params, report = params_from_official(renamed, sub, source)
     if pos is not None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, traverse_util
 
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget
 from geolink_jax.data.pipeline import PipelineConfig, make_dataset
@@ -24,17 +24,6 @@ from geolink_jax.models import GeoLink, GeoLinkConfig
 from geolink_jax.train import sharding
 from geolink_jax.train.checkpoint import Checkpointer, abstract_like
 from geolink_jax.train.optimizer import make_optimizer
-
-
-def _nested(flat_items, fn):
-    """[(path, value)] → nested dict {path[0]: {path[1]: … fn(value)}} (the layout of nnx.to_pure_dict)."""
-    root = {}
-    for path, value in flat_items:
-        node = root
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = fn(value)
-    return root
 
 
 def model_config(config, feature_dim):
@@ -53,8 +42,10 @@ class Setup:
         self.graphdef, self.abstract_params = nnx.split(abstract, nnx.Param)
         rules = [tuple(r) for r in config.sharding_rules]
         flat = nnx.to_flat_state(self.abstract_params)
-        self.param_shardings = _nested(flat, lambda v: sharding.NamedSharding(
-            mesh, sharding.logical_to_spec(v.get_metadata()["logical_axes"], v.shape, rules, mesh)))
+        self.param_shardings = traverse_util.unflatten_dict({
+            path: sharding.NamedSharding(mesh, sharding.logical_to_spec(v.get_metadata()["logical_axes"], v.shape,
+                                                                        rules, mesh))
+            for path, v in flat})
         self.tx = make_optimizer(config.optim, config.total_steps)
         self.replicated = sharding.NamedSharding(mesh, sharding.P())
         self.batch_groups = sharding.num_batch_shards(mesh) if config.faithful_batch_groups else 1
