@@ -41,7 +41,7 @@ def bundled_shards(workdir):
     return str(pathlib.Path(workdir) / "data")
 
 
-def measure(name, data_dir, *, batch=None, batches=30, repeats=5, dtype="float32", workers=0, threads=2):
+def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float32", workers=0, threads=2):
     config = importlib.import_module(f"configs.{name}").get_config()
     config.data.path = data_dir
     if batch:
@@ -116,7 +116,7 @@ def main(argv=None):
     parser.add_argument("--configs", default="demo,geolink_vit_b")
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch (0: demo 4, others 8)")
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--workers", type=int, default=0, help="grain worker processes (0: in-process)")
     parser.add_argument("--threads", type=int, default=2, help="grain reader threads per process")

@@ -22,7 +22,8 @@ def base_config():
     c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
 
     c.data = ml_collections.ConfigDict(dict(
-        path="", encoder="e5", budget_stat="max", worker_count=0, read_threads=2, faithful_crop=False))
+        path="", encoder="e5", budget_stat="max", worker_count=0, read_threads=2, faithful_crop=False,
+        draft_decode=False))
 
     c.model = ml_collections.ConfigDict(dict(
         vit=dict(width=1024, depth=24, num_heads=16, mlp_ratio=4.0, patch_size=16, image_size=224, in_channels=3),

@@ -12,6 +12,7 @@ def get_config(arg=None):
     config.model.update(decoder_width=64, decoder_heads=4, fusion_dim=64, fusion_heads=4, osm_hidden=64,
                         graph_embed_dim=64, contrastive_dim=32)
     config.batch_size = 4
+    config.data.draft_decode = True  # 64 px outputs from ~230 px JPEGs: decode at half scale (see data/augment.py)
     config.total_steps = 60
     config.log_every = 5
     config.checkpoint_every = 20

@@ -110,6 +110,28 @@ def test_augment_is_deterministic_per_seed_and_normalised():
     np.testing.assert_allclose(flat[0, 0], (0.5 - aug.IMAGENET_MEAN) / aug.IMAGENET_STD, rtol=1e-6)
 
 
+def test_draft_decode_matches_full_decode_on_a_real_jpeg():
+    """draft_decode crops the same box from a DCT-downscaled decode: same graph, nearly the same pixels, and the
+    JPEG really was decoded at a reduced scale."""
+    import glob
+
+    from PIL import Image
+
+    path = sorted(glob.glob(str(samples.OSM_TILES_DIR / "*" / "*.jpg")))[0]
+    g = ufz_graphs()[0]
+    full_cfg = aug.AugmentConfig(image_size=48, color_jitter_prob=0.0, flip=False)
+    draft_cfg = dataclasses.replace(full_cfg, draft_decode=True)
+    for seed in range(4):
+        lazy = Image.open(path)
+        a, ga = aug.augment(np.asarray(Image.open(path).convert("RGB")), g, np.random.default_rng(seed), full_cfg)
+        b, gb = aug.augment(lazy, g, np.random.default_rng(seed), draft_cfg)
+        assert lazy.size[0] < Image.open(path).size[0]  # decoded at 1/2 (or less)
+        assert all(np.array_equal(ga.positions[t], gb.positions[t]) for t in NODE_TYPES)
+        diff = np.abs(a - b) * aug.IMAGENET_STD  # back to [0, 1] pixel units
+        assert diff.mean() < 0.03, (seed, diff.mean())
+        assert not np.array_equal(a, b)  # a different resampling path, not the same code run twice
+
+
 def test_pipeline_is_deterministic_and_resumes_exactly(shards):
     it_a, it_b = iter(make_dataset(shards, _cfg())), iter(make_dataset(shards, _cfg()))
     first = [next(it_a) for _ in range(3)]

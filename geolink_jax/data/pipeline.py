@@ -21,14 +21,16 @@ from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.osm.osm_graph import TileGraph
 
 
-def tile_graph_from_record(record):
-    """Decoded tile record → TileGraph (labels and edge attributes included)."""
+def tile_graph_from_record(record, lean=False):
+    """Decoded tile record → TileGraph; lean=True leaves out the label strings and edge attributes (None), which the
+    model never reads."""
     return TileGraph(
         features={t: np.asarray(record[f"x_{t}"], np.float32) for t in NODE_TYPES},
         positions={t: np.asarray(record[f"pos_{t}"], np.float32) for t in NODE_TYPES},
-        labels={t: list(record.get(f"labels_{t}", [""] * len(record[f"x_{t}"]))) for t in NODE_TYPES},
+        labels={t: list(record.get(f"labels_{t}", [""] * len(record[f"x_{t}"]))) for t in NODE_TYPES}
+        if not lean else None,
         edge_index={r: np.asarray(record[f"edge_index_{r}"]).reshape(2, -1) for r in RELATION_NAMES},
-        edge_attr={r: np.asarray(record[f"edge_attr_{r}"]) for r in RELATION_NAMES},
+        edge_attr=None if lean else {r: np.asarray(record[f"edge_attr_{r}"]) for r in RELATION_NAMES},
     )
 
 
@@ -54,14 +56,16 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
 
     def random_map(self, data, rng):
         record = record_format.decode(data)
-        image = record_format.decode_image(record)
-        if image.ndim == 2:
-            image = np.repeat(image[..., None], 3, axis=-1)
-        graph = tile_graph_from_record(record)
+        image = record_format.open_image(record)  # lazy: augment may decode a JPEG at a reduced scale
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2:
+                image = np.repeat(image[..., None], 3, axis=-1)
+            image = image.astype(np.uint8)
+        graph = tile_graph_from_record(record, lean=True)
         if self.cfg.train:
-            image, graph = augment(image.astype(np.uint8), graph, rng, self.cfg.augment)
+            image, graph = augment(image, graph, rng, self.cfg.augment)
         else:
-            image = resize_only(image.astype(np.uint8), self.cfg.augment.image_size)
+            image = resize_only(image, self.cfg.augment.image_size)
         padded, stats = pad_graphs([graph], self.cfg.budget, rng=rng, names=[record.get("tile_id", "?")])
         graph_fields = {f.name: {k: v[0] for k, v in getattr(padded, f.name).items()}
                         for f in dataclasses.fields(GraphBatch)}

@@ -77,10 +77,17 @@ def decode(data):
     return record
 
 
-def decode_image(record):
-    """The record's image as uint8/float array [H, W, C]."""
+def open_image(record):
+    """The record's image, not yet decoded: a lazy PIL image (JPEG/PNG; size known, pixels decoded on first use, so
+    a JPEG can still be `draft`-decoded at a reduced DCT scale) or, for ``npy``, the array [H, W, C]."""
     if record["image_format"] == "npy":
         return np.load(io.BytesIO(record["image"]))
     from PIL import Image
 
-    return np.asarray(Image.open(io.BytesIO(record["image"])).convert("RGB"))
+    return Image.open(io.BytesIO(record["image"]))
+
+
+def decode_image(record):
+    """The record's image as uint8/float array [H, W, C] (RGB for encoded images)."""
+    image = open_image(record)
+    return image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGB"))

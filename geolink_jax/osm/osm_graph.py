@@ -16,6 +16,7 @@ class TileGraph:
 
     features[t]: float32 [N_t, D] tag features; positions[t]: float32 [N_t, 8|6|2] in tile units (y top-down);
     labels[t]: N_t label strings; edge_index[r]: int64 [2, E_r] (src row, dst row); edge_attr[r]: float32 [E_r, d_r].
+    labels and edge_attr may be None where nothing reads them (the training pipeline: the model uses neither).
     """
 
     features: dict
@@ -25,7 +26,7 @@ class TileGraph:
     edge_attr: dict
 
     def num_nodes(self, node_type):
-        return len(self.labels[node_type])
+        return len(self.features[node_type])
 
     def num_edges(self, relation):
         return self.edge_index[relation].shape[1]
@@ -44,16 +45,21 @@ class TileGraph:
         edge_index, edge_attr = {}, {}
         for s, d in RELATIONS:
             r = relation_name(s, d)
-            src, dst = np.asarray(self.edge_index[r]).reshape(2, -1)
-            src, dst = new_index[s][src], new_index[d][dst]
-            ok = (src >= 0) & (dst >= 0)
-            edge_index[r] = np.stack([src[ok], dst[ok]])
-            edge_attr[r] = np.asarray(self.edge_attr[r])[ok]
+            ei = np.asarray(self.edge_index[r]).reshape(2, -1)
+            if ei.shape[1] == 0:  # most relations of a small tile are empty: skip the index arithmetic
+                edge_index[r] = ei.astype(np.int64)
+                ok = np.zeros(0, bool)
+            else:
+                renum = np.stack([new_index[s][ei[0]], new_index[d][ei[1]]])
+                ok = (renum >= 0).all(0)
+                edge_index[r] = renum[:, ok]
+            if self.edge_attr is not None:
+                edge_attr[r] = np.asarray(self.edge_attr[r])[ok]
         return TileGraph(
             features={t: self.features[t][keep[t]] for t in NODE_TYPES},
             positions={t: self.positions[t][keep[t]] for t in NODE_TYPES},
-            labels={t: [self.labels[t][i] for i in keep[t]] for t in NODE_TYPES},
-            edge_index=edge_index, edge_attr=edge_attr,
+            labels=None if self.labels is None else {t: [self.labels[t][i] for i in keep[t]] for t in NODE_TYPES},
+            edge_index=edge_index, edge_attr=None if self.edge_attr is None else edge_attr,
         )
 
 

@@ -136,7 +136,8 @@ def pipeline_config(config, manifest, image_size):
     per_host = config.batch_size // jax.process_count()
     return PipelineConfig(batch_size=per_host, budget=budget, seed=config.seed, worker_count=d.worker_count,
                           read_threads=d.read_threads,
-                          augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop))
+                          augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
+                                                draft_decode=d.draft_decode))
 
 
 class _Preemption:
