@@ -40,7 +40,7 @@ class ConversionError(ValueError):
 
 # ------------------------------------------------------------------ the rules, both directions
 def _to_ours(rule, x, shape):
-    x = np.asarray(x, np.float32)
+    x = np.array(x, np.float32, copy=True)  # never alias the source's buffers (torch tensors mutate in place)
     if rule in ("copy", "norm"):
         out = x
     elif rule in ("linear", "lstm"):
