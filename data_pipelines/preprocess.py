@@ -131,6 +131,8 @@ def graph_record(spec, image, graph, encoder_meta):
         "meta": {"encoder": encoder_meta, "image_file": os.path.basename(spec.image),
                  "vector_files": [os.path.basename(v) for v in spec.vectors]},
     }
+    if spec.graph_npz and not spec.bbox_file:
+        rec["meta"]["footprint"] = "unknown"  # downstream tiles without a sidecar: bbox_lonlat is a placeholder
     for t in NODE_TYPES:
         rec[f"x_{t}"] = graph.features[t]
         rec[f"pos_{t}"] = graph.positions[t]

@@ -1,5 +1,6 @@
-"""`geolink-jax` command line: preprocess, pretrain, convert."""
+"""`geolink-jax` command line: preprocess, pretrain, convert, embed, finetune, probe, attention."""
 import argparse
+import pathlib
 import sys
 
 from geolink_jax import samples
@@ -96,9 +97,12 @@ def _convert_parser(sub):
                        description="import: an official checkpoint (.pth via torch.load(weights_only=True), or "
                                    ".safetensors) → a geolink_jax weights directory. export: a geolink_jax weights "
                                    "directory or pretraining workdir → .safetensors (or .pth with torch).")
-    p.add_argument("direction", choices=("import", "export"))
-    p.add_argument("--src", required=True, help="import: weight file; export: weights directory or workdir")
-    p.add_argument("--out", required=True, help="import: output directory; export: output file")
+    p.add_argument("direction", choices=("import", "export", "graphs"),
+                   help="graphs: official .pt HeteroData graphs (a file or directory) → native .npz (needs torch + "
+                        "torch_geometric; loaded with weights_only=True)")
+    p.add_argument("--src", required=True, help="import: weight file; export: weights directory or workdir; "
+                                                "graphs: .pt file or directory")
+    p.add_argument("--out", required=True, help="import / graphs: output directory; export: output file")
     p.add_argument("--format", choices=("official", "timm"), default="official",
                    help="official: the full multimodal GeoLink state_dict; timm: the image encoder as a timm ViT")
     p.add_argument("--heads", type=int, default=None,
@@ -116,6 +120,14 @@ def cmd_convert(args):
     from geolink_jax.models import VIT_PRESETS, GeoLink
 
     try:
+        if args.direction == "graphs":
+            from geolink_jax.convert import graphs
+
+            written, errors = graphs.convert_pt_dir(args.src, args.out)
+            for f, e in errors.items():
+                print(f"error: {e}", file=sys.stderr)
+            print(f"wrote {len(written)} .npz graphs → {args.out}" + (f"; {len(errors)} failed" if errors else ""))
+            return 1 if errors else 0
         if args.direction == "import":
             sd, _ = convert.load_weights(args.src)
             cfg = convert.infer_config(sd, args.heads, args.decoder_heads, args.fusion_heads)
@@ -150,17 +162,163 @@ def cmd_convert(args):
     return 0
 
 
+def _weights_and_tiles(p, tiles_default, tiles_help):
+    p.add_argument("--params", default=None,
+                   help="weights: a `convert import` directory or a pretraining workdir (latest checkpoint)")
+    p.add_argument("--tiles", default=tiles_default, help=tiles_help)
+    p.add_argument("--encoder", default="e5", help="tag encoder for raw OSM tiles (must match the pretraining's)")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _load_model(args):
+    from geolink_jax.convert import params_store
+
+    if not args.params:
+        raise ValueError("--params is required (a converted weights directory or a pretraining workdir)")
+    return params_store.load_model(args.params)
+
+
+def _embed_parser(sub):
+    p = sub.add_parser("embed", help="tile embeddings (cls / mean / fusion) → GeoParquet with footprints",
+                       description="Unimodal (cls, mean patch token) and multimodal (mean of the hybrid fusion map) "
+                                   "embeddings per tile, written as GeoParquet with each tile's footprint; --maps "
+                                   "also writes the patch-token and fusion maps as .npz.")
+    _weights_and_tiles(p, str(samples.OSM_TILES_DIR), "a preprocessed shard directory, a UFZ-layout directory or raw "
+                                                     "tiles (default: the bundled OSM tiles)")
+    p.add_argument("--out", default="out/embeddings.parquet")
+    p.add_argument("--maps", default=None, help="also write the [N, h, w, D] maps to this .npz")
+    return p
+
+
+def cmd_embed(args):
+    import numpy as np
+
+    from geolink_jax.downstream import embed, tiles
+
+    model = _load_model(args)
+    tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
+    rows, maps = embed.embed(model, tile_list, args.batch_size)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    embed.write_geoparquet(rows, args.out)
+    print(f"wrote {len(rows)} tiles × (cls {rows[0]['cls'].shape[0]}, mean, fusion_mean "
+          f"{rows[0]['fusion_mean'].shape[0]}) → {args.out}")
+    if args.maps:
+        np.savez(args.maps, **maps)
+        print(f"wrote maps patch {maps['patch'].shape}, fusion {maps['fusion'].shape} → {args.maps}")
+    return 0
+
+
+def _finetune_parser(sub):
+    p = sub.add_parser("finetune", help="UperNet segmentation on the frozen GeoLink fusion extractor",
+                       description="Train the UperNet head (spec §3.9) on labelled tiles with the encoder frozen; "
+                                   "report mIoU and per-class F1; write head.safetensors (reference SegUPerNet head "
+                                   "names), scores.json, metrics.jsonl and segmentation.png to the workdir.")
+    _weights_and_tiles(p, str(samples.UFZ_DIR), "labelled tiles (default: the bundled UFZ tiles)")
+    p.add_argument("--eval-tiles", default=None, help="tiles to score (default: the training tiles)")
+    p.add_argument("--workdir", default="out/finetune")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--channels", type=int, default=512, help="UperNet width (reference: 512)")
+    p.add_argument("--num-classes", type=int, default=9)
+    p.set_defaults(batch_size=2)
+    return p
+
+
+def cmd_finetune(args):
+    import json
+
+    from geolink_jax.downstream import segmentation, tiles
+
+    model = _load_model(args)
+    size = model.cfg.vit.image_size
+    train = tiles.load_tiles(args.tiles, size, encoder=args.encoder, num_classes=args.num_classes)
+    test = tiles.load_tiles(args.eval_tiles, size, encoder=args.encoder, num_classes=args.num_classes) \
+        if args.eval_tiles else train
+    cfg = segmentation.FinetuneConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                      channels=args.channels, num_classes=args.num_classes)
+    _, history, result = segmentation.finetune(model, train, test, cfg, workdir=args.workdir)
+    print(f"loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f} over {len(history)} steps")
+    print(f"mIoU {result['miou']:.4f}  mean F1 {result['mean_f1']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}")
+    for name, iou, f1 in zip(result["classes"], result["iou"], result["f1"]):
+        print(f"  {name:15s} IoU {iou:.3f}  F1 {f1:.3f}")
+    print(f"wrote {args.workdir}/head.safetensors, scores.json, segmentation.png")
+    (pathlib.Path(args.workdir) / "command.json").write_text(json.dumps(vars(args), indent=1, default=str))
+    return 0
+
+
+def _probe_parser(sub):
+    p = sub.add_parser("probe", help="linear probe or kNN on pooled embeddings (k-fold cross-validation)")
+    p.add_argument("--embeddings", required=True, help="GeoParquet written by `geolink-jax embed`")
+    p.add_argument("--feature", default="mean", help="embedding column: cls | mean | fusion_mean")
+    p.add_argument("--label-column", default="label_majority", help="integer class column (rows < 0 dropped)")
+    p.add_argument("--method", choices=("linear", "knn"), default="linear")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--k", type=int, default=20, help="kNN neighbours")
+    return p
+
+
+def cmd_probe(args):
+    import numpy as np
+
+    from geolink_jax.downstream import embed, probe
+
+    gdf, x = embed.read_embeddings(args.embeddings, args.feature)
+    if args.label_column not in gdf.columns:
+        raise ValueError(f"{args.embeddings}: no label column {args.label_column!r}")
+    y = np.asarray(gdf[args.label_column], np.int64)
+    keep = y >= 0
+    kwargs = dict(k=args.k) if args.method == "knn" else {}
+    result = probe.cross_validate(x[keep], y[keep], args.method, folds=args.folds, **kwargs)
+    print(f"{args.method} probe on {args.feature} ({keep.sum()} tiles, {result['folds']} folds): accuracy "
+          f"{result['accuracy']:.3f} (folds {', '.join(f'{a:.2f}' for a in result['fold_accuracy'])})")
+    return 0
+
+
+def _attention_parser(sub):
+    p = sub.add_parser("attention", help="picture of the fusion block's node→image attention for one OSM node")
+    _weights_and_tiles(p, str(samples.OSM_TILES_DIR), "tiles (default: the bundled OSM tiles)")
+    p.add_argument("--tile", default=None, help="tile id (default: the first)")
+    p.add_argument("--node", type=int, default=0, help="index among the tile's fusion nodes (type-major order)")
+    p.add_argument("--out", default="out/attention.png")
+    return p
+
+
+def cmd_attention(args):
+    from geolink_jax.downstream import attention, tiles
+
+    model = _load_model(args)
+    tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
+    tile = next((t for t in tile_list if args.tile in (None, t.tile_id)), None)
+    if tile is None:
+        raise ValueError(f"no tile {args.tile!r} under {args.tiles}")
+    pic, info = attention.node_attention_picture(model, tile, args.node)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pic.save(args.out)
+    print(f"{tile.tile_id}: node {args.node} ({info['type']} #{info['row']}) of {info['num_nodes']} → {args.out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="geolink-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_parser(sub).set_defaults(func=cmd_preprocess)
     _pretrain_parser(sub).set_defaults(func=cmd_pretrain)
     _convert_parser(sub).set_defaults(func=cmd_convert)
+    _embed_parser(sub).set_defaults(func=cmd_embed)
+    _finetune_parser(sub).set_defaults(func=cmd_finetune)
+    _probe_parser(sub).set_defaults(func=cmd_probe)
+    _attention_parser(sub).set_defaults(func=cmd_attention)
     args, extra = parser.parse_known_args(argv)
     if args.command == "pretrain":
         return args.func(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("embed", "finetune", "probe", "attention"):
+        try:
+            return args.func(args)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return args.func(args)
 
 

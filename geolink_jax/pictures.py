@@ -79,3 +79,71 @@ def graph_figure(image, positions, n_node, senders, receivers, n_edge, size=448)
     for x, y in xy["point"]:
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=NODE_COLOURS["point"] + (255,))
     return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+# Segmentation palette: the 9 UFZ classes (water, green, farmland, undeveloped, residential, commercial,
+# institutional, industrial, transportation), then generic colours for larger label sets.
+CLASS_COLOURS = [(30, 110, 230), (40, 170, 60), (200, 220, 90), (170, 140, 100), (250, 200, 60), (230, 60, 50),
+                 (160, 80, 200), (110, 110, 120), (240, 240, 240)]
+
+
+def _class_colour(k):
+    if k < len(CLASS_COLOURS):
+        return CLASS_COLOURS[k]
+    rng = np.random.default_rng(k)
+    return tuple(int(v) for v in rng.integers(0, 256, 3))
+
+
+def colourise(label, image_rgb, alpha=0.55, ignore=255):
+    """int [H, W] class map over uint8 [H, W, 3]: classes blended in their colours, ignored pixels left as is."""
+    out = image_rgb.astype(np.float32).copy()
+    for k in np.unique(label):
+        if k == ignore or k < 0:
+            continue
+        sel = label == k
+        out[sel] = (1 - alpha) * out[sel] + alpha * np.array(_class_colour(int(k)), np.float32)
+    return out.astype(np.uint8)
+
+
+def segmentation_figure(images, labels, preds, class_names, scale=2):
+    """One row per tile: image | true classes | predicted classes, with a legend. images float [H, W, 3]
+    normalised; labels / preds int [H, W] (labels may be None; 255 = ignore). Returns a PIL RGB image."""
+    rows = []
+    for image, label, pred in zip(images, labels, preds):
+        rgb = to_uint8(image)
+        truth = colourise(label, rgb) if label is not None else rgb
+        rows.append(np.concatenate([rgb, truth, colourise(np.asarray(pred), rgb)], axis=1))
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    legend_h = 18 * ((len(class_names) + 2) // 3) + 24
+    canvas = Image.new("RGB", (grid.width, grid.height + legend_h), (255, 255, 255))
+    canvas.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    col_w = grid.width // 3
+    draw.text((4, grid.height + 2), "columns: image | truth | prediction", fill=(0, 0, 0))
+    for i, name in enumerate(class_names):
+        x, y = 4 + (i % 3) * col_w, grid.height + 20 + 18 * (i // 3)
+        draw.rectangle([x, y, x + 12, y + 12], fill=_class_colour(i), outline=(0, 0, 0))
+        draw.text((x + 18, y), f"{i} {name}", fill=(0, 0, 0))
+    return canvas
+
+
+def attention_figure(image, attention, grid, node_xy, node_label="", size=448):
+    """The fusion block's attention of one OSM node over the image tokens, as a heat map on the tile.
+
+    image float [H, W, 3] normalised; attention float [L] over the gh·gw image tokens (row-major); grid (gh, gw);
+    node_xy (x, y) in [0, 1] (y down), marked with a ring. Returns a PIL RGB image."""
+    gh, gw = grid
+    att = np.asarray(attention, np.float32).reshape(gh, gw)
+    att = (att - att.min()) / max(float(att.max() - att.min()), 1e-12)
+    heat = Image.fromarray((att * 255).astype(np.uint8), "L").resize((size, size), Image.BILINEAR)
+    h = np.asarray(heat, np.float32)[..., None] / 255.0
+    hot = np.concatenate([h * 255, h * 120, (1 - h) * 40], axis=-1)  # dark → orange-yellow
+    base = np.asarray(Image.fromarray(to_uint8(image)).resize((size, size), Image.BILINEAR), np.float32)
+    pic = Image.fromarray((0.45 * base + 0.55 * hot).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pic)
+    x, y = node_xy[0] * size, node_xy[1] * size
+    draw.ellipse([x - 7, y - 7, x + 7, y + 7], outline=(0, 255, 255), width=3)
+    if node_label:
+        draw.text((6, 6), node_label, fill=(255, 255, 255))
+    return pic

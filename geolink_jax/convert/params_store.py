@@ -56,3 +56,20 @@ def load_params(path):
     model = json.loads((path / "config.json").read_text())["model"]
     model["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])
     return params, GeoLinkConfig.from_dict(model)
+
+
+def model_from_params(params, cfg: GeoLinkConfig):
+    """(params, config) → a GeoLink module holding those weights (built abstractly first: no random init)."""
+    from flax import nnx
+
+    from geolink_jax.models import GeoLink
+
+    abstract = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
+    return nnx.merge(graphdef, state)
+
+
+def load_model(path):
+    """A converted directory or a pretraining workdir → GeoLink module."""
+    return model_from_params(*load_params(path))

@@ -20,7 +20,9 @@ key                                    type                         meaning
 ``edge_index_<src>_to_<dst>``          int32 [2, E]                 (src row, dst row), the 9 relations
 ``edge_attr_<src>_to_<dst>``           uint8 [E, d]                 relation one-hot (the model ignores it)
 ``label_image``, ``label_format``      bytes, str (optional)        per-pixel class map (downstream tiles)
-``meta``                               map                          encoder spec, source files, notes
+``meta``                               map                          encoder spec, source files, notes;
+                                                                    ``footprint: "unknown"`` when bbox_lonlat is
+                                                                    a placeholder (UFZ tiles without a sidecar)
 =====================================  ===========================  ===============================================
 
 Empty node types have shape [0, D]; image-only tiles have all types empty. The encoder and feature width are the

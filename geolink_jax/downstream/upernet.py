@@ -167,8 +167,8 @@ def _neck_op(scale, c, cfg, rngs):
 class UperNet(nnx.Module):
     """maps (list of [B, h, w, C_i]) → logits float32 [B, H, W, num_classes] at `out_hw`.
 
-    Train/eval follows nnx: `model.train()` uses batch statistics (and updates the running ones) and dropout;
-    `model.eval()` uses the running statistics."""
+    Train/eval follows nnx: `model.train()` uses batch statistics (and updates the running ones); `model.eval()`
+    uses the running statistics. Dropout runs only when a dropout_key is given."""
 
     def __init__(self, cfg: UperNetConfig, *, rngs: nnx.Rngs):
         if len(cfg.in_channels) != len(cfg.rescales):
@@ -181,7 +181,7 @@ class UperNet(nnx.Module):
         self.lateral_convs = nnx.List([ConvBNReLU(c, ch, 1, cfg, rngs=rngs) for c in cfg.in_channels[:-1]])
         self.fpn_convs = nnx.List([ConvBNReLU(ch, ch, 3, cfg, rngs=rngs) for _ in cfg.in_channels[:-1]])
         self.fpn_bottleneck = ConvBNReLU(len(cfg.in_channels) * ch, ch, 3, cfg, rngs=rngs)
-        self.dropout = nnx.Dropout(cfg.dropout, broadcast_dims=(1, 2), rngs=rngs)  # Dropout2d: whole channels
+        self.dropout = nnx.Dropout(cfg.dropout, broadcast_dims=(1, 2))  # Dropout2d: whole channels
         self.conv_seg = conv(ch, cfg.num_classes, 1, rngs)
 
     def features(self, maps):
@@ -198,6 +198,8 @@ class UperNet(nnx.Module):
         outs = [resize_bilinear(o, outs[0].shape[1:3]) for o in outs]
         return self.fpn_bottleneck(jnp.concatenate(outs, axis=-1))
 
-    def __call__(self, maps, out_hw):
-        logits = self.conv_seg(self.dropout(self.features([m.astype(jnp.float32) for m in maps])))
-        return resize_bilinear(logits, out_hw)
+    def __call__(self, maps, out_hw, dropout_key=None):
+        """dropout_key: a PRNG key turns Dropout2d on (training); None leaves it off."""
+        feats = self.features([m.astype(jnp.float32) for m in maps])
+        feats = self.dropout(feats, deterministic=dropout_key is None, rngs=dropout_key)
+        return resize_bilinear(self.conv_seg(feats), out_hw)

@@ -1,0 +1,87 @@
+"""Embeddings of tiles: `geolink-jax embed`.
+
+Per tile (spec §6): unimodal ViT embeddings from the unmasked encoder after the final norm — `cls` (the class
+token), `mean` (mean of the patch tokens) — and the multimodal hybrid map of the fusion extractor (spec §3.7),
+mean-pooled as `fusion_mean`. Written as GeoParquet (GeoPandas, EPSG:4326) with each tile's footprint polygon
+(null where unknown, e.g. UFZ tiles without a bbox sidecar) and, for labelled tiles, `label_majority` (the most
+frequent non-ignored class) so that probes can run on it. With `maps_path`, the full maps go to a `.npz`:
+tile_id [N], patch float32 [N, h, w, D] (normed patch tokens) and fusion float32 [N, h, w, fusion_dim].
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from geolink_jax.downstream import tiles as tiles_lib
+
+
+def make_embed_fn(geolink):
+    """→ jitted fn(images [B, S, S, 3], GraphBatch) → dict(cls [B, D], patch [B, h, w, D], fusion [B, h, w, F])."""
+    graphdef, params = nnx.split(geolink, nnx.Param)
+
+    @jax.jit
+    def fn(params, images, graph):
+        model = nnx.merge(graphdef, params)
+        enc = model.encode_image(images, key=None)
+        gh, gw = enc["grid"]
+        tokens = enc["tokens"].astype(jnp.float32)
+        maps = model.extract(images, graph)
+        return dict(cls=tokens[:, 0], patch=tokens[:, 1:].reshape(tokens.shape[0], gh, gw, -1),
+                    fusion=maps[-1].astype(jnp.float32))
+
+    return lambda images, graph: fn(params, jnp.asarray(images), jax.tree.map(jnp.asarray, graph))
+
+
+def majority_label(label, ignore=tiles_lib.IGNORE):
+    """Most frequent class of a label map, ignoring `ignore` (-1 if none)."""
+    values = label[label != ignore]
+    return int(np.bincount(values).argmax()) if values.size else -1
+
+
+def embed(geolink, tiles, batch_size=8, progress=True):
+    """tiles → (rows: list of dicts, maps: dict of arrays, or None for no tiles)."""
+    from tqdm import tqdm
+
+    fn = make_embed_fn(geolink)
+    rows, patch, fusion = [], [], []
+    todo = tiles_lib.batches(tiles, batch_size)
+    for chunk, images, graph, _ in tqdm(todo, total=-(-len(tiles) // batch_size), desc="embed",
+                                        disable=not progress):
+        out = jax.tree.map(np.asarray, fn(images, graph))
+        n = len(chunk)
+        patch.append(out["patch"][:n])
+        fusion.append(out["fusion"][:n])
+        for i, t in enumerate(chunk):
+            row = dict(tile_id=t.tile_id, bbox=t.bbox_lonlat, cls=out["cls"][i], mean=out["patch"][i].mean((0, 1)),
+                       fusion_mean=out["fusion"][i].mean((0, 1)))
+            if t.label is not None:
+                row["label_majority"] = majority_label(t.label)
+            rows.append(row)
+    maps = dict(tile_id=np.array([r["tile_id"] for r in rows]), patch=np.concatenate(patch),
+                fusion=np.concatenate(fusion)) if rows else None
+    return rows, maps
+
+
+def write_geoparquet(rows, path):
+    """rows → GeoParquet at path (footprint polygons in EPSG:4326; embedding columns as float lists)."""
+    import geopandas as gpd
+    import shapely
+
+    geometry = [shapely.box(*r["bbox"]) if r["bbox"] is not None else None for r in rows]
+    data = {k: [r.get(k) for r in rows] for k in rows[0] if k != "bbox"}
+    for k in ("cls", "mean", "fusion_mean"):
+        data[k] = [np.asarray(v, np.float32).tolist() for v in data[k]]
+    gdf = gpd.GeoDataFrame(data, geometry=geometry, crs="EPSG:4326")
+    gdf.to_parquet(path)
+    return gdf
+
+
+def read_embeddings(path, column="mean"):
+    """GeoParquet written by `embed` → (GeoDataFrame, float32 [N, D] of `column`)."""
+    import geopandas as gpd
+
+    gdf = gpd.read_parquet(path)
+    if column not in gdf.columns:
+        raise KeyError(f"{path}: no column {column!r} (have {list(gdf.columns)})")
+    return gdf, np.stack([np.asarray(v, np.float32) for v in gdf[column]])

@@ -1,0 +1,46 @@
+"""Segmentation metrics from a confusion matrix (spec §5.3: the reference's `intersectionAndUnion` and `F1Score`).
+
+`confusion_matrix` runs under jit (static shapes; pixels whose target is outside [0, K) — the ignore value 255 —
+are dropped); `scores` turns the accumulated [K, K] matrix (rows = target, columns = prediction) into per-class
+IoU, precision, recall and F1. Means are over the classes that occur (union > 0 for IoU; target or prediction
+present for F1), so a class absent from a small evaluation set does not count as a zero.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def confusion_matrix(pred, target, num_classes):
+    """pred, target int [...] → int32 [K, K] counts, conf[t, p]; targets outside [0, K) are ignored."""
+    k = num_classes
+    pred, target = pred.reshape(-1).astype(jnp.int32), target.reshape(-1).astype(jnp.int32)
+    valid = (target >= 0) & (target < k) & (pred >= 0) & (pred < k)
+    idx = jnp.where(valid, target * k + pred, k * k)  # invalid pixels land in an extra bin that is cut off
+    return jnp.bincount(idx, length=k * k + 1)[:-1].reshape(k, k).astype(jnp.int32)
+
+
+def scores(conf, class_names=None):
+    """[K, K] confusion → dict: iou, precision, recall, f1 (lists, NaN where undefined), miou, mean_f1,
+    pixel_accuracy, and `classes` (names)."""
+    conf = np.asarray(conf, np.float64)
+    k = conf.shape[0]
+    tp = np.diag(conf)
+    target_n, pred_n = conf.sum(1), conf.sum(0)
+    union = target_n + pred_n - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        precision = np.where(pred_n > 0, tp / pred_n, np.nan)
+        recall = np.where(target_n > 0, tp / target_n, np.nan)
+        f1 = np.where(target_n + pred_n > 0, 2 * tp / (target_n + pred_n), np.nan)  # = 2PR/(P+R), 0 if tp = 0
+    total = conf.sum()
+    return dict(
+        classes=list(class_names) if class_names else [str(i) for i in range(k)],
+        iou=iou.tolist(), precision=precision.tolist(), recall=recall.tolist(), f1=f1.tolist(),
+        miou=float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        mean_f1=float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
+        pixel_accuracy=float(tp.sum() / total) if total else float("nan"),
+    )
+
+
+UFZ_CLASSES = ("water", "green", "farmland", "undeveloped", "residential", "commercial", "institutional",
+               "industrial", "transportation")
