@@ -128,6 +128,18 @@ def test_node_attention_map(ufz_tiles, tiny_geolink, tmp_path):
         attention.node_attention_picture(tiny_geolink, ufz_tiles[0], n)
 
 
+def test_extractor_dropout_only_with_a_key(ufz_tiles, tiny_geolink):
+    """encoder_dropout (the reference's frozen encoder in train mode): the fusion map drops out, the ViT maps don't."""
+    _, images, graph, _ = next(tiles.batches(ufz_tiles[:2], 2))
+    plain = tiny_geolink.extract(images, graph)
+    again = tiny_geolink.extract(images, graph)
+    dropped = tiny_geolink.extract(images, graph, dropout_key=jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(plain[-1]), np.asarray(again[-1]))
+    assert not np.allclose(np.asarray(plain[-1]), np.asarray(dropped[-1]))
+    for a, b in zip(plain[:-1], dropped[:-1]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 torch = pytest.importorskip("torch")
 
 

@@ -5,8 +5,8 @@ only the head's parameters and BatchNorm statistics change. Loss: pixel cross-en
 maps' 9 and 255, spec §1.3), mean over the counted pixels as torch's CrossEntropyLoss(ignore_index=255). Optimizer
 as the predecessor Rose's recipe: Adam with L2 weight decay 0.01 (torch Adam's coupled decay), poly decay power 0.9.
 During training the fusion keys are a random subset of up to 50 nodes per tile, as the reference's `pad_node`;
-evaluation takes the first 50 (deterministic). Deviation: the reference leaves the frozen encoder in train mode, so
-its fusion dropout (0.1) stays on while the head trains; here the extractor never drops out.
+evaluation takes the first 50 (deterministic). The reference leaves the frozen encoder in train mode, so its fusion
+dropout (0.1) stays on while the head trains: `encoder_dropout=True` (default) does the same; False turns it off.
 """
 
 import dataclasses
@@ -36,6 +36,7 @@ class FinetuneConfig:
     dropout: float = 0.1
     seed: int = 0
     log_every: int = 10
+    encoder_dropout: bool = True  # the reference's frozen encoder stays in train mode: fusion dropout on in training
 
 
 def head_config(model_cfg, cfg: FinetuneConfig):
@@ -71,13 +72,13 @@ class Segmenter:
         self._train = jax.jit(self._train_step, donate_argnums=(0, 1, 2))
         self._predict = jax.jit(self._predict_step)
 
-    def _maps(self, enc_params, images, graph, key):
+    def _maps(self, enc_params, images, graph, key, dropout_key=None):
         model = nnx.merge(self.enc_graphdef, enc_params)
-        return jax.lax.stop_gradient(model.extract(images, graph, key=key))
+        return jax.lax.stop_gradient(model.extract(images, graph, key=key, dropout_key=dropout_key))
 
     def _train_step(self, params, stats, opt_state, enc_params, images, graph, labels, key):
-        node_key, drop_key = jax.random.split(key)
-        maps = self._maps(enc_params, images, graph, node_key)
+        node_key, drop_key, enc_drop_key = jax.random.split(key, 3)
+        maps = self._maps(enc_params, images, graph, node_key, enc_drop_key if self.cfg.encoder_dropout else None)
 
         def loss_fn(p, stats):
             # fresh variables for this trace: nnx variables are only mutable in the trace that made them

@@ -322,7 +322,8 @@ class GeoLink(nnx.Module):
         return total, aux
 
     # ------------------------------------------------------------------ downstream
-    def extract(self, images, graph, layers_=None, key=None, batch_groups=1, return_attention=False):
+    def extract(self, images, graph, layers_=None, key=None, batch_groups=1, return_attention=False,
+                dropout_key=None):
         """Downstream feature maps (spec §3.7, `GeoLink_Fusion_Embedding`).
 
         Runs the encoder unmasked, returns [B, H/p, W/p, D] maps of the raw outputs (no norm) of the 0-based
@@ -330,7 +331,8 @@ class GeoLink(nnx.Module):
         [B, H/p, W/p, fusion_dim]: the fusion block's updated image tokens, with queries img_fusion_mlp(img_norm(
         tokens after the last of `layers_`)) and keys up to max_fusion_nodes nodes per sample of the unmasked
         graph (the first ones in type-major order; a random subset when `key` is given, as the reference).
-        No dropout. return_attention adds the node→image attention [B, K, L] and the chosen node slots."""
+        No dropout unless `dropout_key` is given (the reference's frozen extractor left in train mode keeps the fusion
+        block's dropout on). return_attention adds the node→image attention [B, K, L] and the chosen node slots."""
         cfg = self.cfg
         layers_ = tuple(layers_ or cfg.default_extract_layers())
         x, grid = self._embed_patches(images)
@@ -356,7 +358,8 @@ class GeoLink(nnx.Module):
         for j, block in enumerate(self.osm_cross_modal_encoder):
             # As the reference: every block sees the initial image queries and node tokens (identical for depth 1).
             last = j == len(self.osm_cross_modal_encoder) - 1
-            out = block(image_q, nodes, image_pe, pe, valid, return_attention=return_attention and last)
+            drop = None if dropout_key is None else jax.random.fold_in(dropout_key, j)
+            out = block(image_q, nodes, image_pe, pe, valid, dropout_key=drop, return_attention=return_attention and last)
             hybrid = out[0]
             if return_attention and last:
                 attention = out[2]
