@@ -187,8 +187,6 @@ def test_pt_graph_import_round_trip_and_refuses_pickles(tmp_path):
 def test_official_pt_graphs_equal_the_bundled_npz(tmp_path):
     """The real official .pt files (kept out of the repository; read from ../shared, present in CI)."""
     pytest.importorskip("torch_geometric")
-    from geolink_jax.convert import graphs
-
     src = samples.SAMPLE_DIR.parents[2] / "shared" / "data" / "geolink_examples" / "ufz" / "graph"
     if not src.exists():
         pytest.skip(f"{src} not present (the official .pt examples ship only in ../shared)")

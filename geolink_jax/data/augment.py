@@ -32,9 +32,9 @@ class AugmentConfig:
     draft_decode: bool = False
 
 
-def crop_box(rng, faithful):
-    """A crop (x0, y0, w, h) in normalised image units."""
-    area = rng.uniform(0.4, 0.9)
+def crop_box(rng, faithful, scale=(0.4, 0.9)):
+    """A crop (x0, y0, w, h) in normalised image units; its area fraction is drawn uniformly in `scale`."""
+    area = rng.uniform(*scale)
     if faithful:
         aspect = rng.uniform() * 0.75 + 1.5
     else:
@@ -107,8 +107,13 @@ def color_jitter(pil, rng, strength):
 
 
 def as_rgb_pil(image):
-    """uint8 array [H, W, 3] or PIL image (possibly not yet decoded) → PIL image (RGB once decoded)."""
-    return Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    """Array [H, W, 3] or [H, W] (cast to uint8, grey repeated to RGB) or PIL image (possibly not yet decoded,
+    converted to RGB by the caller once any draft decode is set up) → PIL image."""
+    if not isinstance(image, np.ndarray):
+        return image
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return Image.fromarray(image.astype(np.uint8))
 
 
 def crop_pixels(bbox, size):
@@ -119,12 +124,12 @@ def crop_pixels(bbox, size):
 
 
 def augment(image, graph, rng, cfg: AugmentConfig):
-    """image uint8 [H, W, 3] or a lazy PIL image, TileGraph, numpy Generator → (float32 [S, S, 3] normalised,
+    """image array (see `as_rgb_pil`) or a lazy PIL image, TileGraph, numpy Generator → (float32 [S, S, 3] normalised,
     TileGraph).
 
     The image stays a uint8 PIL image until the end (as in the reference's torchvision transforms)."""
     pil = as_rgb_pil(image)
-    cropped, bbox = crop_graph(graph, crop_box(rng, cfg.faithful_crop))
+    cropped, bbox = crop_graph(graph, crop_box(rng, cfg.faithful_crop, cfg.crop_scale))
     if cropped is None:
         bbox = (0.0, 0.0, 1.0, 1.0)
     else:
@@ -154,7 +159,7 @@ def normalize(img):
 
 
 def resize_only(image, image_size):
-    """Evaluation transform: uint8 [H, W, 3] or PIL image → resized to a square and normalised (no randomness)."""
+    """Evaluation transform: array (see `as_rgb_pil`) or PIL image → resized to a square and normalised (no randomness)."""
     pil = as_rgb_pil(image)
     pil = (pil if pil.mode == "RGB" else pil.convert("RGB")).resize((image_size, image_size), Image.BILINEAR)
     return normalize(np.asarray(pil, np.float32) / 255.0)

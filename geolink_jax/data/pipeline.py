@@ -57,10 +57,6 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
     def random_map(self, data, rng):
         record = record_format.decode(data)
         image = record_format.open_image(record)  # lazy: augment may decode a JPEG at a reduced scale
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2:
-                image = np.repeat(image[..., None], 3, axis=-1)
-            image = image.astype(np.uint8)
         graph = tile_graph_from_record(record, lean=True)
         if self.cfg.train:
             image, graph = augment(image, graph, rng, self.cfg.augment)
@@ -88,7 +84,7 @@ def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
         ds = ds.seed(cfg.seed)
     ds = ds.random_map(DecodeAugmentPad(cfg))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
-    # Reader threads overlap JPEG decoding and numpy augmentation (both release the GIL for most of their time).
+    # Reader threads overlap JPEG decoding and resizing (which release the GIL); the per-sample graph work holds it.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=max(
         2 * cfg.read_threads, 1)))
     if cfg.worker_count > 0:

@@ -19,7 +19,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from geolink_jax.data.graph_batch import GraphBatch
 from geolink_jax.downstream import metrics, tiles as tiles_lib
 from geolink_jax.downstream.upernet import UperNet, UperNetConfig
 
@@ -143,7 +142,7 @@ def finetune(geolink, train_tiles, eval_tiles, cfg: FinetuneConfig, workdir=None
     seg = Segmenter(geolink, cfg)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.key(cfg.seed)
-    order, history = [], []
+    order, losses, history = [], [], []
     log = None
     if workdir:
         workdir = pathlib.Path(workdir)
@@ -155,12 +154,14 @@ def finetune(geolink, train_tiles, eval_tiles, cfg: FinetuneConfig, workdir=None
             order += list(rng.permutation(len(train_tiles)))
         picked, order = [train_tiles[i] for i in order[:cfg.batch_size]], order[cfg.batch_size:]
         _, images, graph, labels = next(tiles_lib.batches(picked, cfg.batch_size, budget))
-        loss = float(seg.train_step(images, graph, labels, jax.random.fold_in(key, step)))
-        history.append(dict(step=step + 1, loss=loss))
-        if log and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            log.write(json.dumps(history[-1]) + "\n")
-            log.flush()
-        bar.set_postfix(loss=f"{loss:.4f}")
+        # The loss stays on the device: reading it back every step would stall the asynchronous dispatch.
+        losses.append(seg.train_step(images, graph, labels, jax.random.fold_in(key, step)))
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            history += [dict(step=len(history) + 1, loss=float(v)) for v in jax.device_get(losses[len(history):])]
+            if log:
+                log.write(json.dumps(history[-1]) + "\n")
+                log.flush()
+            bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     if log:
         log.close()
     result, preds = evaluate(seg, eval_tiles, cfg.batch_size, budget,

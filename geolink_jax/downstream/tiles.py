@@ -39,9 +39,6 @@ def remap_labels(label, num_classes):
 
 def tile_from_record(record, image_size, num_classes=9):
     """A decoded tile record → Tile (label resized with nearest neighbour, never interpolated)."""
-    image = record_format.decode_image(record)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
     label = None
     if record.get("label_image") is not None:
         lab = Image.open(io.BytesIO(record["label_image"]))
@@ -50,7 +47,7 @@ def tile_from_record(record, image_size, num_classes=9):
         label = remap_labels(np.asarray(lab), num_classes)
     meta = record.get("meta") or {}
     bbox = None if meta.get("footprint") == "unknown" else tuple(float(v) for v in record["bbox_lonlat"])
-    return Tile(record.get("tile_id", "?"), bbox, resize_only(image.astype(np.uint8), image_size),
+    return Tile(record.get("tile_id", "?"), bbox, resize_only(record_format.open_image(record), image_size),
                 tile_graph_from_record(record), label)
 
 
