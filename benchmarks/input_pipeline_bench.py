@@ -56,9 +56,12 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
     it = iter(trainer.make_dataset(paths, pipe_cfg))
 
     first = next(it)  # warm-up (opens the shards, starts workers)
-    t0 = time.perf_counter()
-    read = [next(it) for _ in range(batches)]
-    pipeline_sps = batches * config.batch_size / (time.perf_counter() - t0)
+    read, batch_times = [], []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        read.append(next(it))
+        batch_times.append(time.perf_counter() - t0)
+    pipeline_sps = batches * config.batch_size / sum(batch_times)
 
     real = {k: 0 for k in (*NODE_TYPES, *RELATION_NAMES)}
     dropped = 0
@@ -105,10 +108,32 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
         vit_width=setup.model_cfg.vit.width, vit_depth=setup.model_cfg.vit.depth, dtype=dtype, workers=workers, threads=threads,
         pipeline_samples_per_s=pipeline_sps, step_samples_per_s=step_sps, headroom=pipeline_sps / step_sps,
         step_s=dict(min=min(times), median=statistics.median(times), max=max(times)), compile_s=compile_s,
+        step_times=times, batch_times=batch_times,
         budget_stat=config.data.budget_stat, node_budget=budget.nodes, padding_waste=waste,
         dropped_nodes_per_sample=dropped / n, loop_samples_per_s=batches * config.batch_size / loop_s,
         loop_input_wait_fraction=waited / loop_s, device=jax.devices()[0].device_kind, jax=jax.__version__,
         machine=platform.machine(), cpu_count=os.cpu_count())
+
+
+def run(cfg):
+    """Suite `pipeline`: one config's pipeline rate vs step consumption as a result row (see benchmarks.rows)."""
+    from benchmarks import rows
+
+    row = rows.new_row("pipeline", cfg.get("name") or f"{cfg.config} pipeline vs step", rows.flatten(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        r = measure(cfg.config, bundled_shards(tmp), batch=cfg.get("batch") or None, batches=cfg.batches,
+                    repeats=cfg.repeats, dtype=cfg.dtype, workers=cfg.workers, threads=cfg.threads)
+    row["times_s"]["step"] = rows.stats(r.pop("step_times"))
+    row["times_s"]["pipeline_batch"] = rows.stats(r.pop("batch_times"))
+    m = row["metrics"]
+    m.update(batch=r["batch"], pipeline_samples_per_s=r["pipeline_samples_per_s"], compile_s=r["compile_s"],
+             loop_samples_per_s=r["loop_samples_per_s"], loop_input_wait_fraction=r["loop_input_wait_fraction"],
+             dropped_nodes_per_sample=r["dropped_nodes_per_sample"],
+             **{f"padding_waste.{k}": v for k, v in r["padding_waste"].items()})
+    m["step_samples_per_s"] = r["batch"] / row["times_s"]["step"]["median"]
+    rows.ratio(row, "headroom", "metrics.pipeline_samples_per_s", "metrics.step_samples_per_s",
+               target=cfg.get("target") or None, op=">=")
+    return row
 
 
 def main(argv=None):

@@ -82,6 +82,30 @@ def measure(config_name, mesh_shape, batch_size):
         device=jax.devices()[0].device_kind, device_count=jax.device_count(), jax=jax.__version__)
 
 
+def run(cfg):
+    """Suite `memory`: one row for the meshes in cfg.meshes (needs 8 devices; the runner provides them on CPU)."""
+    from benchmarks import rows
+
+    row = rows.new_row("memory", cfg.get("name") or f"{cfg.config} b{cfg.batch} memory per mesh", rows.flatten(cfg))
+    m = row["metrics"]
+    labels = []
+    for shape in cfg.meshes:
+        r = measure(cfg.config, tuple(shape), cfg.batch)
+        label = "x".join(str(s) for s in shape)
+        labels.append(label)
+        for k in ("state_bytes_compiled", "state_bytes_shardings", "temp_bytes", "argument_bytes", "output_bytes",
+                  "compile_s"):
+            m[f"{label}.{k}"] = r[k]
+        m["params"] = r["params"]
+    dp = labels[0]  # the first mesh is the data-parallel reference
+    for label in labels[1:]:
+        shards = math.prod(int(x) for x in label.split("x")[1:])
+        m[f"{label}.ideal_ratio"] = 1 / shards
+        rows.ratio(row, f"{label}_state_over_{dp}", f"metrics.{label}.state_bytes_compiled",
+                   f"metrics.{dp}.state_bytes_compiled", target=1.25 / shards, op="<=")
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="geolink_vit_b")

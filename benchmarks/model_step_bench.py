@@ -1,85 +1,191 @@
-"""Forward+backward time of the full GeoLink loss, and the sparse-encoding saving (issue 3).
+"""The GeoLink train step: throughput, FLOPs and MFU (suite `step`), and sparse vs dense encoding (suite `mask`).
 
-    python benchmarks/model_step_bench.py [--vit B] [--batch 4] [--dtype float32] [--repeats 5]
+    python -m benchmarks.model_step_bench [--config geolink_vit_b] [--batch 4] [--dtype float32] [--repeats 5]
 
-Times one jitted value_and_grad of GeoLink.loss (all three losses) on real UFZ graphs (padded to the default
-budget) and random 224 px images, at image mask ratio 0.75 (the encoder sees 49 of 196 tokens) and at 0 (all
-196), in the same process, interleaved, after compilation. Prints min/median per ratio and the ratio of the
-medians. Target: mask-0.75 step <= 0.35x the mask-0 step.
+Both time the real jitted train step (`trainer.Setup.step_fn`: GeoLink loss with all three terms, value_and_grad,
+global-norm clipping, AdamW, non-finite guard, donated state) on the bundled UFZ graphs (real OSM, 512-d CLIP tag
+features, padded to the default budget) and random images at the config's size, after compilation.
+
+step: analytic FLOPs (`geolink_jax.models.flops`) cross-checked with XLA's cost analysis of the compiled step;
+achieved FLOP/s per device; MFU against the device's peak (known GPUs/TPUs, or `peak_tflops` given); and, always,
+the fraction of this device's measured matmul rate (`roof`: a large matmul at the same dtype), which is the
+meaningful ceiling on a CPU.
+mask: one step per image mask ratio, interleaved repeats in one process; ratios to the mask-0 (dense) step.
+Target: mask 0.75 ≤ 0.35× mask 0.
 """
 
 import argparse
+import dataclasses
+import importlib
 import json
-import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import numpy as np
 
+from benchmarks import rows
 from geolink_jax import samples
 from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
-from geolink_jax.models import VIT_PRESETS, GeoLink, GeoLinkConfig
+from geolink_jax.models import flops
 from geolink_jax.osm import osm_graph
+from geolink_jax.train import sharding, trainer
 
 
-def make_step(model):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+def ufz_graphs():
+    return [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
 
-    def loss(p, images, graph, key):
-        return nnx.merge(graphdef, p, rest).loss(images, graph, key)
 
-    grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    return lambda images, graph, key: grad_fn(params, images, graph, key)
+def host_batch(batch_size, image_size, graphs=None, seed=0, budget=None):
+    """Real UFZ graphs (cycled to batch_size) padded to `budget` (default budget) + N(0, 1) images.
+    Returns (batch dict of numpy arrays, feature_dim)."""
+    graphs = graphs or ufz_graphs()
+    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], budget or GraphBudget.default())
+    image = np.random.default_rng(seed).standard_normal((batch_size, image_size, image_size, 3), np.float32)
+    return dict(image=image, graph=dataclasses.asdict(graph)), graphs[0].features["polygon"].shape[1]
+
+
+def training_config(cfg, mask_ratio=None):
+    """A bench run config (config, batch, dtype, mask_ratio, attention_impl, mesh) → the pretraining ConfigDict."""
+    config = importlib.import_module(f"configs.{cfg.config}").get_config()
+    config.batch_size = cfg.batch
+    config.model.dtype = cfg.dtype
+    config.model.attention_impl = cfg.get("attention_impl") or None
+    config.model.img_mask_ratio = cfg.mask_ratio if mask_ratio is None else mask_ratio
+    config.mesh = dict(cfg.mesh)
+    config.total_steps = 1000
+    return config
+
+
+def mesh_for(cfg):
+    shape = dict(cfg.mesh)
+    n = cfg.get("devices", 1)
+    if n > jax.device_count():
+        raise RuntimeError(f"run needs {n} devices, have {jax.device_count()}")
+    return sharding.make_mesh(shape, devices=jax.devices()[:n])
+
+
+class StepRunner:
+    """A compiled train step for one config on one mesh, with its state and one device batch."""
+
+    def __init__(self, cfg, mask_ratio=None, mesh=None):
+        self.mesh = mesh or mesh_for(cfg)
+        self.config = training_config(cfg, mask_ratio)
+        image_size = self.config.model.vit.image_size
+        host, feature_dim = host_batch(cfg.batch, image_size)
+        self.setup = trainer.Setup(self.config, self.mesh, feature_dim)
+        self.state = self.setup.init_state()
+        with jax.set_mesh(self.mesh):
+            self.batch = sharding.global_batch(host, self.mesh)
+            key = jax.random.key(0)
+            t0 = time.perf_counter()
+            lowered = self.setup.step_fn.lower(self.state, self.batch, key)
+            self.lower_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.compiled = lowered.compile()
+            self.compile_s = time.perf_counter() - t0
+        cost = self.compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        self.xla_flops = float(cost.get("flops", float("nan")))  # per device (the SPMD program)
+        self.model_flops = flops.geolink_step_flops(self.setup.model_cfg, GraphBudget.default().nodes).train_step \
+            * cfg.batch
+        self._calls = 0
+        self.step()  # first run: allocations, autotuning
+
+    def step(self):
+        """One step, blocking; returns seconds."""
+        with jax.set_mesh(self.mesh):
+            t0 = time.perf_counter()
+            self._calls += 1
+            self.state, metrics = self.compiled(self.state, self.batch, jax.random.key(self._calls))
+            jax.block_until_ready(metrics)
+            return time.perf_counter() - t0
+
+
+def interleaved(runners, repeats):
+    """{label: [seconds]} timing each runner once per round, so drift on a noisy host hits all alike."""
+    times = {label: [] for label in runners}
+    for _ in range(repeats):
+        for label, r in runners.items():
+            times[label].append(r.step())
+    return times
+
+
+def matmul_roof(dtype, n=2048, repeats=5):
+    """FLOP/s of a large square matmul at `dtype` on the default device (best of `repeats`)."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = min(_timed(lambda: f(a, a).block_until_ready()) for _ in range(repeats))
+    return 2 * n ** 3 / best
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_step(cfg):
+    flat = rows.flatten(cfg)
+    row = rows.new_row("step", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype}", flat)
+    r = StepRunner(cfg)
+    row["times_s"]["step"] = rows.stats(interleaved({"step": r}, cfg.repeats)["step"])
+    n_dev = r.mesh.size
+    m = row["metrics"]
+    m.update(compile_s=r.compile_s, lower_s=r.lower_s, devices=n_dev, batch=cfg.batch,
+             model_flops_per_step=r.model_flops, model_flops_per_device_step=r.model_flops / n_dev,
+             xla_flops_per_device_step=r.xla_flops)
+    m["samples_per_s"] = cfg.batch / row["times_s"]["step"]["median"]
+    m["model_flops_per_s_per_device"] = m["model_flops_per_device_step"] / row["times_s"]["step"]["median"]
+    m["matmul_roof_flops_per_s"] = matmul_roof(cfg.dtype)
+    rows.ratio(row, "analytic_over_xla_flops", "metrics.model_flops_per_device_step",
+               "metrics.xla_flops_per_device_step", target=0.8, op=">=")
+    rows.ratio(row, "roof_fraction", "metrics.model_flops_per_s_per_device", "metrics.matmul_roof_flops_per_s")
+    peak = cfg.get("peak_tflops") and cfg.peak_tflops * 1e12 or flops.peak_flops(row["env"]["device_kind"], cfg.dtype)
+    if peak:
+        m["peak_flops_per_s_per_device"] = peak
+        rows.ratio(row, "mfu", "metrics.model_flops_per_s_per_device", "metrics.peak_flops_per_s_per_device",
+                   target=cfg.get("mfu_target") or None, op=">=")
+    return row
+
+
+def run_mask(cfg):
+    flat = rows.flatten(cfg)
+    row = rows.new_row("mask", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype} mask sweep", flat)
+    mesh = mesh_for(cfg)
+    runners = {}
+    for ratio in cfg.mask_ratios:
+        runners[f"mask_{ratio}"] = StepRunner(cfg, mask_ratio=ratio, mesh=mesh)
+        row["metrics"][f"compile_s_mask_{ratio}"] = runners[f"mask_{ratio}"].compile_s
+        row["metrics"][f"model_flops_mask_{ratio}"] = runners[f"mask_{ratio}"].model_flops
+    for label, t in interleaved(runners, cfg.repeats).items():
+        row["times_s"][label] = rows.stats(t)
+    dense = f"mask_{cfg.mask_ratios[0]}"
+    for ratio in cfg.mask_ratios[1:]:
+        target = cfg.get("target_075") if ratio == 0.75 else None
+        rows.ratio(row, f"mask_{ratio}_over_{cfg.mask_ratios[0]}", f"times_s.mask_{ratio}.median",
+                   f"times_s.{dense}.median", target=target, op="<=")
+    return row
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vit", default="B", choices=sorted(VIT_PRESETS))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args(argv)
+    import ml_collections
 
-    names = samples.ufz_tile_names()
-    graphs = [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in names]
-    graphs = (graphs * args.batch)[: args.batch]
-    graph, _ = pad_graphs(graphs, GraphBudget.default())
-    graph = jax.tree.map(jnp.asarray, graph)
-    images = jax.random.normal(jax.random.key(0), (args.batch, 224, 224, 3), jnp.float32)
-
-    steps = {}
-    for ratio in (0.75, 0.0):
-        cfg = GeoLinkConfig(vit=VIT_PRESETS[args.vit], dtype=args.dtype, img_mask_ratio=ratio)
-        model = GeoLink(cfg, rngs=nnx.Rngs(0))
-        step = make_step(model)
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(images, graph, jax.random.key(1)))
-        print(f"mask {ratio}: compiled + first step in {time.perf_counter() - t0:.1f} s", flush=True)
-        steps[ratio] = step
-
-    times = {r: [] for r in steps}
-    for i in range(args.repeats):  # interleave so drift on a noisy machine hits both alike
-        for r, step in steps.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(step(images, graph, jax.random.key(2 + i)))
-            times[r].append(time.perf_counter() - t0)
-
-    med = {r: statistics.median(t) for r, t in times.items()}
-    row = dict(
-        bench="geolink_step", vit=args.vit, batch=args.batch, dtype=args.dtype, repeats=args.repeats,
-        device=jax.devices()[0].device_kind, device_count=jax.device_count(), jax=jax.__version__,
-        machine=platform.machine(), cpu_count=__import__("os").cpu_count(),
-        step_s={str(r): dict(min=min(t), median=med[r], max=max(t)) for r, t in times.items()},
-        ratio_mask075_over_mask0=med[0.75] / med[0.0],
-    )
-    print(f"ViT-{args.vit}/16 GeoLink loss fwd+bwd, batch {args.batch}, {args.dtype}, {row['device']}")
-    for r, t in times.items():
-        print(f"  mask {r:4}: min {min(t):.3f} s  median {med[r]:.3f} s  max {max(t):.3f} s")
-    verdict = "met" if row["ratio_mask075_over_mask0"] <= 0.35 else "NOT met"
-    print(f"  mask 0.75 / mask 0 (medians): {row['ratio_mask075_over_mask0']:.3f}x  (target <= 0.35x: {verdict})")
-    print(json.dumps(row))
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="geolink_vit_b")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--suite", choices=("step", "mask"), default="mask")
+    args = p.parse_args(argv)
+    cfg = ml_collections.ConfigDict(dict(
+        config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats, mask_ratio=0.75,
+        mask_ratios=[0.0, 0.5, 0.75, 0.9], attention_impl="", mesh=dict(data=1, fsdp=1, tensor=1), devices=1,
+        peak_tflops=0.0, target_075=0.35, mfu_target=0.0))
+    row = run_step(cfg) if args.suite == "step" else run_mask(cfg)
+    rows.validate_row(row)
+    print(json.dumps(row, indent=1))
 
 
 if __name__ == "__main__":

@@ -59,6 +59,56 @@ def same_graph(a, b):
                for r in a.edge_index) and all(np.array_equal(a.positions[t], b.positions[t]) for t in a.positions)
 
 
+def measure_tiles(tiles, repeats):
+    """[(name, features, full-build s vectorised, pairwise, relations s vectorised, pairwise)], best of `repeats`;
+    raises if the two builders disagree on any tile."""
+    enc = tag_encoders.make_encoder("hash:512")
+    rows = []
+    for name, bbox, geoms, labels in tiles:
+        layers, _ = geometry.clean_features(geoms, labels, ["-"] * len(geoms), bbox)
+        n = sum(len(v) for v in layers.values())
+        build = lambda pw: osm_graph.build_tile_graph(layers, bbox, enc, name, pairwise=pw)[0]  # noqa: E731
+        relations = lambda pw: osm_graph.build_relations(layers, pairwise=pw)[0]  # noqa: E731
+        build(False)  # warm the tag cache so both builders pay the same (zero) encoding cost
+        t_vec, g_vec = best_time(lambda: build(False), repeats)
+        t_pw, g_pw = best_time(lambda: build(True), repeats)
+        r_vec, _ = best_time(lambda: relations(False), repeats)
+        r_pw, _ = best_time(lambda: relations(True), repeats)
+        if not same_graph(g_vec, g_pw):
+            raise AssertionError(f"vectorised and pairwise graphs differ on {name}")
+        rows.append((name, n, t_vec, t_pw, r_vec, r_pw))
+    return rows
+
+
+def run(cfg):
+    """Suite `preprocess`: tiles/s of both builders over the bundled tiles (+ Helsinki when cfg.helsinki)."""
+    import itertools
+
+    from benchmarks import rows as result_rows
+
+    row = result_rows.new_row("preprocess", cfg.get("name") or "tile graphs: vectorised vs pairwise",
+                              result_rows.flatten(cfg))
+    tiles = list(sample_tiles())
+    if cfg.helsinki:
+        tiles += list(itertools.islice(helsinki_tiles(cfg.tile_deg), cfg.get("max_tiles") or None))
+    measured = measure_tiles(tiles, cfg.repeats)
+    big = [r for r in measured if r[1] >= cfg.min_features]
+    sel, label = (big, "big") if big else (measured, "all")
+    m = row["metrics"]
+    m.update(tiles=len(measured), big_tiles=len(big), min_features=cfg.min_features,
+             mean_features=float(np.mean([r[1] for r in measured])), ratio_over=label)
+    for i, part in ((2, "build"), (4, "relations")):
+        m[f"{part}_vectorised_s"] = sum(r[i] for r in sel)
+        m[f"{part}_pairwise_s"] = sum(r[i + 1] for r in sel)
+        m[f"{part}_vectorised_tiles_per_s"] = len(sel) / m[f"{part}_vectorised_s"]
+        m[f"{part}_pairwise_tiles_per_s"] = len(sel) / m[f"{part}_pairwise_s"]
+    # the target is for tiles with >= min_features; without such tiles the ratio is reported unjudged
+    result_rows.ratio(row, "relations_speedup", "metrics.relations_pairwise_s", "metrics.relations_vectorised_s",
+                      target=(cfg.get("target") or None) if big else None, op=">=")
+    result_rows.ratio(row, "build_speedup", "metrics.build_pairwise_s", "metrics.build_vectorised_s")
+    return row
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tile-deg", type=float, default=0.004, help="Helsinki tile width in degrees (~220 m)")
@@ -66,22 +116,11 @@ def main(argv=None):
     p.add_argument("--min-features", type=int, default=100)
     args = p.parse_args(argv)
 
-    enc = tag_encoders.make_encoder("hash:512")
-    rows = []
-    for name, bbox, geoms, labels in list(sample_tiles()) + list(helsinki_tiles(args.tile_deg)):
-        layers, _ = geometry.clean_features(geoms, labels, ["-"] * len(geoms), bbox)
-        n = sum(len(v) for v in layers.values())
-        build = lambda pw: osm_graph.build_tile_graph(layers, bbox, enc, name, pairwise=pw)[0]  # noqa: E731
-        relations = lambda pw: osm_graph.build_relations(layers, pairwise=pw)[0]  # noqa: E731
-        build(False)  # warm the tag cache so both builders pay the same (zero) encoding cost
-        t_vec, g_vec = best_time(lambda: build(False), args.repeats)
-        t_pw, g_pw = best_time(lambda: build(True), args.repeats)
-        r_vec, _ = best_time(lambda: relations(False), args.repeats)
-        r_pw, _ = best_time(lambda: relations(True), args.repeats)
-        if not same_graph(g_vec, g_pw):
-            print(f"MISMATCH on {name}", file=sys.stderr)
-            return 1
-        rows.append((name, n, t_vec, t_pw, r_vec, r_pw))
+    try:
+        rows = measure_tiles(list(sample_tiles()) + list(helsinki_tiles(args.tile_deg)), args.repeats)
+    except AssertionError as e:
+        print(f"MISMATCH: {e}", file=sys.stderr)
+        return 1
 
     def summary(sel, label, col=2):
         if not sel:

@@ -1,4 +1,4 @@
-"""`geolink-jax` command line: preprocess, pretrain, convert, embed, finetune, probe, attention."""
+"""`geolink-jax` command line: preprocess, pretrain, convert, embed, finetune, probe, attention, bench."""
 import argparse
 import pathlib
 import sys
@@ -298,6 +298,54 @@ def cmd_attention(args):
     return 0
 
 
+def _bench_parser(sub):
+    p = sub.add_parser("bench", help="benchmark suites → JSON rows, markdown/CSV table, plots; or `bench report`",
+                       description="Run a benchmark sweep (configs/bench/<suite>.py) and report it, or (`bench "
+                                   "report`) re-make the table and plots from result rows. See benchmarks/.")
+    p.add_argument("action", nargs="?", choices=("run", "report"), default="run")
+    p.add_argument("--suite", default="quick", help="sweep: quick | cpu | gpu | path/to/sweep.py (run)")
+    p.add_argument("--only", default="", help="comma-separated suites of the sweep to run (step,mask,pipeline,"
+                                              "preprocess,memory,compile,reference)")
+    p.add_argument("--reference-repo", default=None,
+                   help="checkout of github.com/bailubin/GeoLink_NeurIPS2025 for the side-by-side suite")
+    p.add_argument("--set", action="append", default=[], metavar="SUITE.KEY=VALUE",
+                   help="override a suite default, e.g. --set step.repeats=3 (repeatable)")
+    p.add_argument("--no-recommended", action="store_true", help="GPU: do not apply jax_optimization_level O1")
+    p.add_argument("--rows", action="append", default=[], help="report: rows.jsonl file(s) to read")
+    p.add_argument("--out", default="out/bench", help="directory for rows.jsonl, results.md/.csv and plots")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_bench(args):
+    from benchmarks import report, rows, runner
+
+    command = "geolink-jax " + " ".join(sys.argv[1:]) if argv_is_cli() else None
+    if args.action == "report":
+        if not args.rows:
+            print("error: bench report needs --rows FILE", file=sys.stderr)
+            return 2
+        found = [r for path in args.rows for r in rows.read(path)]
+        path = report.write_report(found, args.out, command=command)
+    else:
+        base, runs = runner.load_sweep(args.suite)
+        only = [s for s in args.only.split(",") if s]
+        cfgs = runner.plan(base, runs, only=only, overrides=args.set, reference_repo=args.reference_repo)
+        if not args.no_recommended:
+            runner.apply_recommended_flags()
+        found = runner.execute(cfgs, args.out, progress=not args.no_progress)
+        path = report.write_report(found, args.out, title=f"geolink_jax benchmarks: suite {args.suite}",
+                                   command=command)
+    print()
+    print(report.markdown_table(found))
+    print(f"\nwrote {path} (+ results.csv, plots) from {len(found)} rows")
+    return 1 if any(r["status"] == "error" for r in found) else 0
+
+
+def argv_is_cli():
+    return pathlib.Path(sys.argv[0]).name in ("geolink-jax", "cli.py", "__main__.py")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="geolink-jax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,12 +356,13 @@ def main(argv=None):
     _finetune_parser(sub).set_defaults(func=cmd_finetune)
     _probe_parser(sub).set_defaults(func=cmd_probe)
     _attention_parser(sub).set_defaults(func=cmd_attention)
+    _bench_parser(sub).set_defaults(func=cmd_bench)
     args, extra = parser.parse_known_args(argv)
     if args.command == "pretrain":
         return args.func(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("embed", "finetune", "probe", "attention"):
+    if args.command in ("embed", "finetune", "probe", "attention", "bench"):
         try:
             return args.func(args)
         except (FileNotFoundError, ValueError, KeyError) as e:

@@ -289,3 +289,25 @@ def test_batch_groups_and_global_negatives():
     assert float(outs["local"]["node_loss"]) == float(outs["global"]["node_loss"])
     assert float(outs["local"]["contrastive_loss"]) != float(outs["global"]["contrastive_loss"])
     assert float(outs["one"]["img_loss"]) == float(outs["local"]["img_loss"])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_linear_custom_backward_matches_autodiff(dtype):
+    """layers.linear's hand-written backward (optimization barrier before the weight gradient) = autodiff's."""
+    from geolink_jax.models.layers import linear
+
+    kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(kx, (2, 5, 8), dtype)
+    w = jax.random.normal(kw, (8, 6), dtype)
+    probe = jax.random.normal(kg, (2, 5, 6), jnp.float32)
+
+    def loss(fn, x, w):
+        return jnp.sum(fn(x, w).astype(jnp.float32) * probe)
+
+    ours = jax.jit(jax.grad(lambda x, w: loss(linear, x, w), argnums=(0, 1)))(x, w)
+    ref = jax.grad(lambda x, w: loss(jnp.matmul, x, w), argnums=(0, 1))(x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for a, b in zip(ours, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(linear(x, w), x @ w)

@@ -69,6 +69,8 @@ def _pretrain(workdir, data_dir, steps, **popen):
 
 def _losses(workdir):
     rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # the log carries achieved model FLOP/s (MFU only where the device's peak is known)
+        assert r["tflops_per_s_per_device"] > 0 and ("mfu" in r) == ("cpu" not in jax.devices()[0].device_kind)
     return {r["step"]: r["loss"] for r in rows}
 
 

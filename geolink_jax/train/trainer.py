@@ -20,7 +20,7 @@ from flax import nnx, traverse_util
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget
 from geolink_jax.data.pipeline import PipelineConfig, make_dataset
 from geolink_jax.data.augment import AugmentConfig
-from geolink_jax.models import GeoLink, GeoLinkConfig
+from geolink_jax.models import GeoLink, GeoLinkConfig, flops
 from geolink_jax.train import sharding
 from geolink_jax.train.checkpoint import Checkpointer, abstract_like
 from geolink_jax.train.optimizer import make_optimizer
@@ -91,12 +91,14 @@ class Setup:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        def update(_):
+            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+            return optax.apply_updates(state["params"], updates), opt_state
+
         # A non-finite step changes nothing (params, optimizer moments), so no checkpoint ever holds its result.
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_state = dict(params=keep(params, state["params"]), opt_state=keep(opt_state, state["opt_state"]),
-                         step=state["step"] + 1)
+        # lax.cond runs one branch: no elementwise select pass over the whole state on every step.
+        params, opt_state = jax.lax.cond(finite, update, lambda _: (state["params"], state["opt_state"]), None)
+        new_state = dict(params=params, opt_state=opt_state, step=state["step"] + 1)
         metrics = dict(aux, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
         return new_state, metrics
 
@@ -196,6 +198,10 @@ def train(config, workdir, progress=True):
     start = int(state["step"])
     bar = _progress(start, config.total_steps, progress)
     t_last, seen, last_host = time.perf_counter(), 0, None
+    # analytic model FLOPs per sample (matmuls, forward + backward; models/flops.py) → TFLOP/s and MFU in the log
+    flops_per_sample = flops.geolink_step_flops(setup.model_cfg, pipeline_config(
+        config, manifest, setup.model_cfg.vit.image_size).budget.nodes).train_step
+    peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.dtype)
     try:
         with jax.set_mesh(mesh):
             for step in range(start, config.total_steps):
@@ -211,6 +217,9 @@ def train(config, workdir, progress=True):
                     now = time.perf_counter()
                     row.update(step=done, samples_per_s=seen / (now - t_last),
                                dropped_nodes=int(np.sum(stats["dropped_nodes"])))
+                    row["tflops_per_s_per_device"] = row["samples_per_s"] * flops_per_sample / mesh.size / 1e12
+                    if peak:
+                        row["mfu"] = row["tflops_per_s_per_device"] * 1e12 / peak
                     t_last, seen = now, 0
                     rows.append(row)
                     with open(metrics_path, "a") as f:

@@ -1,0 +1,171 @@
+"""Runs a sweep: every run → one validated JSON row appended to `<out>/rows.jsonl`, then the report.
+
+    geolink-jax bench --suite quick|cpu|gpu|path/to/sweep.py [--only step,mask] [--reference-repo PATH]
+                      [--set step.repeats=3 …] [--out out/bench]
+
+A run that needs more devices than this process has runs in a child process: on a CPU backend with
+`--xla_force_host_platform_device_count=N` (simulated devices: memory and sharding are real, speed is not); on
+an accelerator it is recorded as skipped with the reason. A run that fails is recorded (status "error", the
+exception) and the sweep goes on.
+"""
+
+import importlib
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+from benchmarks import rows, sweep
+
+SUITES = {
+    "step": ("benchmarks.model_step_bench", "run_step"),
+    "mask": ("benchmarks.model_step_bench", "run_mask"),
+    "pipeline": ("benchmarks.input_pipeline_bench", "run"),
+    "preprocess": ("benchmarks.preprocess_bench", "run"),
+    "memory": ("benchmarks.memory_bench", "run"),
+    "compile": ("benchmarks.compile_bench", "run"),
+    "reference": ("benchmarks.reference_bench", "run"),
+}
+
+
+def load_sweep(name):
+    """A sweep by name (configs/bench/<name>.py) or path → (base ConfigDict, [run overrides])."""
+    path = pathlib.Path(name)
+    if path.suffix == ".py" and path.is_file():
+        spec = importlib.util.spec_from_file_location(f"bench_sweep_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"configs.bench.{name}")
+        except ModuleNotFoundError as e:
+            raise ValueError(f"no sweep {name!r} (configs/bench/{name}.py) and no file of that name") from e
+    return module.get_config(), module.get_sweep()
+
+
+def parse_value(text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def plan(base, runs, only=None, overrides=(), reference_repo=None):
+    """The resolved run configs, in sweep order. overrides: ["suite.key=value", …] applied to the base first."""
+    base = base.copy_and_resolve_references()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        node = base
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"--set {key}: no such field")
+        node[leaf] = parse_value(value)
+    if reference_repo:
+        base.reference.reference_repo = str(reference_repo)
+    cfgs = [sweep.resolve(base, run) for run in runs]
+    if only:
+        unknown = set(only) - set(SUITES)
+        if unknown:
+            raise ValueError(f"--only {sorted(unknown)}: suites are {sorted(SUITES)}")
+        cfgs = [c for c in cfgs if c.suite in only]
+    return cfgs
+
+
+def run_one(cfg):
+    """One run in this process → row (errors become an "error" row)."""
+    module, fn = SUITES[cfg.suite]
+    try:
+        return getattr(importlib.import_module(module), fn)(cfg)
+    except Exception as e:  # record and go on: one failing run must not lose the sweep
+        row = rows.new_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg))
+        row.update(status="error", reason=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        return row
+
+
+def run_in_child(cfg, devices):
+    """The run in a fresh process with `devices` simulated CPU devices → row."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
+    env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "row.json"
+        cmd = [sys.executable, "-m", "benchmarks.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode or not out.exists():
+            row = rows.new_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg))
+            row.update(status="error", reason=f"child process exited {proc.returncode}: {proc.stderr[-2000:]}")
+            return row
+        return json.loads(out.read_text())
+
+
+def needed_devices(cfg):
+    return int(cfg.get("devices", 1) or 1)
+
+
+def execute(cfgs, out_dir, progress=True):
+    """Runs every config, appending rows to out_dir/rows.jsonl; returns the rows."""
+    import jax
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "rows.jsonl"
+    results = []
+    for i, cfg in enumerate(cfgs, 1):
+        label = cfg.get("name") or f"{cfg.suite} {cfg.get('config', '')}".strip()
+        if progress:
+            print(f"[{i}/{len(cfgs)}] {cfg.suite}: {label} …", flush=True)
+        t0 = time.perf_counter()
+        n = needed_devices(cfg)
+        if n > jax.device_count():
+            if jax.default_backend() == "cpu":
+                row = run_in_child(cfg, n)
+            else:
+                row = rows.skipped_row(cfg.suite, label, rows.flatten(cfg),
+                                       f"needs {n} devices, this host has {jax.device_count()}")
+        else:
+            row = run_one(cfg)
+        row.setdefault("wall_s", time.perf_counter() - t0)
+        try:
+            rows.append(path, row)
+        except ValueError as e:  # a malformed row is a bug in a suite: keep it visible, marked as an error
+            row.update(status="error", reason=f"invalid row: {e}")
+            rows.append(path, row)
+        results.append(row)
+        if progress:
+            note = row.get("reason", "")
+            print(f"    {row['status']} in {row['wall_s']:.0f} s {note[:200]}", flush=True)
+    return results
+
+
+def apply_recommended_flags():
+    """GPU: jax_optimization_level O1 unless the user chose a level (recorded in every row's env)."""
+    import jax
+
+    if jax.default_backend() == "gpu" and str(jax.config.jax_optimization_level).endswith("DEFAULT") \
+            and "JAX_OPTIMIZATION_LEVEL" not in os.environ:
+        jax.config.update("jax_optimization_level", "O1")
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description="internal: one benchmark run in a child process")
+    p.add_argument("--one", required=True)
+    p.add_argument("--row-out", required=True)
+    args = p.parse_args(argv)
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict(json.loads(args.one))
+    row = run_one(cfg)
+    pathlib.Path(args.row_out).write_text(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

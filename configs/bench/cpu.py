@@ -1,0 +1,29 @@
+"""The CPU suite: the real ViT-B model and the issue-6 targets that apply on a CPU host (about an hour on 2 cores).
+
+    geolink-jax bench --suite cpu --reference-repo PATH
+"""
+
+from benchmarks.sweep import chain, fixed, product, sweep
+from configs.bench import common
+
+
+def get_config():
+    c = common.base_config()
+    c.compile.update(config="demo", batches=6)
+    c.step.repeats = 3
+    return c
+
+
+def get_sweep():
+    return chain(
+        product(fixed(suite="step"), sweep("batch", [1, 2, 4, 8])),
+        product(fixed(suite="step", config="demo", batch=8), sweep("devices", [1, 2, 4, 8]),
+                sweep("mesh.data", [-1])),
+        fixed(suite="mask"),
+        product(fixed(suite="pipeline"), sweep("config", ["demo", "geolink_vit_b"]), sweep("batch", [0])),
+        fixed(suite="preprocess"),
+        fixed(suite="memory"),
+        fixed(suite="compile"),
+        fixed(suite="reference"),
+        fixed(suite="reference", config="demo", target=0.0),  # informative: the target is for ViT-B
+    )

@@ -1,0 +1,31 @@
+"""The quick suite: every benchmark once on the demo-sized model, in minutes on a 2-core CPU.
+
+    geolink-jax bench --suite quick [--reference-repo PATH]
+"""
+
+from benchmarks.sweep import chain, fixed, product, sweep
+from configs.bench import common
+
+
+def get_config():
+    c = common.base_config()
+    for suite in ("step", "mask", "compile", "reference"):
+        c[suite].config = "demo"
+    c.pipeline.update(batches=20, repeats=10)
+    c.preprocess.update(helsinki=False, repeats=2)
+    c.memory.update(config="demo")
+    c.compile.update(batches=4)
+    c.reference.target = 0.0  # the ≥ 2× target is for ViT-B (suite cpu); at demo size the ratio is informative
+    return c
+
+
+def get_sweep():
+    return chain(
+        product(fixed(suite="step"), sweep("batch", [2, 4, 8])),
+        fixed(suite="mask"),
+        fixed(suite="pipeline"),
+        fixed(suite="preprocess"),
+        fixed(suite="memory"),
+        fixed(suite="compile"),
+        fixed(suite="reference"),
+    )

@@ -1,0 +1,126 @@
+"""`geolink-jax bench`: result-row schema, ratios recomputed from the measured values, sweeps, the report."""
+
+import copy
+import json
+import pathlib
+import statistics
+
+import pytest
+
+from benchmarks import report, rows, runner, sweep
+from geolink_jax import cli
+
+MINIMAL = pathlib.Path(__file__).parent / "data" / "bench_minimal.py"
+
+
+def _row():
+    row = rows.new_row("mask", "unit", {"config": "demo", "mesh.data": 1})
+    row["times_s"]["mask_0.0"] = rows.stats([0.30, 0.20, 0.25])
+    row["times_s"]["mask_0.75"] = rows.stats([0.08, 0.06, 0.07])
+    rows.ratio(row, "mask_0.75_over_0.0", "times_s.mask_0.75.median", "times_s.mask_0.0.median", target=0.35)
+    return row
+
+
+def test_row_ratios_and_stats_are_checked_against_the_measured_values():
+    row = rows.validate_row(_row())
+    assert row["times_s"]["mask_0.0"]["median"] == 0.25 and row["times_s"]["mask_0.0"]["max"] == 0.30
+    assert row["ratios"]["mask_0.75_over_0.0"]["value"] == pytest.approx(0.07 / 0.25)
+    assert row["ratios"]["mask_0.75_over_0.0"]["met"] is True
+    assert rows.resolve(row, "times_s.mask_0.75.min") == 0.06  # keys with dots resolve
+
+    tampered = copy.deepcopy(row)
+    tampered["ratios"]["mask_0.75_over_0.0"]["value"] = 0.2
+    with pytest.raises(ValueError, match="mask_0.75_over_0.0"):
+        rows.validate_row(tampered)
+    tampered = copy.deepcopy(row)
+    tampered["times_s"]["mask_0.0"]["median"] = 0.2
+    with pytest.raises(ValueError, match="not the stats of its samples"):
+        rows.validate_row(tampered)
+    tampered = copy.deepcopy(row)
+    tampered["config"]["config"] = "geolink_vit_b"
+    with pytest.raises(ValueError, match="config_hash"):
+        rows.validate_row(tampered)
+    tampered = copy.deepcopy(row)
+    del tampered["env"]["device_kind"]
+    with pytest.raises(ValueError, match="device_kind"):
+        rows.validate_row(tampered)
+
+
+def test_sweeps_resolve_with_ml_collections_and_reject_unknown_fields():
+    base, runs = runner.load_sweep("quick")
+    cfgs = runner.plan(base, runs, overrides=["step.repeats=7"])
+    steps = [c for c in cfgs if c.suite == "step"]
+    assert [c.batch for c in steps] == [2, 4, 8] and all(c.repeats == 7 for c in steps)
+    assert {c.suite for c in cfgs} == set(runner.SUITES)
+    assert [c.suite for c in runner.plan(base, runs, only=["mask"])] == ["mask"]
+    with pytest.raises(KeyError, match="not a field"):
+        sweep.resolve(base, {"suite": "step", "step.batchsize": 4})
+    with pytest.raises(KeyError, match="no such field"):
+        runner.plan(base, runs, overrides=["step.nope=1"])
+    _, cpu_runs = runner.load_sweep("cpu")
+    _, gpu_runs = runner.load_sweep("gpu")
+    assert len(cpu_runs) > len(runs) and any(r.get("config") == "geolink_vit_l" for r in gpu_runs)
+
+
+def test_minimal_suite_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = cli.main(["bench", "--suite", str(MINIMAL), "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    found = rows.read(out / "rows.jsonl")
+    assert code == 0, [r.get("reason") for r in found]
+    by_suite = {r["suite"]: r for r in found}
+    assert list(by_suite) == ["step", "mask", "compile", "preprocess", "memory", "reference"]
+    for row in found:
+        rows.validate_row(row)
+        assert row["env"]["jax"] and row["env"]["device_kind"] and row["env"]["xla"]
+        assert len(row["config_hash"]) == 12
+
+    step = by_suite["step"]
+    t = step["times_s"]["step"]
+    assert t["n"] == 2 and t["min"] <= t["median"] <= t["max"]
+    m = step["metrics"]
+    assert m["samples_per_s"] == pytest.approx(2 / statistics.median(t["samples"]))
+    assert m["model_flops_per_s_per_device"] == pytest.approx(m["model_flops_per_device_step"] / t["median"])
+    # the analytic FLOP count agrees with XLA's cost analysis of the compiled step
+    assert 0.8 <= step["ratios"]["analytic_over_xla_flops"]["value"] <= 1.2
+    assert "mfu" not in step["ratios"]  # a CPU has no known peak unless one is given
+
+    mask = by_suite["mask"]
+    med = {k: statistics.median(v["samples"]) for k, v in mask["times_s"].items()}
+    assert mask["ratios"]["mask_0.75_over_0.0"]["value"] == pytest.approx(med["mask_0.75"] / med["mask_0.0"])
+    assert mask["metrics"]["model_flops_mask_0.75"] < mask["metrics"]["model_flops_mask_0.0"]
+
+    comp = by_suite["compile"]["metrics"]
+    assert comp["padded_backend_compiles"] == 1 and comp["padded_distinct_batch_shapes"] == 1
+
+    mem = by_suite["memory"]
+    assert mem["env"]["device_count"] == 2  # ran in a child process with 2 simulated devices
+    assert mem["ratios"]["1x2x1_state_over_2x1x1"]["value"] == pytest.approx(
+        mem["metrics"]["1x2x1.state_bytes_compiled"] / mem["metrics"]["2x1x1.state_bytes_compiled"])
+    assert mem["ratios"]["1x2x1_state_over_2x1x1"]["value"] < 0.65  # FSDP over 2 holds about half
+
+    ref = by_suite["reference"]
+    assert ref["status"] == "skipped" and "--reference-repo" in ref["reason"]
+
+    md = (out / "results.md").read_text()
+    assert "| step | demo b2 float32 |" in md and "skipped" in md and "![step_time_vs_mask_ratio]" in md
+    assert (out / "step_time_vs_mask_ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert "ratios.mask_0.75_over_0.0" in header and "env.device_kind" in header
+    assert "| mask |" in printed  # the table is printed
+
+    # bench report re-makes the same table from the rows
+    code = cli.main(["bench", "report", "--rows", str(out / "rows.jsonl"), "--out", str(tmp_path / "again")])
+    assert code == 0
+    assert report.markdown_table(found) in (tmp_path / "again" / "results.md").read_text()
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "pipeline", "config": "no_such_config"},
+                              {"suite": "reference"}])
+    found = runner.execute(cfgs, tmp_path, progress=False)
+    assert [r["status"] for r in found] == ["error", "skipped"]
+    assert "no_such_config" in found[0]["reason"]
+    assert len(rows.read(tmp_path / "rows.jsonl")) == 2
+    json.dumps(found)
