@@ -137,7 +137,9 @@ def plots(rows, out_dir):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=k)
         ax.set(xlabel="batch size", ylabel="samples / s", title="Train-step throughput vs batch", xscale="log")
         ax.set_xticks(sorted({p[0] for v in single.values() for p in v}))
-        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, "throughput_vs_batch.png")
@@ -166,6 +168,7 @@ def plots(rows, out_dir):
         for k, pts in scaling.items():
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=k)
         ax.set(xlabel="devices (data parallel)", ylabel="samples / s", title="Scaling vs devices")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         save(fig, "scaling_vs_devices.png")

@@ -3,9 +3,10 @@
     geolink-jax bench --suite quick|cpu|gpu|path/to/sweep.py [--only step,mask] [--reference-repo PATH]
                       [--set step.repeats=3 …] [--out out/bench]
 
-A run that needs more devices than this process has runs in a child process: on a CPU backend with
-`--xla_force_host_platform_device_count=N` (simulated devices: memory and sharding are real, speed is not); on
-an accelerator it is recorded as skipped with the reason. A run that fails is recorded (status "error", the
+Each run runs in its own child process (the parent never starts a JAX backend, so a GPU is free for the child):
+memory is returned between runs, and a run that needs N devices gets them on a CPU backend as simulated devices
+(`--xla_force_host_platform_device_count=N`: memory and sharding are real, speed is not); on an accelerator with
+fewer devices it is recorded as skipped with the reason. A run that fails is recorded (status "error", the
 exception) and the sweep goes on.
 """
 
@@ -80,7 +81,14 @@ def plan(base, runs, only=None, overrides=(), reference_repo=None):
 
 def run_one(cfg):
     """One run in this process → row (errors become an "error" row)."""
+    import jax
+
     module, fn = SUITES[cfg.suite]
+    n = needed_devices(cfg)
+    if n > jax.device_count():
+        return rows.skipped_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg),
+                                f"needs {n} devices, this {jax.default_backend()} backend has {jax.device_count()} "
+                                "(on a CPU backend the runner simulates them)")
     try:
         return getattr(importlib.import_module(module), fn)(cfg)
     except Exception as e:  # record and go on: one failing run must not lose the sweep
@@ -89,11 +97,18 @@ def run_one(cfg):
         return row
 
 
-def run_in_child(cfg, devices):
-    """The run in a fresh process with `devices` simulated CPU devices → row."""
+def run_in_child(cfg, recommended=True):
+    """The run in a fresh Python process → row. Every run gets its own process: memory (compiled executables,
+    model state) goes back to the OS between runs, and on a CPU backend the child gets as many simulated devices as
+    the run needs (--xla_force_host_platform_device_count; only the host platform reads it)."""
+    devices = needed_devices(cfg)
     flags = os.environ.get("XLA_FLAGS", "")
     flags = " ".join(f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count"))
-    env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count={devices}".strip())
+    if devices > 1:
+        flags = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env = dict(os.environ, XLA_FLAGS=flags, GEOLINK_BENCH_RECOMMENDED="1" if recommended else "0")
+    if cfg.suite == "reference":  # torch's OpenMP workers would otherwise spin on the cores XLA's step needs next
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "benchmarks.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
@@ -109,10 +124,8 @@ def needed_devices(cfg):
     return int(cfg.get("devices", 1) or 1)
 
 
-def execute(cfgs, out_dir, progress=True):
-    """Runs every config, appending rows to out_dir/rows.jsonl; returns the rows."""
-    import jax
-
+def execute(cfgs, out_dir, progress=True, recommended=True):
+    """Runs every config (each in its own process), appending rows to out_dir/rows.jsonl; returns the rows."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "rows.jsonl"
@@ -122,15 +135,7 @@ def execute(cfgs, out_dir, progress=True):
         if progress:
             print(f"[{i}/{len(cfgs)}] {cfg.suite}: {label} …", flush=True)
         t0 = time.perf_counter()
-        n = needed_devices(cfg)
-        if n > jax.device_count():
-            if jax.default_backend() == "cpu":
-                row = run_in_child(cfg, n)
-            else:
-                row = rows.skipped_row(cfg.suite, label, rows.flatten(cfg),
-                                       f"needs {n} devices, this host has {jax.device_count()}")
-        else:
-            row = run_one(cfg)
+        row = run_in_child(cfg, recommended)
         row.setdefault("wall_s", time.perf_counter() - t0)
         try:
             rows.append(path, row)
@@ -163,6 +168,8 @@ def main(argv=None):
     import ml_collections
 
     cfg = ml_collections.ConfigDict(json.loads(args.one))
+    if os.environ.get("GEOLINK_BENCH_RECOMMENDED", "1") == "1":
+        apply_recommended_flags()
     row = run_one(cfg)
     pathlib.Path(args.row_out).write_text(json.dumps(row))
 

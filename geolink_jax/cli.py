@@ -331,9 +331,7 @@ def cmd_bench(args):
         base, runs = runner.load_sweep(args.suite)
         only = [s for s in args.only.split(",") if s]
         cfgs = runner.plan(base, runs, only=only, overrides=args.set, reference_repo=args.reference_repo)
-        if not args.no_recommended:
-            runner.apply_recommended_flags()
-        found = runner.execute(cfgs, args.out, progress=not args.no_progress)
+        found = runner.execute(cfgs, args.out, progress=not args.no_progress, recommended=not args.no_recommended)
         path = report.write_report(found, args.out, title=f"geolink_jax benchmarks: suite {args.suite}",
                                    command=command)
     print()

@@ -3,7 +3,7 @@
     geolink-jax bench --suite cpu --reference-repo PATH
 """
 
-from benchmarks.sweep import chain, fixed, product, sweep
+from benchmarks.sweep import chain, fixed, product, sweep, zipped
 from configs.bench import common
 
 
@@ -20,7 +20,8 @@ def get_sweep():
         product(fixed(suite="step", config="demo", batch=8), sweep("devices", [1, 2, 4, 8]),
                 sweep("mesh.data", [-1])),
         fixed(suite="mask"),
-        product(fixed(suite="pipeline"), sweep("config", ["demo", "geolink_vit_b"]), sweep("batch", [0])),
+        # batch 0 = the config's own (demo 4); ViT-B's own is the pod-scale 256, so 8 here
+        product(fixed(suite="pipeline"), zipped(sweep("config", ["demo", "geolink_vit_b"]), sweep("batch", [0, 8]))),
         fixed(suite="preprocess"),
         fixed(suite="memory"),
         fixed(suite="compile"),
