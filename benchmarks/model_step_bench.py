@@ -128,7 +128,8 @@ def _timed(fn):
 
 def run_step(cfg):
     flat = rows.flatten(cfg)
-    row = rows.new_row("step", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype}", flat)
+    devices = f" on {cfg.devices} devices" if cfg.get("devices", 1) > 1 else ""
+    row = rows.new_row("step", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype}{devices}", flat)
     r = StepRunner(cfg)
     row["times_s"]["step"] = rows.stats(interleaved({"step": r}, cfg.repeats)["step"])
     n_dev = r.mesh.size

@@ -1,4 +1,4 @@
-"""The quick suite: every benchmark once on the demo-sized model, in minutes on a 2-core CPU.
+"""The quick suite: every benchmark once on the demo-sized model, ~9 minutes on a 2-core CPU.
 
     geolink-jax bench --suite quick [--reference-repo PATH]
 """
@@ -13,9 +13,11 @@ def get_config():
         c[suite].config = "demo"
     c.pipeline.update(batches=20, repeats=10)
     c.preprocess.update(helsinki=False, repeats=2)
-    c.memory.update(config="demo")
+    c.memory.update(config="demo", target_factor=0.0)  # the demo model is mostly small replicated arrays
     c.compile.update(batches=4)
-    c.reference.target = 0.0  # the ≥ 2× target is for ViT-B (suite cpu); at demo size the ratio is informative
+    # the targets are for ViT-B (suite cpu); at demo size (16 patches, overhead-bound) the ratios are informative
+    c.reference.target = 0.0
+    c.mask.target_075 = 0.0
     return c
 
 

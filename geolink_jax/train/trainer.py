@@ -91,6 +91,7 @@ class Setup:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
         def update(_):
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
             return optax.apply_updates(state["params"], updates), opt_state
@@ -181,9 +182,8 @@ def train(config, workdir, progress=True):
     mesh = sharding.make_mesh(config.mesh.to_dict())
     check_batch_size(config.batch_size, mesh)
     setup = Setup(config, mesh, manifest["feature_dim"])
-    data_iter = iter(make_dataset(paths, pipeline_config(config, manifest, setup.model_cfg.vit.image_size),
-                                  jax.process_index(),
-                                  jax.process_count()))
+    pipe_cfg = pipeline_config(config, manifest, setup.model_cfg.vit.image_size)
+    data_iter = iter(make_dataset(paths, pipe_cfg, jax.process_index(), jax.process_count()))
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
                         keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints)
     state = setup.init_state()
@@ -199,8 +199,7 @@ def train(config, workdir, progress=True):
     bar = _progress(start, config.total_steps, progress)
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward; models/flops.py) → TFLOP/s and MFU in the log
-    flops_per_sample = flops.geolink_step_flops(setup.model_cfg, pipeline_config(
-        config, manifest, setup.model_cfg.vit.image_size).budget.nodes).train_step
+    flops_per_sample = flops.geolink_step_flops(setup.model_cfg, pipe_cfg.budget.nodes).train_step
     peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.dtype)
     try:
         with jax.set_mesh(mesh):

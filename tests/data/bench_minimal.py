@@ -13,7 +13,7 @@ def get_config():
     c.mask.target_075 = 0.0  # the demo's 16-patch images are too small to judge the sparse-encoding target
     c.compile.update(batches=3, naive=False)
     c.preprocess.update(helsinki=False, repeats=1)
-    c.memory.update(config="demo", batch=2, meshes=[[2, 1, 1], [1, 2, 1]], devices=2)
+    c.memory.update(config="demo", batch=2, meshes=[[2, 1, 1], [1, 2, 1]], devices=2, target_factor=0.0)
     return c
 
 
