@@ -44,9 +44,13 @@ def environment():
     from jax.extend import backend
 
     be = backend.get_backend()
+    try:  # the XLA build inside jaxlib (private, so guarded); platform_version adds CUDA/cuDNN on GPUs
+        from jax._src.lib import jaxlib_extension_version as xla_build
+    except ImportError:
+        xla_build = "unknown"
     return dict(
         machine=platform.node(), processor=_processor(), cpu_count=os.cpu_count(), python=platform.python_version(),
-        jax=jax.__version__, jaxlib=jaxlib.__version__, xla=be.platform_version, backend=be.platform,
+        jax=jax.__version__, jaxlib=jaxlib.__version__, xla=f"xla_extension {xla_build}; {be.platform_version}", backend=be.platform,
         device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
         xla_flags=os.environ.get("XLA_FLAGS", ""), jax_optimization_level=str(jax.config.jax_optimization_level),
         time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

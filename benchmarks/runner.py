@@ -153,8 +153,8 @@ def apply_recommended_flags():
     """GPU: jax_optimization_level O1 unless the user chose a level (recorded in every row's env)."""
     import jax
 
-    if jax.default_backend() == "gpu" and str(jax.config.jax_optimization_level).endswith("DEFAULT") \
-            and "JAX_OPTIMIZATION_LEVEL" not in os.environ:
+    unset = str(jax.config.jax_optimization_level).rsplit(".", 1)[-1] in ("UNKNOWN", "DEFAULT")
+    if jax.default_backend() == "gpu" and unset and "JAX_OPTIMIZATION_LEVEL" not in os.environ:
         jax.config.update("jax_optimization_level", "O1")
 
 
