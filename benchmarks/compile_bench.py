@@ -13,6 +13,7 @@ Also reports the first step's compile and trace+lower times, and the steady step
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import time
 
@@ -88,7 +89,7 @@ def run(cfg):
         with jax.set_mesh(mesh), count_compiles() as compiles:
             for i, graphs in enumerate(batches):
                 graph, _ = pad_graphs(graphs, budget_of(graphs))
-                host = dict(image=image, graph=graph.__dict__)
+                host = dict(image=image, graph=dataclasses.asdict(graph))
                 shapes.add(tuple(x.shape for x in jax.tree.leaves(host)))
                 batch = sharding.global_batch(host, mesh)
                 t0 = time.perf_counter()

@@ -22,6 +22,7 @@ under `torch.autocast(dtype=torch.bfloat16)` as-is.
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import pathlib
