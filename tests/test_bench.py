@@ -1,6 +1,8 @@
 """`geolink-jax bench`: result-row schema, ratios recomputed from the measured values, sweeps, the report."""
 
 import copy
+import math
+import os
 import json
 import pathlib
 import statistics
@@ -124,3 +126,35 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "no_such_config" in found[0]["reason"]
     assert len(rows.read(tmp_path / "rows.jsonl")) == 2
     json.dumps(found)
+
+
+def test_reference_inputs_are_the_same_graphs_in_the_official_form():
+    """The side-by-side feeds the official model the bundled graphs as HeteroData: x = [features | positions],
+    the 9 typed edge sets, nothing dropped (no padding on that side)."""
+    from benchmarks import model_step_bench, reference_bench
+    from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+
+    with pytest.raises(reference_bench.OfficialModelError, match="not a GeoLink_NeurIPS2025 checkout"):
+        reference_bench.import_official(pathlib.Path(__file__).parent)
+    graph = model_step_bench.ufz_graphs()[0]
+    data = reference_bench.hetero_data(graph)
+    for t in NODE_TYPES:
+        x = data[t].x.numpy()
+        assert x.shape == (graph.num_nodes(t), graph.features[t].shape[1] + graph.positions[t].shape[1])
+        assert (x[:, : graph.features[t].shape[1]] == graph.features[t]).all()
+    for s, d in RELATIONS:
+        assert (data[s, "to", d].edge_index.numpy() == graph.edge_index[relation_name(s, d)]).all()
+
+
+@pytest.mark.skipif(not os.environ.get("GEOLINK_OFFICIAL_REPO"),
+                    reason="set GEOLINK_OFFICIAL_REPO to a checkout of bailubin/GeoLink_NeurIPS2025 to run the "
+                           "official model side by side (it cannot be fetched in CI)")
+def test_reference_suite_runs_the_official_model(tmp_path):
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "reference"}], reference_repo=os.environ["GEOLINK_OFFICIAL_REPO"])
+    (row,) = runner.execute(cfgs, tmp_path, progress=False)
+    assert row["status"] == "ok", row.get("reason")
+    t = row["times_s"]
+    assert row["ratios"]["speedup_vs_official"]["value"] == pytest.approx(
+        statistics.median(t["official"]["samples"]) / statistics.median(t["geolink_jax"]["samples"]))
+    assert row["metrics"]["official_params"] > 0 and math.isfinite(row["metrics"]["official_last_loss"])
