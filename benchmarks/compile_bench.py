@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from benchmarks import rows
-from benchmarks.model_step_bench import training_config, ufz_graphs
+from benchmarks.model_step_bench import training_config
+from geolink_jax import samples
 from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.train import sharding, trainer
@@ -69,7 +70,7 @@ def run(cfg):
     row = rows.new_row("compile", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.batches} varied batches",
                        rows.flatten(cfg))
     rng = np.random.default_rng(0)
-    base = ufz_graphs()
+    base = samples.ufz_graphs()
     config = training_config(cfg)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     feature_dim = base[0].features["polygon"].shape[1]
@@ -112,7 +113,7 @@ def run(cfg):
 
 
 def main(argv=None):
-    import ml_collections
+    from configs.bench import common
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="demo")
@@ -120,9 +121,8 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--naive", action="store_true")
     args = p.parse_args(argv)
-    cfg = ml_collections.ConfigDict(dict(config=args.config, batch=args.batch, batches=args.batches, naive=args.naive,
-                                          dtype="float32", mask_ratio=0.75, attention_impl="",
-                                          mesh=dict(data=1, fsdp=1, tensor=1)))
+    cfg = common.base_config().compile
+    cfg.update(config=args.config, batch=args.batch, batches=args.batches, naive=args.naive)
     print(json.dumps(rows.validate_row(run(cfg)), indent=1))
 
 

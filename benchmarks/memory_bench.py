@@ -16,7 +16,6 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -24,23 +23,19 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
-from geolink_jax import samples  # noqa: E402
-from geolink_jax.data.graph_batch import GraphBudget, pad_graphs  # noqa: E402
-from geolink_jax.osm import osm_graph  # noqa: E402
+from benchmarks.model_step_bench import host_batch  # noqa: E402
 from geolink_jax.train import sharding, trainer  # noqa: E402
 
 
 def abstract_batch(batch_size, image_size, mesh):
-    graphs = [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
-    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], GraphBudget.default())
-    host = dict(image=np.zeros((batch_size, image_size, image_size, 3), np.float32),
-                graph=dataclasses.asdict(graph))
+    """The step suite's batch (bundled UFZ graphs at the default budget) as sharded ShapeDtypeStructs; also its
+    bytes per device and the tag-feature width."""
+    host, feature_dim = host_batch(batch_size, image_size)
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim))  # noqa
     batch = jax.tree.map(spec, host)
     per_device = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(host)) / sharding.num_batch_shards(mesh)
-    return batch, per_device, graphs[0].features["polygon"].shape[1]
+    return batch, per_device, feature_dim
 
 
 def shard_bytes(abstract_state):

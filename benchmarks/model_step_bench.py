@@ -28,20 +28,15 @@ from benchmarks import rows
 from geolink_jax import samples
 from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
 from geolink_jax.models import flops
-from geolink_jax.osm import osm_graph
 from geolink_jax.train import sharding, trainer
 
 
-def ufz_graphs():
-    return [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
-
-
-def host_batch(batch_size, image_size, graphs=None, seed=0, budget=None):
-    """Real UFZ graphs (cycled to batch_size) padded to `budget` (default budget) + N(0, 1) images.
+def host_batch(batch_size, image_size):
+    """Real UFZ graphs (cycled to batch_size) padded to the default budget + N(0, 1) images.
     Returns (batch dict of numpy arrays, feature_dim)."""
-    graphs = graphs or ufz_graphs()
-    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], budget or GraphBudget.default())
-    image = np.random.default_rng(seed).standard_normal((batch_size, image_size, image_size, 3), np.float32)
+    graphs = samples.ufz_graphs()
+    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], GraphBudget.default())
+    image = np.random.default_rng(0).standard_normal((batch_size, image_size, image_size, 3), np.float32)
     return dict(image=image, graph=dataclasses.asdict(graph)), graphs[0].features["polygon"].shape[1]
 
 
@@ -66,17 +61,18 @@ def mesh_for(cfg):
 
 
 class StepRunner:
-    """A compiled train step for one config on one mesh, with its state and one device batch."""
+    """A compiled train step for one config on one mesh, with its state and one batch (host: the numpy arrays it
+    came from, for other implementations to run on the same data)."""
 
     def __init__(self, cfg, mask_ratio=None, mesh=None):
         self.mesh = mesh or mesh_for(cfg)
         self.config = training_config(cfg, mask_ratio)
         image_size = self.config.model.vit.image_size
-        host, feature_dim = host_batch(cfg.batch, image_size)
+        self.host, feature_dim = host_batch(cfg.batch, image_size)
         self.setup = trainer.Setup(self.config, self.mesh, feature_dim)
         self.state = self.setup.init_state()
         with jax.set_mesh(self.mesh):
-            self.batch = sharding.global_batch(host, self.mesh)
+            self.batch = sharding.global_batch(self.host, self.mesh)
             key = jax.random.key(0)
             t0 = time.perf_counter()
             lowered = self.setup.step_fn.lower(self.state, self.batch, key)
@@ -171,7 +167,7 @@ def run_mask(cfg):
 
 
 def main(argv=None):
-    import ml_collections
+    from configs.bench import common
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="geolink_vit_b")
@@ -180,10 +176,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--suite", choices=("step", "mask"), default="mask")
     args = p.parse_args(argv)
-    cfg = ml_collections.ConfigDict(dict(
-        config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats, mask_ratio=0.75,
-        mask_ratios=[0.0, 0.5, 0.75, 0.9], attention_impl="", mesh=dict(data=1, fsdp=1, tensor=1), devices=1,
-        peak_tflops=0.0, target_075=0.35, mfu_target=0.0))
+    cfg = common.base_config()[args.suite]
+    cfg.update(config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats)
     row = run_step(cfg) if args.suite == "step" else run_mask(cfg)
     rows.validate_row(row)
     print(json.dumps(row, indent=1))

@@ -33,7 +33,8 @@ import types
 import numpy as np
 
 from benchmarks import rows
-from benchmarks.model_step_bench import StepRunner, host_batch, training_config, ufz_graphs
+from benchmarks.model_step_bench import StepRunner
+from geolink_jax import samples
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 
 
@@ -170,11 +171,10 @@ def run(cfg):
 
     module = import_official(cfg.reference_repo)
     ours = StepRunner(cfg)
-    config = training_config(cfg)
-    host, _ = host_batch(cfg.batch, config.model.vit.image_size)
-    graphs = (ufz_graphs() * cfg.batch)[: cfg.batch]
+    graphs = (samples.ufz_graphs() * cfg.batch)[: cfg.batch]  # the graphs ours.host holds, unpadded
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
-    theirs = OfficialStep(module, ours.setup.model_cfg, config.optim, host["image"], graphs, cfg.dtype, device)
+    theirs = OfficialStep(module, ours.setup.model_cfg, ours.config.optim, ours.host["image"], graphs, cfg.dtype,
+                          device)
     row = rows.new_row("reference", name, flat)
     times = {"geolink_jax": [], "official": []}
     for _ in range(cfg.repeats):
@@ -194,7 +194,7 @@ def run(cfg):
 
 
 def main(argv=None):
-    import ml_collections
+    from configs.bench import common
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference-repo", required=True)
@@ -203,10 +203,9 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    cfg = ml_collections.ConfigDict(dict(
-        config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats, mask_ratio=0.75,
-        attention_impl="", mesh=dict(data=1, fsdp=1, tensor=1), devices=1, reference_repo=args.reference_repo,
-        target=2.0))
+    cfg = common.base_config().reference
+    cfg.update(config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats,
+               reference_repo=args.reference_repo)
     row = rows.validate_row(run(cfg))
     print(json.dumps(row, indent=1))
     print(f"official / geolink_jax step time: {row['ratios']['speedup_vs_official']['value']:.2f}x",

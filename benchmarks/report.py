@@ -95,7 +95,7 @@ def csv_text(rows):
     return buf.getvalue()
 
 
-def _series(rows, suite, key_fn, x_fn, y_fn, err_fn=None):
+def _series(rows, suite, key_fn, x_fn, y_fn):
     series = {}
     for r in rows:
         if r["suite"] != suite or r["status"] != "ok":
@@ -103,7 +103,7 @@ def _series(rows, suite, key_fn, x_fn, y_fn, err_fn=None):
         k = key_fn(r)
         if k is None:
             continue
-        series.setdefault(k, []).append((x_fn(r), y_fn(r), err_fn(r) if err_fn else None))
+        series.setdefault(k, []).append((x_fn(r), y_fn(r)))
     return {k: sorted(v) for k, v in series.items()}
 
 

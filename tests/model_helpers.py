@@ -10,7 +10,6 @@ from flax import nnx
 from geolink_jax import samples
 from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
 from geolink_jax.models import GeoLink, GeoLinkConfig, ViTConfig
-from geolink_jax.osm import osm_graph
 
 
 def tiny_config(**overrides):
@@ -28,8 +27,7 @@ def tiny_model(seed=0, **overrides):
 @functools.lru_cache(maxsize=None)
 def ufz_graphs():
     """The 6 official UFZ graphs (real CLIP features), largest first."""
-    graphs = [osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]
-    return tuple(sorted(graphs, key=lambda g: -sum(g.num_nodes(t) for t in ("polygon", "line", "point"))))
+    return tuple(sorted(samples.ufz_graphs(), key=lambda g: -sum(g.num_nodes(t) for t in ("polygon", "line", "point"))))
 
 
 def budget_for(graphs, extra=0):

@@ -131,12 +131,13 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_reference_inputs_are_the_same_graphs_in_the_official_form():
     """The side-by-side feeds the official model the bundled graphs as HeteroData: x = [features | positions],
     the 9 typed edge sets, nothing dropped (no padding on that side)."""
-    from benchmarks import model_step_bench, reference_bench
+    from benchmarks import reference_bench
+    from geolink_jax import samples
     from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 
     with pytest.raises(reference_bench.OfficialModelError, match="not a GeoLink_NeurIPS2025 checkout"):
         reference_bench.import_official(pathlib.Path(__file__).parent)
-    graph = model_step_bench.ufz_graphs()[0]
+    graph = samples.ufz_graphs()[0]
     data = reference_bench.hetero_data(graph)
     for t in NODE_TYPES:
         x = data[t].x.numpy()
