@@ -1,23 +1,6 @@
-"""Demo pretraining: a tiny ViT on the bundled sample tiles, on CPU, in a few minutes.
+"""The GeoLink demo (named config `demo`, geolink_jax/geolink/configs/demo.py), as a file to copy and edit.
 
-    geolink-jax pretrain --config configs/demo.py --workdir out/demo [--config.total_steps=60 …]
+    geolink-jax pretrain --config configs/demo.py --workdir out/demo
 """
 
-from configs import common
-
-
-def get_config(arg=None):
-    config = common.base_config()
-    config.model.vit.update(width=64, depth=2, num_heads=4, image_size=64)
-    config.model.update(decoder_width=64, decoder_heads=4, fusion_dim=64, fusion_heads=4, osm_hidden=64,
-                        graph_embed_dim=64, contrastive_dim=32)
-    config.batch_size = 4
-    config.data.draft_decode = True  # 64 px outputs from ~230 px JPEGs: decode at half scale (see data/augment.py)
-    config.total_steps = 60
-    config.log_every = 5
-    config.checkpoint_every = 20
-    config.optim.lr = 1e-3
-    config.optim.warmup_steps = 5
-    config.data.path = ""  # the bundled tiles, preprocessed into the workdir on first use
-    config.mesh = dict(data=-1, fsdp=1, tensor=1)
-    return config
+from geolink_jax.geolink.configs.demo import get_config  # noqa: F401

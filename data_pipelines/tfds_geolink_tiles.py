@@ -14,7 +14,7 @@ random access and no TensorFlow. Configs are named by tag-feature width: `featur
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import preprocess
+from geolink_jax.data import preprocess
 from geolink_jax.osm import EDGE_ATTR_DIM, NODE_TYPES, POSITION_DIM, RELATIONS, relation_name
 
 FEATURE_WIDTHS = (16, 32, 64, 128, 256, 384, 512, 768, 1024)

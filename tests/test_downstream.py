@@ -202,8 +202,7 @@ def test_cli_convert_embed_finetune_probe(tiny_geolink, tmp_path, capsys):
     """The README's downstream walk-through on the bundled data, with a tiny model standing in for a checkpoint."""
     params_store.save_params(tmp_path / "w", nnx.to_pure_dict(nnx.state(tiny_geolink, nnx.Param)), tiny_geolink.cfg)
     assert cli.main(["convert", "export", "--src", str(tmp_path / "w"), "--out", str(tmp_path / "g.safetensors")]) == 0
-    assert cli.main(["convert", "import", "--src", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "w2"),
-                     "--heads", "4", "--decoder-heads", "4", "--fusion-heads", "4"]) == 0
+    assert cli.main(["convert", "import", "--src", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "w2")]) == 0
     ufz = str(samples.UFZ_DIR)
     assert cli.main(["embed", "--params", str(tmp_path / "w2"), "--tiles", ufz, "--out", str(tmp_path / "e.parquet"),
                      "--maps", str(tmp_path / "m.npz")]) == 0

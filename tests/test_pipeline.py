@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from model_helpers import tiny_model, ufz_graphs
 
-from data_pipelines import preprocess
+from geolink_jax.data import preprocess
 from geolink_jax import samples
 from geolink_jax.data import augment as aug
 from geolink_jax.data import tile_sources

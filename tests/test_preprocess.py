@@ -9,7 +9,7 @@ import pytest
 from shapely.geometry import Point, Polygon
 
 from conftest import load_sample_layers
-from data_pipelines import preprocess
+from geolink_jax.data import preprocess
 from geolink_jax import samples
 from geolink_jax.data import record_format, shards, tile_sources
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, osm_graph, tag_encoders
@@ -91,7 +91,7 @@ def test_grain_reads_the_shards(local_run):
 
 
 def test_beam_direct_runner_equals_local_run(local_run, tmp_path):
-    from data_pipelines import beam_pipeline
+    from geolink_jax.data import beam as beam_pipeline
 
     out, manifest = local_run
     specs = tile_sources.discover_tiles(samples.OSM_TILES_DIR)
@@ -327,7 +327,7 @@ def test_skip_invalid_and_strict(tmp_path):
 
 
 def test_strict_beam_run_stops(tmp_path):
-    from data_pipelines import beam_pipeline
+    from geolink_jax.data import beam as beam_pipeline
 
     root = tmp_path / "tiles"
     folder, stem = make_tile(root, new="corrupt")

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from data_pipelines import preprocess
+from geolink_jax.data import preprocess
 from geolink_jax import samples
 from geolink_jax.data import tile_sources
 from geolink_jax.train import sharding
@@ -158,16 +158,18 @@ def test_batch_size_must_split_over_hosts_and_batch_shards():
 
 @pytest.mark.parametrize("name, encoder_params", [("geolink_vit_b", 85_645_056), ("geolink_vit_l", 303_096_832)])
 def test_named_configs_build_their_models_and_shard_them(name, encoder_params):
-    import importlib
-
     from flax import nnx
+
+    from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
 
     from geolink_jax.models import GeoLink
     from geolink_jax.train import trainer
 
-    config = importlib.import_module(f"configs.{name}").get_config()
+    config = trainer.resolve(config_lib.load_file(name), {"feature_dim": 384})
     assert config.model.dtype == "bfloat16" and config.batch_size % 8 == 0
-    cfg = trainer.model_config(config, feature_dim=384)
+    cfg = family_lib.model_config("geolink", config)
+    assert cfg.osm_in_features == 384
     model = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     encoder = sum(int(np.prod(v.shape)) for path, v in flat if path[0] == "img_encoder")

@@ -1,32 +1,59 @@
-"""geolink_jax weights on disk: an orbax checkpoint of the params plus the model config, written by
-`geolink-jax convert import`; a pretraining workdir (its latest checkpoint) is read the same way."""
+"""Weights on disk, for any model family: an orbax checkpoint of the params plus the family and model config,
+written by `geolink-jax convert import`; a pretraining workdir (its latest checkpoint + config.json) reads the same.
 
-import dataclasses
+    DIR/params/             orbax (committed atomically)
+    DIR/model_config.json   {"family": name, "model": {every model field}}
+"""
+
 import json
 import pathlib
+import typing
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from geolink_jax.models import GeoLinkConfig
+from geolink_jax import family as family_lib
 
 CONFIG_FILE = "model_config.json"
 
 
-def config_to_dict(cfg: GeoLinkConfig):
-    d = dataclasses.asdict(cfg)
-    d["loss_weights"] = list(cfg.loss_weights)
-    return d
+class Weights(typing.NamedTuple):
+    family: str
+    params: dict  # every nnx.Param (trained and frozen) as nested numpy dicts
+    config: object  # the family's model config dataclass
 
 
-def save_params(directory, params, cfg: GeoLinkConfig):
-    """params: nested dict of arrays → DIR/params (orbax, committed atomically) + DIR/model_config.json."""
+def family_of(model_cfg):
+    """The name of the family whose model config dataclass `model_cfg` is."""
+    for name in family_lib.FAMILIES:
+        if type(model_cfg) is family_lib.get_family(name).config_cls:
+            return name
+    raise ValueError(f"{type(model_cfg).__name__} is no family's model config")
+
+
+def config_record(model_cfg):
+    """{"family", "model"}: what model_config.json and exported files' metadata hold."""
+    return dict(family=family_of(model_cfg), model=family_lib.config_to_dict(model_cfg))
+
+
+def config_from_record(record):
+    """config_record(...) → (family name, model config). A bare model dict (older GeoLink files) is GeoLink's."""
+    if "family" in record and "model" in record:
+        name, model = record["family"], record["model"]
+    else:
+        name, model = "geolink", record
+    fam = family_lib.get_family(name)
+    return name, family_lib.config_from_dict(fam.config_cls, model)
+
+
+def save_params(directory, params, model_cfg):
+    """params: nested dict of arrays → DIR/params + DIR/model_config.json."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "params", jax.tree.map(np.asarray, params), force=True)
-    (directory / CONFIG_FILE).write_text(json.dumps(config_to_dict(cfg), indent=1))
+    (directory / CONFIG_FILE).write_text(json.dumps(config_record(model_cfg), indent=1))
     return directory
 
 
@@ -37,14 +64,23 @@ def _int_keys(tree):
     return tree
 
 
+def _merge(a, b):
+    """Two nested dicts with disjoint leaves (trained and frozen params) → one."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_params(path):
     """A converted directory (params/ + model_config.json) or a pretraining workdir (latest checkpoint +
-    config.json) → (params as nested numpy dicts, GeoLinkConfig)."""
+    config.json) → Weights(family, params, model config)."""
     path = pathlib.Path(path).absolute()
     if (path / CONFIG_FILE).exists():
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(path / "params")
-        return _int_keys(params), GeoLinkConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        name, cfg = config_from_record(json.loads((path / CONFIG_FILE).read_text()))
+        return Weights(name, _int_keys(params), cfg)
     steps = sorted(int(p.name) for p in (path / "checkpoints").glob("*") if p.name.isdigit()) if (
         path / "checkpoints").exists() else []
     if not steps or not (path / "config.json").exists():
@@ -52,24 +88,26 @@ def load_params(path):
                                 "workdir (checkpoints/ + config.json)")
     with ocp.StandardCheckpointer() as ckptr:
         state = ckptr.restore(path / "checkpoints" / str(steps[-1]) / "state")
-    params = _int_keys(state["params"])
-    model = json.loads((path / "config.json").read_text())["model"]
-    model["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])
-    return params, GeoLinkConfig.from_dict(model)
+    params = _int_keys(_merge(state["params"], state.get("frozen") or {}))
+    run = json.loads((path / "config.json").read_text())
+    model = run["model"]
+    if "family" not in run and "osm_in_features" not in model:  # workdirs of before the family interface
+        model["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])
+    name, cfg = config_from_record(dict(family=run.get("family", "geolink"), model=model))
+    return Weights(name, params, cfg)
 
 
-def model_from_params(params, cfg: GeoLinkConfig):
-    """(params, config) → a GeoLink module holding those weights (built abstractly first: no random init)."""
+def model_from_params(family, params, model_cfg):
+    """(family, params, config) → the family's module holding those weights (built abstractly: no random init)."""
     from flax import nnx
 
-    from geolink_jax.models import GeoLink
-
-    abstract = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract, nnx.Param)
+    abstract = family_lib.abstract_model(family, model_cfg)
+    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
     nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, params))
-    return nnx.merge(graphdef, state)
+    return nnx.merge(graphdef, state, rest)
 
 
 def load_model(path):
-    """A converted directory or a pretraining workdir → GeoLink module."""
-    return model_from_params(*load_params(path))
+    """A converted directory or a pretraining workdir → (family name, module)."""
+    weights = load_params(path)
+    return weights.family, model_from_params(*weights)

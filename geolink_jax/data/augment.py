@@ -124,16 +124,20 @@ def crop_pixels(bbox, size):
 
 
 def augment(image, graph, rng, cfg: AugmentConfig):
-    """image array (see `as_rgb_pil`) or a lazy PIL image, TileGraph, numpy Generator → (float32 [S, S, 3] normalised,
-    TileGraph).
+    """image array (see `as_rgb_pil`) or a lazy PIL image, TileGraph (or None: image only), numpy Generator →
+    (float32 [S, S, 3] normalised, TileGraph or None).
 
     The image stays a uint8 PIL image until the end (as in the reference's torchvision transforms)."""
     pil = as_rgb_pil(image)
-    cropped, bbox = crop_graph(graph, crop_box(rng, cfg.faithful_crop, cfg.crop_scale))
-    if cropped is None:
-        bbox = (0.0, 0.0, 1.0, 1.0)
+    box = crop_box(rng, cfg.faithful_crop, cfg.crop_scale)
+    if graph is None:  # image only: the crop box itself
+        cropped, bbox = True, (box[0], box[1], box[0] + box[2], box[1] + box[3])
     else:
-        graph = cropped
+        cropped, bbox = crop_graph(graph, box)
+        if cropped is None:
+            bbox = (0.0, 0.0, 1.0, 1.0)
+        else:
+            graph = cropped
     if cfg.draft_decode and getattr(pil, "format", None) == "JPEG":
         # Ask for the smallest DCT-scaled decode whose crop is still >= the output size in both directions.
         wid, hgt = pil.size
@@ -147,7 +151,7 @@ def augment(image, graph, rng, cfg: AugmentConfig):
     pil = pil.resize((cfg.image_size, cfg.image_size), Image.BILINEAR)
     if cfg.flip and rng.uniform() < 0.5:
         pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
-        graph = flip_graph(graph)
+        graph = flip_graph(graph) if graph is not None else None
     if cfg.color_jitter_prob and rng.uniform() < cfg.color_jitter_prob:
         pil = color_jitter(pil, rng, cfg.color_jitter)
     return normalize(np.asarray(pil, np.float32) / 255.0), graph

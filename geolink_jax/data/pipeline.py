@@ -46,10 +46,11 @@ class PipelineConfig:
     seed: int = 0
     worker_count: int = 0  # >0: grain multiprocess prefetch
     read_threads: int = 2  # grain reader threads per process (batches prefetched: 2 per thread)
+    graphs: bool = True  # False: images only (no graph decoding, padding or stats)
 
 
 class DecodeAugmentPad(grain.transforms.RandomMap):
-    """bytes → padded sample dict (image, graph fields with no batch axis, stats)."""
+    """bytes → padded sample dict (image, graph fields with no batch axis, stats; or only the image)."""
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -57,6 +58,10 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
     def random_map(self, data, rng):
         record = record_format.decode(data)
         image = record_format.open_image(record)  # lazy: augment may decode a JPEG at a reduced scale
+        if not self.cfg.graphs:
+            image = augment(image, None, rng, self.cfg.augment)[0] if self.cfg.train else resize_only(
+                image, self.cfg.augment.image_size)
+            return dict(image=image)
         graph = tile_graph_from_record(record, lean=True)
         if self.cfg.train:
             image, graph = augment(image, graph, rng, self.cfg.augment)
@@ -67,6 +72,18 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
                         for f in dataclasses.fields(GraphBatch)}
         return dict(image=image, graph=graph_fields,
                     stats={k: np.int32(v) for k, v in stats.items()})
+
+
+def pipeline_config(config, manifest, image_size, graphs=True):
+    """The run config's data block (+ per-host batch, graph budgets from the manifest) → PipelineConfig."""
+    import jax
+
+    d = config.data
+    budget = GraphBudget.from_manifest(manifest, d.budget_stat) if graphs else GraphBudget.default()
+    return PipelineConfig(batch_size=config.batch_size // jax.process_count(), budget=budget, seed=config.seed,
+                          worker_count=d.worker_count, read_threads=d.read_threads, graphs=graphs,
+                          augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
+                                                draft_decode=d.draft_decode))
 
 
 def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):

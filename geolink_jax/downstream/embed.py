@@ -39,28 +39,50 @@ def majority_label(label, ignore=tiles_lib.IGNORE):
     return int(np.bincount(values).argmax()) if values.size else -1
 
 
-def embed(geolink, tiles, batch_size=8, progress=True):
-    """tiles → (rows: list of dicts, maps: dict of arrays, or None for no tiles)."""
+def make_image_embed_fn(model):
+    """Image-only models (ImageMAE): → jitted fn(images, graph ignored) → dict(cls [B, D], patch [B, h, w, D])."""
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    @jax.jit
+    def fn(params, images):
+        enc = nnx.merge(graphdef, params).encode_image(images, key=None)
+        gh, gw = enc["grid"]
+        tokens = enc["tokens"].astype(jnp.float32)
+        return dict(cls=tokens[:, 0], patch=tokens[:, 1:].reshape(tokens.shape[0], gh, gw, -1))
+
+    return lambda images, graph: fn(params, jnp.asarray(images))
+
+
+def embed(geolink, tiles, batch_size=8, progress=True, embed_fn=None):
+    """tiles → (rows: list of dicts, maps: dict of arrays, or None for no tiles). embed_fn: the per-batch function
+    (default make_embed_fn(geolink)); rows get cls, mean and, where the function makes a fusion map, fusion_mean."""
     from tqdm import tqdm
 
-    fn = make_embed_fn(geolink)
-    rows, patch, fusion = [], [], []
+    fn = embed_fn or make_embed_fn(geolink)
+    rows, maps = [], {}
     todo = tiles_lib.batches(tiles, batch_size)
     for chunk, images, graph, _ in tqdm(todo, total=-(-len(tiles) // batch_size), desc="embed",
                                         disable=not progress):
         out = jax.tree.map(np.asarray, fn(images, graph))
         n = len(chunk)
-        patch.append(out["patch"][:n])
-        fusion.append(out["fusion"][:n])
+        for k in ("patch", "fusion"):
+            if k in out:
+                maps.setdefault(k, []).append(out[k][:n])
         for i, t in enumerate(chunk):
-            row = dict(tile_id=t.tile_id, bbox=t.bbox_lonlat, cls=out["cls"][i], mean=out["patch"][i].mean((0, 1)),
-                       fusion_mean=out["fusion"][i].mean((0, 1)))
+            row = dict(tile_id=t.tile_id, bbox=t.bbox_lonlat, cls=out["cls"][i], mean=out["patch"][i].mean((0, 1)))
+            if "fusion" in out:
+                row["fusion_mean"] = out["fusion"][i].mean((0, 1))
             if t.label is not None:
                 row["label_majority"] = majority_label(t.label)
             rows.append(row)
-    maps = dict(tile_id=np.array([r["tile_id"] for r in rows]), patch=np.concatenate(patch),
-                fusion=np.concatenate(fusion)) if rows else None
-    return rows, maps
+    if not rows:
+        return rows, None
+    return rows, dict(tile_id=np.array([r["tile_id"] for r in rows]), **{k: np.concatenate(v) for k, v in maps.items()})
+
+
+def embed_images(model, tiles, batch_size=8, progress=True):
+    """embed() for an image-only model: cls and mean columns, patch maps."""
+    return embed(model, tiles, batch_size, progress, embed_fn=make_image_embed_fn(model))
 
 
 def write_geoparquet(rows, path):
@@ -71,7 +93,8 @@ def write_geoparquet(rows, path):
     geometry = [shapely.box(*r["bbox"]) if r["bbox"] is not None else None for r in rows]
     data = {k: [r.get(k) for r in rows] for k in rows[0] if k != "bbox"}
     for k in ("cls", "mean", "fusion_mean"):
-        data[k] = [np.asarray(v, np.float32).tolist() for v in data[k]]
+        if k in data:
+            data[k] = [np.asarray(v, np.float32).tolist() for v in data[k]]
     gdf = gpd.GeoDataFrame(data, geometry=geometry, crs="EPSG:4326")
     gdf.to_parquet(path)
     return gdf

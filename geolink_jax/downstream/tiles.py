@@ -52,7 +52,7 @@ def tile_from_record(record, image_size, num_classes=9):
 
 
 def _records(path, encoder):
-    from data_pipelines import preprocess
+    from geolink_jax.data import preprocess
     from geolink_jax.data import tile_sources
 
     path = pathlib.Path(path)

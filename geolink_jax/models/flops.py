@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a GeoLink pretraining step, and peak FLOP/s per device kind (for MFU).
+"""Analytic FLOPs of a GeoLink or MAE pretraining step, and peak FLOP/s per device kind (for MFU).
 
 Counts matrix multiplications only (2·m·k·n each; elementwise work, softmax and norms are left out, as in the usual
 MFU convention), per sample, forward; a training step is 3× forward (backward = 2× forward). The graph terms count
@@ -8,6 +8,7 @@ the padded budget the compiled step actually runs on. `benchmarks/` cross-checks
 
 import dataclasses
 
+from geolink_jax.models import masking
 from geolink_jax.osm import RELATIONS
 
 
@@ -36,11 +37,11 @@ class StepFlops:
         return 3 * self.forward
 
 
-def geolink_step_flops(cfg, node_budget, max_masked_nodes=None):
-    """cfg: GeoLinkConfig; node_budget: {node type: padded nodes per sample}. Returns StepFlops (per sample)."""
+def image_forward_flops(cfg):
+    """(patch_embed, encoder, decoder) forward FLOPs per sample of the masked image branch (MAEConfig fields)."""
     v = cfg.vit
     patches = v.num_patches
-    keep = int(patches * (1 - cfg.img_mask_ratio))  # the reference's len_keep
+    keep = masking.num_kept_tokens(patches, cfg.img_mask_ratio)
     patch_dim = v.patch_size ** 2 * v.in_channels
     patch_embed = 2 * patches * patch_dim * v.width
     encoder = v.depth * _block(1 + keep, v.width, v.mlp_ratio)
@@ -48,11 +49,24 @@ def geolink_step_flops(cfg, node_budget, max_masked_nodes=None):
     decoder = (2 * (1 + keep) * v.width * cfg.decoder_width
                + cfg.decoder_depth * _block(1 + patches, cfg.decoder_width, cfg.mlp_ratio)
                + 2 * patches * cfg.decoder_width * patch_dim)
+    return patch_embed, encoder, decoder
+
+
+def mae_step_flops(cfg):
+    """cfg: MAEConfig → StepFlops per sample (image branch only)."""
+    return StepFlops(*image_forward_flops(cfg), graph=0.0, fusion=0.0, heads=0.0)
+
+
+def geolink_step_flops(cfg, node_budget, max_masked_nodes=None):
+    """cfg: GeoLinkConfig; node_budget: {node type: padded nodes per sample}. Returns StepFlops (per sample)."""
+    v = cfg.vit
+    keep = masking.num_kept_tokens(v.num_patches, cfg.img_mask_ratio)
+    patch_embed, encoder, decoder = image_forward_flops(cfg)
     # typed-relation GAT: each relation projects its source and destination nodes (in → hidden)
     graph = sum(2 * (node_budget[s] + node_budget[d]) * cfg.osm_in_features * cfg.osm_hidden for s, d in RELATIONS)
-    # Set2Set readout per type (LSTM(2h → h), 5 steps, on one query per sample) + per-type MLP 2h → g
+    # Set2Set readout per type (LSTM(2h → h), set2set_steps steps, on one query per sample) + per-type MLP 2h → g
     h, g = cfg.osm_hidden, cfg.graph_embed_dim
-    graph += len(node_budget) * (5 * 2 * (2 * h + h) * 4 * h + 2 * 2 * h * g)
+    graph += len(node_budget) * (cfg.set2set_steps * 2 * (2 * h + h) * 4 * h + 2 * 2 * h * g)
     # fusion: image tokens → fusion width; ≤K masked nodes → fusion width; one two-way block per depth
     k = max_masked_nodes or cfg.max_masked_nodes
     f = cfg.fusion_dim

@@ -14,9 +14,10 @@ from flax import nnx
 
 from geolink_jax.models import layers, losses, masking, pos_embed
 from geolink_jax.models.fusion import TwoWayAttentionBlock
+from geolink_jax.models.mae import ImageMAE, MAEConfig
 from geolink_jax.models.graph_network import GraphLayerNorm, HeteroGAT
 from geolink_jax.models.readout import Set2Set, combine_type_slots
-from geolink_jax.models.vit import VIT_PRESETS, ViTConfig, ViTEncoder, patchify
+from geolink_jax.models.vit import VIT_PRESETS, ViTConfig, patchify
 from geolink_jax.osm import NODE_TYPES
 
 # One-line map from official state_dict names to ours; `*` is a layer index or node type, [T] a transpose.
@@ -53,7 +54,7 @@ osm_cross_modal_encoder.*.norm1..norm4, .mlp              same names
 
 
 @dataclasses.dataclass(frozen=True)
-class GeoLinkConfig:
+class GeoLinkConfig(MAEConfig):
     """Every GeoLink hyperparameter; defaults are the reference's (spec §3, §4).
 
     Deviation flags (all off by default): graph_norm='per_graph' (batch-independent node norm), global_negatives
@@ -61,28 +62,18 @@ class GeoLinkConfig:
     type_softmax_over_slots (a real softmax over the type slots), round_type_slots_bf16=False (keep the
     float32 graph embedding the reference rounds to bf16)."""
 
-    vit: ViTConfig = VIT_PRESETS["L"]
-    dtype: str = "float32"  # compute dtype; parameters are always float32
-    attention_impl: str | None = None  # jax.nn.dot_product_attention implementation (None/'xla'/'cudnn')
     osm_in_features: int = 512
     osm_hidden: int = 128
     graph_embed_dim: int = 128
     fusion_dim: int = 256
-    decoder_width: int = 512
-    decoder_depth: int = 2
-    decoder_heads: int = 16
     contrastive_dim: int = 64
     fusion_depth: int = 1
     fusion_heads: int = 16
     fusion_dropout: float = 0.1
-    mlp_ratio: float = 4.0
-    img_mask_ratio: float = 0.75
-    mask_scale: int = 1
     osm_mask_ratio: float = 0.2
     max_masked_nodes: int = 10
     max_fusion_nodes: int = 50
     set2set_steps: int = 5
-    norm_pix_loss: bool = True
     temperature: float = 0.2
     loss_weights: tuple = (1.0, 1.0, 1.0)  # image reconstruction, contrastive, node reconstruction
     graph_norm: str = "graph"
@@ -112,7 +103,7 @@ class GeoLinkConfig:
         return tuple(max(0, round(depth * f) - 1) for f in (8 / 24, 12 / 24, 16 / 24, 1.0))
 
 
-class GeoLink(nnx.Module):
+class GeoLink(ImageMAE):
     """Sparse masked ViT + typed-relation OSM GAT + Set2Set readout + cross-modal fusion block.
 
     Inputs everywhere: images float [B, H, W, C] (ImageNet-normalised, NHWC) and a GraphBatch whose node
@@ -120,26 +111,9 @@ class GeoLink(nnx.Module):
     """
 
     def __init__(self, cfg: GeoLinkConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
+        super().__init__(cfg, rngs=rngs)  # the image branch first: parameter init order as the reference
         dt = jnp.dtype(cfg.dtype)
-        v = cfg.vit
-        d = v.width
-        self.img_encoder = ViTEncoder(v, rngs=rngs, dtype=dt, attention_impl=cfg.attention_impl)
-        self.cls_token = layers.param(rngs, layers.normal(0.02), (1, 1, d), (None, None, "embed"))
-        self.img_norm = layers.LayerNorm(d, eps=1e-5, axes=("embed",), dtype=dt)
-
-        dw = cfg.decoder_width
-        self.img_decoder_mlp = layers.Dense(d, dw, rngs=rngs, axes=("embed", "embed_out"), dtype=dt)
-        self.img_mask_token = layers.param(rngs, layers.normal(0.02), (1, 1, dw), (None, None, "embed"))
-        self.img_cross_modal_decoder = nnx.List([
-            layers.Block(dw, cfg.decoder_heads, cfg.mlp_ratio, rngs=rngs, eps=1e-5, init=None, dtype=dt,
-                         attention_impl=cfg.attention_impl)
-            for _ in range(cfg.decoder_depth)
-        ])
-        self.img_decoder_norm = layers.LayerNorm(dw, eps=1e-5, axes=("embed",), dtype=dt)
-        self.img_decoder_pred = layers.Dense(dw, v.patch_size ** 2 * v.in_channels, rngs=rngs,
-                                             axes=("embed", "patch_in"), dtype=dt)
-
+        d = cfg.vit.width
         h, f_in = cfg.osm_hidden, cfg.osm_in_features
         self.osm_encoder = HeteroGAT(f_in, h, rngs=rngs, dtype=dt)
         self.osm_norm = nnx.Dict({t: GraphLayerNorm(h, mode=cfg.graph_norm) for t in NODE_TYPES})
@@ -163,54 +137,6 @@ class GeoLink(nnx.Module):
             for _ in range(cfg.fusion_depth)
         ])
         self.osm_node_pred = layers.Dense(fd, f_in, rngs=rngs, axes=("embed", "node_in"), dtype=dt)
-
-    # ------------------------------------------------------------------ image branch
-    def _grid(self, images):
-        p = self.cfg.vit.patch_size
-        h, w = images.shape[1:3]
-        if h % p or w % p:
-            raise ValueError(f"image {h}x{w} is not divisible by the patch size {p}")
-        return h // p, w // p
-
-    def _embed_patches(self, images):
-        """images → (patch tokens + fixed position table [B, L, D], (grid_h, grid_w))."""
-        gh, gw = self._grid(images)
-        x = self.img_encoder.patch_embed(images)
-        table = pos_embed.image_table(self.cfg.vit.width, gh, gw)
-        return x + jnp.asarray(table[1:], x.dtype), (gh, gw)
-
-    def _with_cls(self, x):
-        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
-        return jnp.concatenate([cls, x], axis=1)
-
-    def encode_image(self, images, key=None, mask_ratio=None):
-        """Masked image encoding (spec §3.1, §4.1).
-
-        Returns a dict: tokens [B, 1+K, D] after img_norm (cls first, then the K kept tokens in shuffled order),
-        ids_keep int32 [B, K], ids_restore int32 [B, L], mask float32 [B, L] (1 = removed), grid (gh, gw).
-        mask_ratio 0 (or key None) keeps every token in order."""
-        mask_ratio = self.cfg.img_mask_ratio if mask_ratio is None else mask_ratio
-        x, grid = self._embed_patches(images)
-        b, num_tokens = x.shape[:2]
-        if mask_ratio > 0 and key is not None:
-            noise = masking.token_noise(key, b, *grid, mask_scale=self.cfg.mask_scale)
-            ids_keep, ids_restore, mask = masking.token_mask(noise, masking.num_kept_tokens(num_tokens, mask_ratio))
-            x = masking.gather_tokens(x, ids_keep)
-        else:
-            ids_keep = ids_restore = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (b, num_tokens))
-            mask = jnp.zeros((b, num_tokens), jnp.float32)
-        x = self.img_encoder(self._with_cls(x))
-        return dict(tokens=self.img_norm(x), ids_keep=ids_keep, ids_restore=ids_restore, mask=mask, grid=grid)
-
-    def decode_image(self, tokens, ids_restore, grid):
-        """MAE decoder (spec §3.2): tokens [B, 1+K, D] → predicted patches [B, L, p·p·C] (cls dropped)."""
-        x = self.img_decoder_mlp(tokens)
-        body = masking.unshuffle(x[:, 1:], self.img_mask_token[0, 0], ids_restore)
-        x = jnp.concatenate([x[:, :1], body], axis=1)
-        x = x + jnp.asarray(pos_embed.image_table(self.cfg.decoder_width, *grid), x.dtype)
-        for block in self.img_cross_modal_decoder:
-            x = block(x)
-        return self.img_decoder_pred(self.img_decoder_norm(x))[:, 1:]
 
     # ------------------------------------------------------------------ graph branch
     def encode_graph(self, graph, key=None, mask_ratio=None, groups=1):

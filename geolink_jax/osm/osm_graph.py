@@ -122,3 +122,11 @@ def point_lonlat(points, to_lonlat=None):
     if to_lonlat is None or len(xy) == 0:
         return xy
     return np.stack(to_lonlat(xy[:, 0], xy[:, 1]), -1)
+
+
+def sample_ufz_graphs():
+    """The bundled UFZ tile graphs (real OSM, 512-d CLIP tag features) as TileGraphs, in samples.ufz_tile_names()
+    order."""
+    from geolink_jax import samples
+
+    return [graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz") for n in samples.ufz_tile_names()]

@@ -12,19 +12,21 @@ def decay_mask(params):
     return jax.tree.map(lambda p: sum(d > 1 for d in jnp.shape(p)) >= 2, params)
 
 
-def schedule(cfg, total_steps):
-    warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+def schedule(cfg, total_steps, lr, warmup_steps):
+    """Linear warmup to `lr`, cosine to lr·end_lr_factor at total_steps (lr, warmup: config.derive's values)."""
+    warmup = min(int(warmup_steps), max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-        end_value=cfg.lr * cfg.get("end_lr_factor", 0.0))
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        end_value=lr * cfg.get("end_lr_factor", 0.0))
 
 
-def make_optimizer(cfg, total_steps):
-    """cfg: lr, warmup_steps, weight_decay, b1, b2, clip_norm, accumulate (ml_collections or dict-like)."""
+def make_optimizer(cfg, total_steps, lr, warmup_steps):
+    """cfg: weight_decay, b1, b2, clip_norm, accumulate, end_lr_factor (ml_collections or dict-like); total_steps,
+    lr (peak) and warmup_steps come from config.derive."""
     tx = optax.chain(
         optax.clip_by_global_norm(cfg.clip_norm) if cfg.clip_norm else optax.identity(),
-        optax.adamw(schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
-                    mask=decay_mask),
+        optax.adamw(schedule(cfg, total_steps, lr, warmup_steps), b1=cfg.b1, b2=cfg.b2,
+                    weight_decay=cfg.weight_decay, mask=decay_mask),
     )
     if cfg.get("accumulate", 1) > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)

@@ -10,7 +10,7 @@ import math
 
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -62,14 +62,26 @@ def logical_to_spec(axes, shape, rules, mesh):
     return P(*spec)
 
 
-def state_shardings(state, mesh, rules):
-    """NamedSharding per leaf of an nnx State of Params (abstract or concrete), from their logical_axes."""
+def param_shardings(state, mesh, rules):
+    """An nnx State (abstract or concrete) → nested dict of NamedShardings in the `nnx.to_pure_dict` layout, from each
+    variable's logical_axes (no names: replicated). The one place parameter and model-state shardings are made."""
+    rules = [tuple(r) for r in rules]
 
     def one(var):
         axes = var.get_metadata().get("logical_axes") or (None,) * len(var.shape)
         return NamedSharding(mesh, logical_to_spec(axes, var.shape, rules, mesh))
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return traverse_util.unflatten_dict({path: one(var) for path, var in nnx.to_flat_state(state)})
+
+
+def optimizer_shardings(tx, abstract_opt_state, param_shardings_, mesh):
+    """Optimizer state shardings: every parameter-shaped leaf (moments, accumulated gradients) takes its
+    parameter's sharding (optax's param-tree mapping); counters and other scalars are replicated."""
+    import optax
+
+    replicated = NamedSharding(mesh, P())
+    return optax.tree_utils.tree_map_params(tx, lambda _, s: s, abstract_opt_state, param_shardings_,
+                                            transform_non_params=lambda _: replicated)
 
 
 def batch_sharding(mesh, ndim=1):

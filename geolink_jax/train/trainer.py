@@ -1,8 +1,11 @@
-"""The pretraining loop: one obvious function, `train(config, workdir)`.
+"""The pretraining loop, for any model family: one obvious function, `train(config, workdir)`.
 
-mesh → model and optimizer initialised directly into their shardings → grain iterator → restore the latest
-checkpoint if any → jitted step (explicit in/out shardings, donated state) → metrics JSONL + TensorBoard,
-checkpoints every K steps and on SIGTERM → final pictures for small runs.
+mesh → the family's model and the optimizer initialised directly into their shardings → the family's grain
+iterator → restore the latest checkpoint if any → jitted step (explicit in/out shardings, donated state) →
+metrics JSONL + TensorBoard, checkpoints every K steps and on SIGTERM → the family's final pictures.
+
+The train state is a dict: params (trained), frozen (other Params: no gradient, no optimizer state), state (the
+module's non-Param variables, updated inside the step), opt_state, step. See geolink_jax/family.py.
 """
 
 import json
@@ -15,92 +18,106 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, traverse_util
+from flax import nnx
 
-from geolink_jax.data.graph_batch import GraphBatch, GraphBudget
-from geolink_jax.data.pipeline import PipelineConfig, make_dataset
-from geolink_jax.data.augment import AugmentConfig
-from geolink_jax.models import GeoLink, GeoLinkConfig, flops
+from geolink_jax import config as config_lib
+from geolink_jax import family as family_lib
+from geolink_jax.models import flops
 from geolink_jax.train import sharding
-from geolink_jax.train.checkpoint import Checkpointer, abstract_like
+from geolink_jax.train.checkpoint import Checkpointer
 from geolink_jax.train.optimizer import make_optimizer
 
 
-def model_config(config, feature_dim):
-    d = config.model.to_dict()
-    d["osm_in_features"] = feature_dim
-    return GeoLinkConfig.from_dict(d)
+def resolve(config, manifest):
+    """The final run config: the model fields the data decide (the family's model_fields_from_data) filled in, and
+    the derived values (config_lib.derive) recorded under `derived`. What config.json holds."""
+    fam = family_lib.get_family(config.family)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.update(fam.model_fields_from_data(manifest or {}))
+        derived = config_lib.derive(config, (manifest or {}).get("num_records"))
+        config.derived = dict(total_steps=derived.total_steps, lr=derived.lr, warmup_steps=derived.warmup_steps)
+    config_lib.check(config)
+    return config
 
 
 class Setup:
-    """Everything static about a run on a mesh: model graph, shardings, optimizer, jitted step."""
+    """Everything static about a run on a mesh: the family's module graph, shardings, optimizer, jitted step.
 
-    def __init__(self, config, mesh, feature_dim):
+    config: a resolved config (see `resolve`)."""
+
+    def __init__(self, config, mesh):
         self.config, self.mesh = config, mesh
-        self.model_cfg = model_config(config, feature_dim)
-        abstract = nnx.eval_shape(lambda: GeoLink(self.model_cfg, rngs=nnx.Rngs(0)))
-        self.graphdef, self.abstract_params = nnx.split(abstract, nnx.Param)
-        rules = [tuple(r) for r in config.sharding_rules]
-        flat = nnx.to_flat_state(self.abstract_params)
-        self.param_shardings = traverse_util.unflatten_dict({
-            path: sharding.NamedSharding(mesh, sharding.logical_to_spec(v.get_metadata()["logical_axes"], v.shape,
-                                                                        rules, mesh))
-            for path, v in flat})
-        self.tx = make_optimizer(config.optim, config.total_steps)
+        self.family = family_lib.get_family(config.family)
+        self.model_cfg = family_lib.model_config(self.family, config)
+        self.total_steps = int(config.derived.total_steps)
+        abstract = family_lib.abstract_model(self.family, self.model_cfg)
+        self.graphdef, *self.abstract_states = family_lib.split(abstract, self.family)  # params, frozen, state
+        rules = config.sharding_rules
+        params_sh, frozen_sh, model_state_sh = (sharding.param_shardings(s, mesh, rules) for s in self.abstract_states)
+        self.param_shardings = params_sh
+        self.tx = make_optimizer(config.optim, self.total_steps, config.derived.lr, config.derived.warmup_steps)
         self.replicated = sharding.NamedSharding(mesh, sharding.P())
-        self.batch_groups = sharding.num_batch_shards(mesh) if config.faithful_batch_groups else 1
-
-        params_abs = jax.eval_shape(self._init_params)
-        p_struct = jax.tree.structure(params_abs)
-        opt_abs = jax.eval_shape(self.tx.init, params_abs)
-        # Optimizer moments mirror the params tree: give them the params' shardings; scalars are replicated.
-        self.opt_shardings = jax.tree.map(
-            lambda node: self.param_shardings if jax.tree.structure(node) == p_struct else self.replicated,
-            opt_abs, is_leaf=lambda node: jax.tree.structure(node) == p_struct or not jax.tree.leaves(node)
-            or isinstance(node, jax.ShapeDtypeStruct))
-        self.state_shardings = dict(params=self.param_shardings, opt_state=self.opt_shardings,
+        abstract_params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
+                                       family_lib.pure(self.abstract_states[0]))
+        opt_sh = sharding.optimizer_shardings(self.tx, jax.eval_shape(self.tx.init, abstract_params), params_sh, mesh)
+        self.state_shardings = dict(params=params_sh, frozen=frozen_sh, state=model_state_sh, opt_state=opt_sh,
                                     step=self.replicated)
+        self.ctx = family_lib.StepContext(
+            mesh=mesh, batch_groups=sharding.num_batch_shards(mesh) if config.faithful_batch_groups else 1,
+            train=True, batch_axes=sharding.BATCH_AXES)
         self.step_fn = jax.jit(self._train_step, donate_argnums=(0,),
                                in_shardings=(self.state_shardings, None, self.replicated),
                                out_shardings=(self.state_shardings, self.replicated))
 
-    def _init_params(self):
-        model = GeoLink(self.model_cfg, rngs=nnx.Rngs(self.config.seed))
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    def _init_state(self):
+        model = self.family.build(self.model_cfg, nnx.Rngs(self.config.seed))
+        _, params, frozen, state = family_lib.split(model, self.family)
+        params = family_lib.pure(params)
+        return dict(params=params, frozen=family_lib.pure(frozen), state=family_lib.pure(state),
+                    opt_state=self.tx.init(params), step=jnp.zeros((), jnp.int32))
 
     def init_state(self):
         with jax.set_mesh(self.mesh):
-            params = jax.jit(self._init_params, out_shardings=self.param_shardings)()
-            opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
-            state = dict(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+            state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
             # Commit every leaf to exactly the step's in_shardings, or the second step recompiles.
             return jax.device_put(state, self.state_shardings)
 
-    def model(self, params):
-        state = jax.tree.map(lambda x: x, self.abstract_params)  # fresh copy; replace_by_pure_dict mutates
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.graphdef, state)
+    def abstract_state(self):
+        """ShapeDtypeStructs of the train state with their shardings (restore targets, compile-ahead)."""
+        shapes = jax.eval_shape(self._init_state)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                            self.state_shardings)
+
+    def model(self, state):
+        """The train state (params, frozen, state) → the family's module holding those values."""
+        return family_lib.merge(self.graphdef, self.abstract_states, (state["params"], state["frozen"],
+                                                                      state["state"]))
 
     def _train_step(self, state, batch, key):
         key = jax.random.fold_in(key, state["step"])
 
         def loss_fn(params):
-            return self.model(params).loss(batch["image"], GraphBatch(**batch["graph"]), key,
-                                           batch_groups=self.batch_groups)
+            model = self.model(dict(state, params=params))
+            loss, metrics = self.family.loss(model, batch, key, self.ctx)
+            # non-Param variables the loss assigned to (queues, batch statistics) leave the step as new state
+            return loss, (metrics, family_lib.pure(nnx.state(model, nnx.Not(nnx.Param))))
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(_):
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            return optax.apply_updates(state["params"], updates), opt_state
+            return optax.apply_updates(state["params"], updates), opt_state, model_state
 
-        # A non-finite step changes nothing (params, optimizer moments), so no checkpoint ever holds its result.
-        # lax.cond runs one branch: no elementwise select pass over the whole state on every step.
-        params, opt_state = jax.lax.cond(finite, update, lambda _: (state["params"], state["opt_state"]), None)
-        new_state = dict(params=params, opt_state=opt_state, step=state["step"] + 1)
-        metrics = dict(aux, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
+        # A non-finite step changes nothing (params, optimizer moments, model state), so no checkpoint ever holds
+        # its result. lax.cond runs one branch: no elementwise select pass over the whole state on every step.
+        params, opt_state, model_state = jax.lax.cond(
+            finite, update, lambda _: (state["params"], state["opt_state"], state["state"]), None)
+        new_state = dict(params=params, frozen=state["frozen"], state=model_state, opt_state=opt_state,
+                         step=state["step"] + 1)
+        metrics = dict(aux, loss=loss, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.int32))
         return new_state, metrics
 
 
@@ -116,31 +133,14 @@ def check_batch_size(batch_size, mesh, process_count=None):
 
 
 def prepare_data(config, workdir):
-    """Shard paths + manifest: config.data.path, or (empty) the bundled sample tiles preprocessed into workdir."""
-    path = config.data.path
-    if not path:
-        from data_pipelines import preprocess
-        from geolink_jax import samples
-        from geolink_jax.data import tile_sources
-
-        path = pathlib.Path(workdir) / "data"
-        if not (path / "manifest.json").exists():
-            cfg = preprocess.PreprocessConfig(encoder=config.data.encoder)
-            preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), path, cfg, workers=1,
-                                 progress=False)
+    """Shard paths + manifest: config.data.path, or (empty) the family's bundled data prepared in workdir."""
+    path = config.data.path or family_lib.get_family(config.family).default_data(config, workdir)
     path = pathlib.Path(path)
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest_path = path / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{path}: no manifest.json (not a preprocessed data directory)")
+    manifest = json.loads(manifest_path.read_text())
     return sorted(path.glob("*.array_record-*")), manifest
-
-
-def pipeline_config(config, manifest, image_size):
-    d = config.data
-    budget = GraphBudget.from_manifest(manifest, d.budget_stat)
-    per_host = config.batch_size // jax.process_count()
-    return PipelineConfig(batch_size=per_host, budget=budget, seed=config.seed, worker_count=d.worker_count,
-                          read_threads=d.read_threads,
-                          augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
-                                                draft_decode=d.draft_decode))
 
 
 class _Preemption:
@@ -175,47 +175,45 @@ def train(config, workdir, progress=True):
     workdir.mkdir(parents=True, exist_ok=True)
     if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize()  # multi-host: must run before anything touches the backend
-    config_json = config.to_json()
-    (workdir / "config.json").write_text(config_json)
-
     paths, manifest = prepare_data(config, workdir)
+    config = resolve(config, manifest)
     mesh = sharding.make_mesh(config.mesh.to_dict())
     check_batch_size(config.batch_size, mesh)
-    setup = Setup(config, mesh, manifest["feature_dim"])
-    pipe_cfg = pipeline_config(config, manifest, setup.model_cfg.vit.image_size)
-    data_iter = iter(make_dataset(paths, pipe_cfg, jax.process_index(), jax.process_count()))
+    setup = Setup(config, mesh)
+    fam, total_steps = setup.family, setup.total_steps
+    data_iter = iter(fam.dataset(paths, manifest, config, setup.model_cfg, jax.process_index(), jax.process_count()))
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
                         keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints)
-    state = setup.init_state()
     latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, abstract_like(state), data_iter)
+    state = ckpt.restore(latest, setup.abstract_state(), data_iter) if latest is not None else setup.init_state()
+    config_json = config.to_json()
+    (workdir / "config.json").write_text(config_json)  # only once the run's state is in hand
     key = jax.random.key(config.seed)
 
     metrics_path = workdir / "metrics.jsonl"
     writer = _tensorboard(workdir) if config.get("tensorboard", True) else None
     rows, preempt = [], _Preemption(ckpt.manager)
     start = int(state["step"])
-    bar = _progress(start, config.total_steps, progress)
+    bar = _progress(start, total_steps, progress)
     t_last, seen, last_host = time.perf_counter(), 0, None
-    # analytic model FLOPs per sample (matmuls, forward + backward; models/flops.py) → TFLOP/s and MFU in the log
-    flops_per_sample = flops.geolink_step_flops(setup.model_cfg, pipe_cfg.budget.nodes).train_step
-    peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.dtype)
+    # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
+    flops_per_sample = fam.flops_per_sample(setup.model_cfg, manifest)
+    peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.get("dtype", "float32"))
     try:
         with jax.set_mesh(mesh):
-            for step in range(start, config.total_steps):
+            for step in range(start, total_steps):
                 host = next(data_iter)
-                stats = host.pop("stats")
+                stats = host.pop("stats", {})
                 last_host = host
                 batch = sharding.global_batch(host, mesh)
                 state, metrics = setup.step_fn(state, batch, key)
                 seen += config.batch_size
                 done = step + 1
-                if done % config.log_every == 0 or done == config.total_steps:
+                if done % config.log_every == 0 or done == total_steps:
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.perf_counter()
-                    row.update(step=done, samples_per_s=seen / (now - t_last),
-                               dropped_nodes=int(np.sum(stats["dropped_nodes"])))
+                    row.update(step=done, samples_per_s=seen / (now - t_last))
+                    row.update({k: int(np.sum(v)) for k, v in stats.items()})
                     row["tflops_per_s_per_device"] = row["samples_per_s"] * flops_per_sample / mesh.size / 1e12
                     if peak:
                         row["mfu"] = row["tflops_per_s_per_device"] * 1e12 / peak
@@ -226,15 +224,14 @@ def train(config, workdir, progress=True):
                     if writer:
                         for k, v in row.items():
                             writer.add_scalar(k, v, done)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", img=f"{row['img_loss']:.3f}",
-                                    con=f"{row['contrastive_loss']:.3f}", node=f"{row['node_loss']:.3f}",
+                    bar.set_postfix({k: f"{row[k]:.3f}" for k in fam.log_keys if k in row},
                                     sps=f"{row['samples_per_s']:.1f}")
                     if row["nonfinite"] and config.on_nonfinite == "stop":
                         raise FloatingPointError(f"non-finite loss or gradient at step {done} (update skipped; "
                                                  "the last checkpoint is intact)")
                 bar.update(1)
                 stop = preempt.check(done)
-                ckpt.save(done, state, data_iter, config_json, force=stop or done == config.total_steps)
+                ckpt.save(done, state, data_iter, config_json, force=stop or done == total_steps)
                 if stop:
                     ckpt.wait()
                     raise SystemExit(143)
@@ -244,37 +241,11 @@ def train(config, workdir, progress=True):
         preempt.restore()
         if writer:
             writer.flush()
-    if config.get("pictures") and last_host is not None:
-        write_pictures(setup, state, last_host, workdir)
+    if config.get("pictures") and last_host is not None and fam.pictures and jax.process_count() == 1:
+        # the inputs are this host's samples: single-host runs only
+        with jax.set_mesh(mesh):
+            fam.pictures(setup.model(state), last_host, workdir)
     return rows
-
-
-def write_pictures(setup, state, host_batch, workdir, count=4):
-    """workdir/reconstructions.png (original | masked | reconstruction per sample) and workdir/osm_graph.png (the
-    first sample's graph on its image), from the last training batch. Single-host runs only: the inputs are this
-    host's samples."""
-    from geolink_jax import pictures
-
-    if jax.process_count() > 1:
-        return
-    n = min(count, len(host_batch["image"]))
-    images = np.asarray(host_batch["image"][:n])
-    graph = jax.tree.map(lambda x: np.asarray(x)[:n], host_batch["graph"])
-    cfg = setup.model_cfg
-
-    @jax.jit
-    def outputs(params):
-        _, aux = setup.model(params).loss(images, GraphBatch(**graph), jax.random.key(0), train=False,
-                                          return_outputs=True)
-        return aux["pred"], aux["mask"]
-
-    with jax.set_mesh(setup.mesh):
-        pred, mask = jax.device_get(outputs(state["params"]))
-    pictures.reconstruction_figure(images, pred, mask, cfg.vit.patch_size, cfg.norm_pix_loss).save(
-        pathlib.Path(workdir) / "reconstructions.png")
-    one = jax.tree.map(lambda x: x[0], graph)
-    pictures.graph_figure(images[0], one["positions"], one["n_node"], one["senders"], one["receivers"],
-                          one["n_edge"]).save(pathlib.Path(workdir) / "osm_graph.png")
 
 
 def _progress(start, total, enabled):

@@ -1,8 +1,8 @@
 """The smallest sweep that runs every suite path of `geolink-jax bench` (tests/test_bench.py): demo-sized model,
 two repeats, a 2-device memory run in a child process, the reference run without a checkout (skipped)."""
 
-from benchmarks.sweep import chain, fixed
-from configs.bench import common
+from geolink_jax.bench.sweep import chain, fixed
+from geolink_jax.bench.sweeps import common
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """The preprocessing job: tiles → graph records → ArrayRecord shards + manifest.json + errors.jsonl.
 
 `process_tile` is the whole per-tile computation, a pure function of (TileSpec, PreprocessConfig); the local runner
-(`run_local`, worker processes) and the Beam pipeline (`beam_pipeline.py`) both call it and both write through
+(`run_local`, worker processes) and the Beam pipeline (`beam.py`) both call it and both write through
 `shard_plan`/`make_manifest`, so their outputs are identical.
 
 Problems never pass silently: each goes to errors.jsonl with tile, file, severity and reason, and the manifest
@@ -302,6 +302,17 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
     write_errors(out_dir / ERRORS, summaries)
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
+
+
+def bundled_tiles(out_dir, encoder="e5"):
+    """The bundled real sample tiles preprocessed into out_dir once (reused when its manifest exists) → out_dir."""
+    from geolink_jax import samples
+
+    out_dir = pathlib.Path(out_dir)
+    if not (out_dir / MANIFEST).exists():
+        run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out_dir, PreprocessConfig(encoder=encoder),
+                  workers=1, progress=False)
+    return out_dir
 
 
 def load_manifest(out_dir):

@@ -1,28 +1,25 @@
 """Compile time and recompilations of the train step as the OSM graphs vary (suite `compile`).
 
-    python -m benchmarks.compile_bench [--config demo] [--batches 8]
+    geolink-jax bench --only compile [--config.compile.config=mae_demo] [--config.compile.batches=8]
 
-Feeds `batches` different batches through the jitted train step: each sample is a random node subset (30-100 %
-of each type) of a real UFZ graph, so node and edge counts differ in every batch. XLA backend compilations are
+Feeds `batches` different example batches of the config's family through the jitted train step (GeoLink: each
+sample is a random node subset, 30-100 % of each type, of a real UFZ graph, so node and edge counts differ in every
+batch). XLA backend compilations are
 counted with a `jax.monitoring` listener on JAX's backend-compile event.
 - padded (the library): every batch padded to the fixed budget → one compilation however the graphs vary;
-- naive (for contrast, `naive: True`): each batch padded only to its own largest graph (as the reference's
+- naive (GeoLink, for contrast, `naive: True`): each batch padded only to its own largest graph (as the reference's
   dynamic shapes do), so every new shape compiles again. Reported, not a target.
 Also reports the first step's compile and trace+lower times, and the steady step time.
 """
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import time
 
 import jax
-import numpy as np
 
-from benchmarks import rows
-from benchmarks.model_step_bench import training_config
-from geolink_jax import samples
+from geolink_jax.bench import rows
+from geolink_jax.bench.model_step_bench import training_config
 from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.train import sharding, trainer
@@ -46,20 +43,6 @@ def count_compiles():
         active[0] = False  # jax has no public unregister for one listener; a dead one costs nothing
 
 
-def varied_graphs(graphs, count, rng):
-    """`count` random node subsets (30-100 % of each type) of the given graphs."""
-    out = []
-    for i in range(count):
-        g = graphs[i % len(graphs)]
-        keep = {}
-        for t in NODE_TYPES:
-            n = g.num_nodes(t)
-            k = int(rng.integers(int(0.3 * n), n + 1)) if n else 0
-            keep[t] = np.sort(rng.choice(n, k, replace=False)) if k else np.zeros(0, np.int64)
-        out.append(g.subgraph(keep))
-    return out
-
-
 def own_budget(graphs):
     """The smallest budget that holds these graphs (what a dynamic-shape pipeline would produce)."""
     return GraphBudget(nodes={t: max(1, max(g.num_nodes(t) for g in graphs)) for t in NODE_TYPES},
@@ -69,28 +52,29 @@ def own_budget(graphs):
 def run(cfg):
     row = rows.new_row("compile", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.batches} varied batches",
                        rows.flatten(cfg))
-    rng = np.random.default_rng(0)
-    base = samples.ufz_graphs()
     config = training_config(cfg)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    feature_dim = base[0].features["polygon"].shape[1]
-    image_size = config.model.vit.image_size
-    batches = [varied_graphs(base, cfg.batch, rng) for _ in range(cfg.batches)]
-    image = rng.standard_normal((cfg.batch, image_size, image_size, 3)).astype(np.float32)
     m = row["metrics"]
-    modes = [("padded", lambda gs: GraphBudget.default())]
-    if cfg.get("naive"):
-        modes.append(("naive", own_budget))
-    for mode, budget_of in modes:
-        setup = trainer.Setup(config, mesh, feature_dim)  # a fresh jit cache per mode
+    setup = trainer.Setup(config, mesh)
+    # the family's example batches with different contents (GeoLink: node subsets of the real graphs, padded)
+    batches = [setup.family.example_batch(setup.model_cfg, cfg.batch, seed=i + 1) for i in range(cfg.batches)]
+    modes = [("padded", setup, batches)]
+    if cfg.get("naive") and config.family == "geolink":
+        from geolink_jax.geolink.family import example_graphs
+
+        naive = []
+        for i, host in enumerate(batches):
+            graphs = example_graphs(cfg.batch, seed=i + 1)
+            graph, _ = pad_graphs(graphs, own_budget(graphs))
+            naive.append(dict(image=host["image"], graph=dataclasses.asdict(graph)))
+        modes.append(("naive", trainer.Setup(config, mesh), naive))  # a fresh jit cache
+    for mode, setup, hosts in modes:
         state = setup.init_state()
         times = []
         shapes = set()
-        keys = [jax.random.key(i) for i in range(len(batches))]  # made outside the count: key creation compiles
+        keys = [jax.random.key(i) for i in range(len(hosts))]  # made outside the count: key creation compiles
         with jax.set_mesh(mesh), count_compiles() as compiles:
-            for i, graphs in enumerate(batches):
-                graph, _ = pad_graphs(graphs, budget_of(graphs))
-                host = dict(image=image, graph=dataclasses.asdict(graph))
+            for i, host in enumerate(hosts):
                 shapes.add(tuple(x.shape for x in jax.tree.leaves(host)))
                 batch = sharding.global_batch(host, mesh)
                 t0 = time.perf_counter()
@@ -110,21 +94,3 @@ def run(cfg):
     rows.ratio(row, "padded_compiles_per_batch", "metrics.padded_backend_compiles", "metrics.batches",
                target=1 / cfg.batches + 1e-9, op="<=")
     return row
-
-
-def main(argv=None):
-    from configs.bench import common
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="demo")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--batches", type=int, default=8)
-    p.add_argument("--naive", action="store_true")
-    args = p.parse_args(argv)
-    cfg = common.base_config().compile
-    cfg.update(config=args.config, batch=args.batch, batches=args.batches, naive=args.naive)
-    print(json.dumps(rows.validate_row(run(cfg)), indent=1))
-
-
-if __name__ == "__main__":
-    main()

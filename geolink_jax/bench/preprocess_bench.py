@@ -8,11 +8,9 @@ Two measurements on the same cleaned layers, outputs checked equal:
   shared work dilutes the ratio.
 Each timing is the best of --repeats runs of a tile.
 
-    python benchmarks/preprocess_bench.py [--tile-deg 0.004] [--repeats 3]
+    geolink-jax bench --only preprocess [--config.preprocess.tile_deg=0.004] [--config.preprocess.repeats=3]
 """
-import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -84,7 +82,7 @@ def run(cfg):
     """Suite `preprocess`: tiles/s of both builders over the bundled tiles (+ Helsinki when cfg.helsinki)."""
     import itertools
 
-    from benchmarks import rows as result_rows
+    from geolink_jax.bench import rows as result_rows
 
     row = result_rows.new_row("preprocess", cfg.get("name") or "tile graphs: vectorised vs pairwise",
                               result_rows.flatten(cfg))
@@ -107,49 +105,3 @@ def run(cfg):
                       target=(cfg.get("target") or None) if big else None, op=">=")
     result_rows.ratio(row, "build_speedup", "metrics.build_pairwise_s", "metrics.build_vectorised_s")
     return row
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tile-deg", type=float, default=0.004, help="Helsinki tile width in degrees (~220 m)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--min-features", type=int, default=100)
-    args = p.parse_args(argv)
-
-    try:
-        rows = measure_tiles(list(sample_tiles()) + list(helsinki_tiles(args.tile_deg)), args.repeats)
-    except AssertionError as e:
-        print(f"MISMATCH: {e}", file=sys.stderr)
-        return 1
-
-    def summary(sel, label, col=2):
-        if not sel:
-            print(f"{label:<34} no tiles")
-            return None
-        vec, pw = sum(r[col] for r in sel), sum(r[col + 1] for r in sel)
-        ratio = pw / vec
-        print(f"{label:<34} {len(sel):>5} {np.mean([r[1] for r in sel]):>9.0f} {len(sel) / vec:>12.1f} "
-              f"{len(sel) / pw:>12.1f} {ratio:>8.1f}x")
-        return ratio
-
-    big_rows = [r for r in rows if r[1] >= args.min_features]
-    ratios = {}
-    for col, what in ((4, "relations (9 typed relations)"), (2, "full graph build")):
-        print(f"\n{what}")
-        print(f"{'tiles':<34} {'count':>5} {'features':>9} {'vec tiles/s':>12} {'pair tiles/s':>12} {'speedup':>9}")
-        summary(rows[:5], "bundled samples", col)
-        summary(rows[5:], f"helsinki ({args.tile_deg} deg)", col)
-        summary(rows, "all", col)
-        ratios[col] = summary(big_rows, f">= {args.min_features} features", col)
-    largest = max(rows, key=lambda r: r[1])
-    print(f"\nlargest tile: {largest[0]} with {largest[1]} features: relations vectorised {largest[4] * 1e3:.1f} ms "
-          f"vs pairwise {largest[5] * 1e3:.1f} ms ({largest[5] / largest[4]:.1f}x)")
-    target = 20.0
-    if ratios[4] is not None:
-        print(f"target >= {target:.0f}x (relations, tiles with >= {args.min_features} features): "
-              f"{'MET' if ratios[4] >= target else 'NOT MET'} ({ratios[4]:.1f}x; full build {ratios[2]:.1f}x)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

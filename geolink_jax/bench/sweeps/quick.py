@@ -3,8 +3,8 @@
     geolink-jax bench --suite quick [--reference-repo PATH]
 """
 
-from benchmarks.sweep import chain, fixed, product, sweep
-from configs.bench import common
+from geolink_jax.bench.sweep import chain, fixed, product, sweep
+from geolink_jax.bench.sweeps import common
 
 
 def get_config():

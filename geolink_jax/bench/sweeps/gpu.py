@@ -7,8 +7,8 @@ jax_optimization_level O1 (latency-hiding scheduler, collective pipelining, the 
 Every row records it with XLA_FLAGS. cuDNN attention needs bf16/fp16 and head dim ≤ 256 (ViT-B/L: 64).
 """
 
-from benchmarks.sweep import chain, fixed, product, sweep
-from configs.bench import common
+from geolink_jax.bench.sweep import chain, fixed, product, sweep
+from geolink_jax.bench.sweeps import common
 
 
 def get_config():

@@ -1,7 +1,7 @@
 """Runs a sweep: every run → one validated JSON row appended to `<out>/rows.jsonl`, then the report.
 
     geolink-jax bench --suite quick|cpu|gpu|path/to/sweep.py [--only step,mask] [--reference-repo PATH]
-                      [--set step.repeats=3 …] [--out out/bench]
+                      [--config.step.repeats=3 …] [--out out/bench]
 
 Each run runs in its own child process (the parent never starts a JAX backend, so a GPU is free for the child):
 memory is returned between runs, and a run that needs N devices gets them on a CPU backend as simulated devices
@@ -21,60 +21,50 @@ import tempfile
 import time
 import traceback
 
-from benchmarks import rows, sweep
+from geolink_jax.bench import rows, sweep
 
 SUITES = {
-    "step": ("benchmarks.model_step_bench", "run_step"),
-    "mask": ("benchmarks.model_step_bench", "run_mask"),
-    "pipeline": ("benchmarks.input_pipeline_bench", "run"),
-    "preprocess": ("benchmarks.preprocess_bench", "run"),
-    "memory": ("benchmarks.memory_bench", "run"),
-    "compile": ("benchmarks.compile_bench", "run"),
-    "reference": ("benchmarks.reference_bench", "run"),
+    "step": ("geolink_jax.bench.model_step_bench", "run_step"),
+    "mask": ("geolink_jax.bench.model_step_bench", "run_mask"),
+    "pipeline": ("geolink_jax.bench.input_pipeline_bench", "run"),
+    "preprocess": ("geolink_jax.bench.preprocess_bench", "run"),
+    "memory": ("geolink_jax.bench.memory_bench", "run"),
+    "compile": ("geolink_jax.bench.compile_bench", "run"),
+    "reference": ("geolink_jax.bench.reference_bench", "run"),
 }
 
 
 def load_sweep(name):
-    """A sweep by name (configs/bench/<name>.py) or path → (base ConfigDict, [run overrides])."""
+    """A sweep by name (geolink_jax/bench/sweeps/<name>.py) or path → (base ConfigDict, [run overrides])."""
     path = pathlib.Path(name)
     if path.suffix == ".py" and path.is_file():
         spec = importlib.util.spec_from_file_location(f"bench_sweep_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:
+        from geolink_jax.config import ConfigError
+
         try:
-            module = importlib.import_module(f"configs.bench.{name}")
-        except ModuleNotFoundError as e:
-            raise ValueError(f"no sweep {name!r} (configs/bench/{name}.py) and no file of that name") from e
+            module = importlib.import_module(f"geolink_jax.bench.sweeps.{name}")
+        except ModuleNotFoundError:
+            raise ConfigError(f"no sweep {name!r} (named sweeps: quick, cpu, gpu) and no file of that name") from None
     return module.get_config(), module.get_sweep()
 
 
-def parse_value(text):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def plan(base, runs, only=None, overrides=(), reference_repo=None):
-    """The resolved run configs, in sweep order. overrides: ["suite.key=value", …] applied to the base first."""
-    base = base.copy_and_resolve_references()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = base
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"--set {key}: no such field")
-        node[leaf] = parse_value(value)
+    """The resolved run configs, in sweep order. overrides: ["--config.suite.key=value", …] applied to the base
+    first (ml_collections flags: an unknown field is a ConfigError naming it and listing the valid ones)."""
+    from geolink_jax import config as config_lib
+
+    base = config_lib.load(list(overrides), base=base.copy_and_resolve_references())
     if reference_repo:
-        base.reference.reference_repo = str(reference_repo)
+        with base.unlocked():
+            base.reference.reference_repo = str(reference_repo)
     cfgs = [sweep.resolve(base, run) for run in runs]
     if only:
         unknown = set(only) - set(SUITES)
         if unknown:
-            raise ValueError(f"--only {sorted(unknown)}: suites are {sorted(SUITES)}")
+            raise config_lib.ConfigError(f"--only {sorted(unknown)}: suites are {sorted(SUITES)}")
         cfgs = [c for c in cfgs if c.suite in only]
     return cfgs
 
@@ -111,7 +101,7 @@ def run_in_child(cfg, recommended=True):
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "benchmarks.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
+        cmd = [sys.executable, "-m", "geolink_jax.bench.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode or not out.exists():
             row = rows.new_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg))

@@ -1,27 +1,26 @@
 """The paper setting: GeoLink with a ViT-L/16 image encoder at 224 px, bf16 compute, FSDP over all devices.
 
-    geolink-jax pretrain --config configs/geolink_vit_l.py --workdir gs://…/run --config.data.path=SHARDS_DIR
+    geolink-jax pretrain --config geolink_vit_l --workdir gs://…/run --config.data.path=SHARDS_DIR
 
 Known from the reference code (spec §5.1): 224/16, image mask 0.75, OSM mask 0.2, ≤10 masked nodes, temperature
-0.2, norm-pix loss, bf16 autocast. Not published (spec §5.1, §10), so chosen here after Rose/MAE: AdamW (0.9, 0.95),
-lr 1.5e-4·batch/256, weight decay 0.05, linear warmup over the first 5% of steps, cosine to 0,
-batch 1024, 100 epochs over the 1.27M pretraining pairs.
+0.2, norm-pix loss, bf16 autocast (the model defaults). Not published (spec §5.1, §10), so chosen here after
+Rose/MAE: AdamW (0.9, 0.95), lr 1.5e-4·batch/256, weight decay 0.05, linear warmup over the first 5% of steps,
+cosine to 0, batch 1024, 100 epochs over the 1.27M pretraining pairs. Steps and the learning rate are derived from
+the final config (`--config.batch_size=512` rescales both).
 """
 
-from configs import common
+from geolink_jax.config import base_config
 
 PRETRAIN_PAIRS = 1_270_000
 
 
 def get_config(arg=None):
-    config = common.base_config()
-    config.model.vit.update(width=1024, depth=24, num_heads=16, image_size=224, patch_size=16)
+    config = base_config("geolink")
     config.model.dtype = "bfloat16"
     config.batch_size = 1024
-    epochs = 100
-    config.total_steps = epochs * PRETRAIN_PAIRS // config.batch_size
-    config.optim.lr = 1.5e-4 * config.batch_size / 256
-    config.optim.warmup_steps = config.total_steps // 20
+    config.epochs = 100.0
+    config.data.num_examples = PRETRAIN_PAIRS
+    config.optim.update(lr=1.5e-4, lr_base_batch=256, warmup_fraction=0.05)
     config.log_every = 100
     config.checkpoint_every = 2000
     config.keep_period = 20_000

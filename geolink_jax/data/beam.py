@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 
-from data_pipelines import preprocess
+from geolink_jax.data import preprocess
 from geolink_jax.data import shards
 
 

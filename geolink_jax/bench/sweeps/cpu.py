@@ -3,8 +3,8 @@
     geolink-jax bench --suite cpu --reference-repo PATH
 """
 
-from benchmarks.sweep import chain, fixed, product, sweep, zipped
-from configs.bench import common
+from geolink_jax.bench.sweep import chain, fixed, product, sweep, zipped
+from geolink_jax.bench.sweeps import common
 
 
 def get_config():

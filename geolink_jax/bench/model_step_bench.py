@@ -1,12 +1,13 @@
-"""The GeoLink train step: throughput, FLOPs and MFU (suite `step`), and sparse vs dense encoding (suite `mask`).
+"""The train step of any family: throughput, FLOPs and MFU (suite `step`), and sparse vs dense encoding (suite `mask`).
 
-    python -m benchmarks.model_step_bench [--config geolink_vit_b] [--batch 4] [--dtype float32] [--repeats 5]
+    geolink-jax bench --only step --config.step.config=mae_demo --config.step.repeats=3
 
-Both time the real jitted train step (`trainer.Setup.step_fn`: GeoLink loss with all three terms, value_and_grad,
-global-norm clipping, AdamW, non-finite guard, donated state) on the bundled UFZ graphs (real OSM, 512-d CLIP tag
-features, padded to the default budget) and random images at the config's size, after compilation.
+Both time the real jitted train step (`trainer.Setup.step_fn`: the family's loss, value_and_grad, global-norm
+clipping, AdamW, non-finite guard, donated state) on the family's example batch (GeoLink: the bundled UFZ graphs —
+real OSM, 512-d CLIP tag features, padded to the default budget — and random images at the config's size), after
+compilation.
 
-step: analytic FLOPs (`geolink_jax.models.flops`) cross-checked with XLA's cost analysis of the compiled step;
+step: analytic FLOPs (the family's flops_per_sample) cross-checked with XLA's cost analysis of the compiled step;
 achieved FLOP/s per device; MFU against the device's peak (known GPUs/TPUs, or `peak_tflops` given); and, always,
 the fraction of this device's measured matmul rate (`roof`: a large matmul at the same dtype), which is the
 meaningful ceiling on a CPU.
@@ -14,42 +15,32 @@ mask: one step per image mask ratio, interleaved repeats in one process; ratios 
 Target: mask 0.75 ≤ 0.35× mask 0.
 """
 
-import argparse
-import dataclasses
-import importlib
-import json
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from benchmarks import rows
-from geolink_jax import samples
-from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
+from geolink_jax.bench import rows
 from geolink_jax.models import flops
 from geolink_jax.train import sharding, trainer
 
 
-def host_batch(batch_size, image_size):
-    """Real UFZ graphs (cycled to batch_size) padded to the default budget + N(0, 1) images.
-    Returns (batch dict of numpy arrays, feature_dim)."""
-    graphs = samples.ufz_graphs()
-    graph, _ = pad_graphs((graphs * batch_size)[:batch_size], GraphBudget.default())
-    image = np.random.default_rng(0).standard_normal((batch_size, image_size, image_size, 3), np.float32)
-    return dict(image=image, graph=dataclasses.asdict(graph)), graphs[0].features["polygon"].shape[1]
-
-
 def training_config(cfg, mask_ratio=None):
-    """A bench run config (config, batch, dtype, mask_ratio, attention_impl, mesh) → the pretraining ConfigDict."""
-    config = importlib.import_module(f"configs.{cfg.config}").get_config()
+    """A bench run config (config, batch, dtype, mask_ratio, attention_impl, mesh) → the resolved run config of its
+    named config (any family), with the default data budgets (no manifest)."""
+    from geolink_jax import config as config_lib
+
+    config = config_lib.load_file(cfg.config)
     config.batch_size = cfg.batch
-    config.model.dtype = cfg.dtype
+    config.model.dtype = cfg.get("dtype") or config.model.dtype
     config.model.attention_impl = cfg.get("attention_impl") or None
-    config.model.img_mask_ratio = cfg.mask_ratio if mask_ratio is None else mask_ratio
+    mask_ratio = cfg.get("mask_ratio") if mask_ratio is None else mask_ratio
+    if mask_ratio is not None:
+        config.model.img_mask_ratio = mask_ratio
     config.mesh = dict(cfg.mesh)
     config.total_steps = 1000
-    return config
+    config.epochs = 0.0
+    return trainer.resolve(config, None)
 
 
 def mesh_for(cfg):
@@ -67,9 +58,8 @@ class StepRunner:
     def __init__(self, cfg, mask_ratio=None, mesh=None):
         self.mesh = mesh or mesh_for(cfg)
         self.config = training_config(cfg, mask_ratio)
-        image_size = self.config.model.vit.image_size
-        self.host, feature_dim = host_batch(cfg.batch, image_size)
-        self.setup = trainer.Setup(self.config, self.mesh, feature_dim)
+        self.setup = trainer.Setup(self.config, self.mesh)
+        self.host = self.setup.family.example_batch(self.setup.model_cfg, cfg.batch)
         self.state = self.setup.init_state()
         with jax.set_mesh(self.mesh):
             self.batch = sharding.global_batch(self.host, self.mesh)
@@ -83,8 +73,7 @@ class StepRunner:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))  # per device (the SPMD program)
-        self.model_flops = flops.geolink_step_flops(self.setup.model_cfg, GraphBudget.default().nodes).train_step \
-            * cfg.batch
+        self.model_flops = self.setup.family.flops_per_sample(self.setup.model_cfg) * cfg.batch
         self._calls = 0
         self.step()  # first run: allocations, autotuning
 
@@ -164,24 +153,3 @@ def run_mask(cfg):
         rows.ratio(row, f"mask_{ratio}_over_{cfg.mask_ratios[0]}", f"times_s.mask_{ratio}.median",
                    f"times_s.{dense}.median", target=target, op="<=")
     return row
-
-
-def main(argv=None):
-    from configs.bench import common
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="geolink_vit_b")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--suite", choices=("step", "mask"), default="mask")
-    args = p.parse_args(argv)
-    cfg = common.base_config()[args.suite]
-    cfg.update(config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats)
-    row = run_step(cfg) if args.suite == "step" else run_mask(cfg)
-    rows.validate_row(row)
-    print(json.dumps(row, indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Input pipeline rate vs what the train step consumes, and graph padding waste (issue 4).
 
-    python benchmarks/input_pipeline_bench.py [--configs demo,geolink_vit_b] [--batches 30] [--repeats 5]
+    geolink-jax bench --only pipeline [--config.pipeline.config=geolink_vit_b] [--config.pipeline.batches=30]
 
 For each named config, on the bundled sample tiles (preprocessed once with the e5 tag encoder, as the demo does):
 - pipeline: samples/s of the grain pipeline alone (read ArrayRecord → decode → augment → pad → batch), after one
@@ -17,10 +17,6 @@ on the device, so the step rate here is far below a GPU's and the demo row is th
 float32 by default (--dtype): XLA's CPU bf16 is slower than fp32, which would flatter the headroom.
 """
 
-import argparse
-import dataclasses
-import importlib
-import json
 import os
 import pathlib
 import platform
@@ -30,30 +26,31 @@ import time
 
 import jax
 
+from geolink_jax import config as config_lib
+from geolink_jax.data import pipeline, preprocess
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.train import sharding, trainer
 
 
 def bundled_shards(workdir):
     """The demo's own data step: the bundled tiles preprocessed (e5) into workdir/data; returns that directory."""
-    config = importlib.import_module("configs.demo").get_config()
-    trainer.prepare_data(config, workdir)
-    return str(pathlib.Path(workdir) / "data")
+    return str(preprocess.bundled_tiles(pathlib.Path(workdir) / "data"))
 
 
 def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float32", workers=0, threads=2):
-    config = importlib.import_module(f"configs.{name}").get_config()
+    """A GeoLink named config's pipeline (the graphs are what is measured) against its step."""
+    config = config_lib.load_file(name)
     config.data.path = data_dir
     if batch:
         config.batch_size = batch
     config.model.dtype = dtype
-    config.data.worker_count = workers
+    config.data.update(worker_count=workers, read_threads=threads)
     paths, manifest = trainer.prepare_data(config, None)
+    config = trainer.resolve(config, manifest)
     mesh = sharding.make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    setup = trainer.Setup(config, mesh, manifest["feature_dim"])
-    pipe_cfg = dataclasses.replace(trainer.pipeline_config(config, manifest, setup.model_cfg.vit.image_size),
-                                   read_threads=threads)
-    it = iter(trainer.make_dataset(paths, pipe_cfg))
+    setup = trainer.Setup(config, mesh)
+    budget = pipeline.pipeline_config(config, manifest, setup.model_cfg.vit.image_size).budget
+    it = iter(setup.family.dataset(paths, manifest, config, setup.model_cfg))
 
     first = next(it)  # warm-up (opens the shards, starts workers)
     read, batch_times = [], []
@@ -72,7 +69,6 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
             real[r] += int(b["graph"]["n_edge"][r].sum())
         dropped += int(b["stats"]["dropped_nodes"].sum())
     n = batches * config.batch_size
-    budget = pipe_cfg.budget
     waste = {t: 1 - real[t] / (n * budget.nodes[t]) for t in NODE_TYPES}
     waste.update({r: 1 - real[r] / (n * budget.edges[r]) for r in RELATION_NAMES})
 
@@ -117,7 +113,7 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
 
 def run(cfg):
     """Suite `pipeline`: one config's pipeline rate vs step consumption as a result row (see benchmarks.rows)."""
-    from benchmarks import rows
+    from geolink_jax.bench import rows
 
     row = rows.new_row("pipeline", cfg.get("name") or f"{cfg.config} pipeline vs step", rows.flatten(cfg))
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,43 +130,3 @@ def run(cfg):
     rows.ratio(row, "headroom", "metrics.pipeline_samples_per_s", "metrics.step_samples_per_s",
                target=cfg.get("target") or None, op=">=")
     return row
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="demo,geolink_vit_b")
-    parser.add_argument("--batch", type=int, default=0, help="override the configs' batch (0: demo 4, others 8)")
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--workers", type=int, default=0, help="grain worker processes (0: in-process)")
-    parser.add_argument("--threads", type=int, default=2, help="grain reader threads per process")
-    args = parser.parse_args(argv)
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        data_dir = bundled_shards(tmp)
-        for name in args.configs.split(","):
-            batch = args.batch or (None if name == "demo" else 8)
-            row = measure(name, data_dir, batch=batch, batches=args.batches, repeats=args.repeats, dtype=args.dtype,
-                          workers=args.workers, threads=args.threads)
-            rows.append(row)
-            print(f"{name}: ViT {row['vit_width']}x{row['vit_depth']} @ {row['image_size']} px, batch {row['batch']}, "
-                  f"{row['dtype']}: pipeline {row['pipeline_samples_per_s']:.1f} samples/s, step consumes "
-                  f"{row['step_samples_per_s']:.1f} samples/s (median step {row['step_s']['median']:.3f} s) → "
-                  f"headroom {row['headroom']:.1f}x (target >= 3x: {'met' if row['headroom'] >= 3 else 'NOT met'})",
-                  flush=True)
-            print(f"  train loop with both running: {row['loop_samples_per_s']:.1f} samples/s, "
-                  f"{100 * row['loop_input_wait_fraction']:.0f}% of the time waiting for input", flush=True)
-    print("\npadding waste (1 − real/padded slots) at the manifest budget, bundled tiles:")
-    r = rows[0]
-    for k, v in r["padding_waste"].items():
-        extra = f" (budget {r['node_budget'][k]} nodes)" if k in r["node_budget"] else ""
-        print(f"  {k:20s} {100 * v:5.1f}%{extra}")
-    print(f"  dropped nodes per sample: {r['dropped_nodes_per_sample']:.2f}")
-    for row in rows:
-        print(json.dumps(row))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,6 @@
     git clone https://github.com/bailubin/GeoLink_NeurIPS2025 /path/to/GeoLink_NeurIPS2025
     pip install -e '.[test]'     # torch, timm, torch_geometric
     geolink-jax bench --suite cpu --only reference --reference-repo /path/to/GeoLink_NeurIPS2025
-    python -m benchmarks.reference_bench --reference-repo /path/to/GeoLink_NeurIPS2025 [--config geolink_vit_b]
 
 Nothing of the official repository is copied here: its `model` package is imported from the checkout you name.
 Both sides run one training step on the same config (encoder and head sizes from the geolink_jax config), the same
@@ -20,11 +19,8 @@ float32 (a shim on that module's `torch.zeros`; the model code is untouched). Fo
 under `torch.autocast(dtype=torch.bfloat16)` as-is.
 """
 
-import argparse
 import importlib
 import importlib.util
-import json
-import os
 import pathlib
 import sys
 import time
@@ -32,9 +28,9 @@ import types
 
 import numpy as np
 
-from benchmarks import rows
-from benchmarks.model_step_bench import StepRunner
-from geolink_jax import samples
+from geolink_jax.bench import rows
+from geolink_jax.bench.model_step_bench import StepRunner
+from geolink_jax.osm import osm_graph
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 
 
@@ -171,7 +167,7 @@ def run(cfg):
 
     module = import_official(cfg.reference_repo)
     ours = StepRunner(cfg)
-    graphs = (samples.ufz_graphs() * cfg.batch)[: cfg.batch]  # the graphs ours.host holds, unpadded
+    graphs = (osm_graph.sample_ufz_graphs() * cfg.batch)[: cfg.batch]  # the graphs ours.host holds, unpadded
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     theirs = OfficialStep(module, ours.setup.model_cfg, ours.config.optim, ours.host["image"], graphs, cfg.dtype,
                           device)
@@ -191,27 +187,3 @@ def run(cfg):
     rows.ratio(row, "speedup_vs_official", "times_s.official.median", "times_s.geolink_jax.median",
                target=cfg.get("target") or None, op=">=")
     return row
-
-
-def main(argv=None):
-    from configs.bench import common
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reference-repo", required=True)
-    p.add_argument("--config", default="geolink_vit_b")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
-    cfg = common.base_config().reference
-    cfg.update(config=args.config, batch=args.batch, dtype=args.dtype, repeats=args.repeats,
-               reference_repo=args.reference_repo)
-    row = rows.validate_row(run(cfg))
-    print(json.dumps(row, indent=1))
-    print(f"official / geolink_jax step time: {row['ratios']['speedup_vs_official']['value']:.2f}x",
-          file=sys.stderr)
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    main()

@@ -1,0 +1,181 @@
+"""A model family: the one contract between a model and the shared trainer, checkpointer, converter, embedder,
+planner and benchmarks.
+
+The config names the family (`config.family`); `FAMILIES` maps the name to a `Family`, a record of plain
+functions. Each family lives in a folder of its own (`geolink_jax/<family>/`) and nothing outside that folder
+knows about it but the dict below.
+
+Model state. A family's module is a Flax NNX module. The trainer splits it three ways:
+- `params`: `nnx.Param`s that match `family.trainable` (default: every Param): gradients and optimizer state;
+- `frozen`: the other Params (teachers, locked towers, fixed random features): no gradient, no optimizer state,
+  but sharded by their logical axes and checkpointed;
+- `state`: every non-Param variable (`nnx.BatchStat`, a queue, a counter, …): updated *inside* the step — the
+  loss may assign to it, the trainer carries the new value out of the step — and checkpointed.
+
+The loss is `loss(model, batch, key, ctx) -> (scalar, metrics dict)`; `ctx` is a `StepContext` carrying the mesh
+(losses that communicate across the data axis use it with `jax.shard_map`), the number of per-device batch groups
+and the train flag. Batches are pytrees of arrays with a leading batch axis; they may hold several inputs of
+different kinds (images, graphs, photos, coordinates, tokens).
+"""
+
+import dataclasses
+import importlib
+import typing
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a loss may need to know about the step it runs in."""
+
+    mesh: object = None  # jax.sharding.Mesh of the step (None outside a mesh)
+    batch_groups: int = 1  # equal batch slices with their own batch statistics / negatives (per-device batches)
+    train: bool = True
+    batch_axes: tuple = ("data", "fsdp")  # mesh axes the batch is split over
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model family provides. Every function takes the family's model config dataclass (`model_cfg`) and,
+    where data matter, the run config (ml_collections) and the dataset manifest (a dict; None: the defaults).
+
+    name: the `config.family` value.
+    config_cls: frozen dataclass of every model hyperparameter (nested dataclasses allowed); its defaults are the
+        only defaults — the config's `model` block is derived from it.
+    build(model_cfg, rngs) -> nnx.Module.
+    loss(model, batch, key, ctx) -> (loss, metrics).
+    dataset(paths, manifest, config, model_cfg, process_index, process_count) -> grain IterDataset of host batches
+        (dicts of numpy arrays; an optional "stats" entry holds per-sample counters that never enter the step).
+    default_data(config, workdir) -> directory of shards + manifest.json, made from bundled data when the config
+        names none.
+    model_fields_from_data(manifest) -> {model field: value} the data decide (e.g. the tag-feature width).
+    abstract_batch(model_cfg, batch_size, manifest) -> pytree of jax.ShapeDtypeStruct (compile-ahead, planning).
+    example_batch(model_cfg, batch_size) -> host batch of real bundled data (benchmarks, tests).
+    flops_per_sample(model_cfg, manifest) -> analytic matmul FLOPs of one train step per sample.
+    configs: {name: "module.path"} of named run configs (files with get_config()).
+    converters: {format: Converter} weight formats this family reads and writes.
+    embed(model, tiles, batch_size, progress) -> (rows, maps): per-tile embeddings (see downstream/embed.py).
+    trainable: nnx filter of the trained Params (the others are frozen).
+    pictures(model, host_batch, workdir) -> None: end-of-run pictures (optional).
+    log_keys: metrics shown on the progress bar.
+    """
+
+    name: str
+    config_cls: type
+    build: Callable
+    loss: Callable
+    dataset: Callable
+    default_data: Callable
+    abstract_batch: Callable
+    example_batch: Callable
+    flops_per_sample: Callable
+    configs: dict
+    converters: dict = dataclasses.field(default_factory=dict)
+    embed: Callable | None = None
+    model_fields_from_data: Callable = lambda manifest: {}
+    trainable: object = nnx.Param
+    pictures: Callable | None = None
+    log_keys: tuple = ("loss",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """One weight format of a family: to_state_dict(params, model_cfg) -> {name: array};
+    from_state_dict(state_dict, model_cfg_or_None, source, **options) -> (params, model_cfg, report); a None
+    model config means "infer it from the tensors"."""
+
+    to_state_dict: Callable
+    from_state_dict: Callable
+    description: str = ""
+
+
+# name → module defining FAMILY. Imported on first use, so a family's dependencies load only when it is used.
+FAMILIES = {
+    "geolink": "geolink_jax.geolink.family",
+    "mae": "geolink_jax.mae.family",
+}
+
+
+def get_family(name) -> Family:
+    """The family called `name`; an unknown name is a ValueError that lists the known ones."""
+    if isinstance(name, Family):
+        return name
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+# ------------------------------------------------------------------ model config dataclass <-> plain dicts
+def config_to_dict(cfg):
+    """A (nested) config dataclass → plain dict of JSON-able values (tuples become lists)."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def config_from_dict(cls, d, where="model"):
+    """Plain mapping → config dataclass `cls`, recursing into nested dataclass fields and turning lists into tuples
+    for tuple fields. A key that is not a field is a ValueError naming it and listing the valid fields."""
+    d = dict(d)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} of {cls.__name__}; valid "
+                         f"fields: {', '.join(names)}")
+    out = {}
+    for k, v in d.items():
+        t = hints[k]
+        if dataclasses.is_dataclass(t) and not isinstance(v, t):
+            v = config_from_dict(t, v, f"{where}.{k}")
+        elif typing.get_origin(t) is tuple or t is tuple:
+            v = tuple(v)
+        out[k] = v
+    return cls(**out)
+
+
+def model_config(family, config):
+    """The run config's `model` block → the family's model config dataclass."""
+    family = get_family(family)
+    return config_from_dict(family.config_cls, config.model.to_dict() if hasattr(config.model, "to_dict")
+                            else config.model)
+
+
+# ------------------------------------------------------------------ the three-way split of a module's state
+def abstract_model(family, model_cfg):
+    """The family's module built with ShapeDtypeStructs instead of arrays: no memory, no random init."""
+    family = get_family(family)
+    return nnx.eval_shape(lambda: family.build(model_cfg, nnx.Rngs(0)))
+
+
+def split(model, family):
+    """module → (graphdef, params, frozen, state): trained Params, other Params, non-Param variables (nnx States).
+    RNG variables are not state: every random draw comes from the step's key."""
+    family = get_family(family)
+    frozen_filter = nnx.All(nnx.Param, nnx.Not(family.trainable))
+    graphdef, params, frozen, state = nnx.split(model, family.trainable, frozen_filter, ...)
+    return graphdef, params, frozen, state
+
+
+def pure(state):
+    """nnx State → nested dict of arrays (what the trainer, optimizer and checkpoints hold)."""
+    return nnx.to_pure_dict(state)
+
+
+def merge(graphdef, abstract_states, pure_dicts):
+    """Rebuild a module from its graphdef, the (abstract) States of `split` and matching pure dicts of arrays."""
+    states = []
+    for abstract, values in zip(abstract_states, pure_dicts):
+        state = jax.tree.map(lambda x: x, abstract)  # replace_by_pure_dict mutates: work on a copy
+        nnx.replace_by_pure_dict(state, values)
+        states.append(state)
+    return nnx.merge(graphdef, *states)

@@ -1,0 +1,109 @@
+"""The MAE family: image-only masked-autoencoder pretraining on the tile images of the same shards GeoLink reads
+(no graphs are decoded). Batch: image float32 [B, S, S, 3], ImageNet-normalised. Weights export as a timm ViT
+with the same converter as GeoLink's image branch (the parameter names are shared)."""
+
+import jax
+import numpy as np
+from flax import nnx
+
+from geolink_jax import family as family_lib
+from geolink_jax.data import pipeline, preprocess
+from geolink_jax.models import flops
+from geolink_jax.models.mae import ImageMAE, MAEConfig
+
+
+def build(cfg, rngs):
+    return ImageMAE(cfg, rngs=rngs)
+
+
+def loss(model, batch, key, ctx):
+    return model.loss(batch["image"], key, train=ctx.train)
+
+
+def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
+    cfg = pipeline.pipeline_config(config, manifest, model_cfg.vit.image_size, graphs=False)
+    return pipeline.make_dataset(paths, cfg, process_index, process_count)
+
+
+def default_data(config, workdir):
+    return preprocess.bundled_tiles(f"{workdir}/data", config.data.encoder)
+
+
+def abstract_batch(model_cfg, batch_size, manifest=None):
+    v = model_cfg.vit
+    return dict(image=jax.ShapeDtypeStruct((batch_size, v.image_size, v.image_size, v.in_channels), np.float32))
+
+
+def example_batch(model_cfg, batch_size, seed=0):
+    """The bundled tile images (cycled to batch_size), resized and normalised."""
+    from geolink_jax import samples
+    from geolink_jax.data.augment import resize_only
+    from PIL import Image
+
+    files = sorted(p for p in samples.OSM_TILES_DIR.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = [resize_only(Image.open(f), model_cfg.vit.image_size) for f in files]
+    return dict(image=np.stack((images * batch_size)[:batch_size]))
+
+
+def flops_per_sample(model_cfg, manifest=None):
+    return flops.mae_step_flops(model_cfg).train_step
+
+
+def pictures(model, host_batch, workdir, count=4):
+    """workdir/reconstructions.png: original | masked | reconstruction per sample of a host batch."""
+    import pathlib
+
+    from geolink_jax import pictures as pics
+
+    images = np.asarray(host_batch["image"][:count])
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def outputs(state):
+        _, aux = nnx.merge(graphdef, state).loss(images, jax.random.key(0), train=False, return_outputs=True)
+        return aux["pred"], aux["mask"]
+
+    pred, mask = jax.device_get(outputs(state))
+    pics.reconstruction_figure(images, pred, mask, model.cfg.vit.patch_size, model.cfg.norm_pix_loss).save(
+        pathlib.Path(workdir) / "reconstructions.png")
+
+
+def _timm_export(params, cfg):
+    from geolink_jax import convert
+
+    return convert.timm_state_dict(params, cfg)
+
+
+def _timm_import(state_dict, cfg, source, heads=None, **_):
+    from geolink_jax import convert
+
+    cfg = cfg or MAEConfig(vit=convert.infer_config(state_dict, heads).vit)
+    # the encoder comes from the file; the MAE decoder keeps its fresh initialisation
+    target = family_lib.pure(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
+    image, report = convert.params_from_timm(state_dict, target, source=source)
+    return {**target, **image}, cfg, report
+
+
+def _embed(model, tiles, batch_size=8, progress=True):
+    from geolink_jax.downstream import embed
+
+    return embed.embed_images(model, tiles, batch_size, progress)
+
+
+FAMILY = family_lib.Family(
+    name="mae",
+    config_cls=MAEConfig,
+    build=build,
+    loss=loss,
+    dataset=dataset,
+    default_data=default_data,
+    abstract_batch=abstract_batch,
+    example_batch=example_batch,
+    flops_per_sample=flops_per_sample,
+    configs={"mae_demo": "geolink_jax.mae.configs.demo", "mae_vit_b": "geolink_jax.mae.configs.vit_b"},
+    converters={"timm": family_lib.Converter(_timm_export, _timm_import,
+                                             "the encoder as a timm VisionTransformer")},
+    embed=_embed,
+    pictures=pictures,
+    log_keys=("loss",),
+)
