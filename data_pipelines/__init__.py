@@ -1,1 +1,2 @@
-"""Preprocessing jobs: image tiles + OSM vectors → tile graphs → ArrayRecord shards (local, Beam, TFDS)."""
+"""Job entry points run from a checkout: preprocessing (local, Beam) and the TFDS builder. The library code they
+call lives in geolink_jax.data."""

@@ -92,7 +92,8 @@ class Converter:
     description: str = ""
 
 
-# name → module defining FAMILY. Imported on first use, so a family's dependencies load only when it is used.
+# name → module defining FAMILY (imported on first use, so a family's dependencies load only when it is used), or a
+# Family itself (a family defined elsewhere, e.g. in a test, is added to this dict and is then a family like these).
 FAMILIES = {
     "geolink": "geolink_jax.geolink.family",
     "mae": "geolink_jax.mae.family",
@@ -105,7 +106,16 @@ def get_family(name) -> Family:
         return name
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[name]).FAMILY
+    entry = FAMILIES[name]
+    return entry if isinstance(entry, Family) else importlib.import_module(entry).FAMILY
+
+
+def family_of(model_cfg):
+    """The name of the family whose model config dataclass `model_cfg` is."""
+    for name in FAMILIES:
+        if type(model_cfg) is get_family(name).config_cls:
+            return name
+    raise ValueError(f"{type(model_cfg).__name__} is no family's model config")
 
 
 # ------------------------------------------------------------------ model config dataclass <-> plain dicts
@@ -155,6 +165,13 @@ def abstract_model(family, model_cfg):
     """The family's module built with ShapeDtypeStructs instead of arrays: no memory, no random init."""
     family = get_family(family)
     return nnx.eval_shape(lambda: family.build(model_cfg, nnx.Rngs(0)))
+
+
+def abstract_params(family, model_cfg):
+    """Every Param (trained and frozen) of the family's module as ShapeDtypeStructs in the nnx.to_pure_dict layout:
+    the targets of converters and the shapes of parameter counts."""
+    state = nnx.state(abstract_model(family, model_cfg), nnx.Param)
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), pure(state))
 
 
 def split(model, family):

@@ -26,7 +26,7 @@ def setup(data_dir, mesh_shape, config_name="demo"):
     config.mesh = dict(data=data, fsdp=fsdp, tensor=tensor)
     paths, manifest = trainer.prepare_data(config, None)
     config = trainer.resolve(config, manifest)
-    mesh = sharding.make_mesh(config.mesh.to_dict())
+    mesh = sharding.make_mesh(config.mesh.to_dict(), devices=jax.devices()[:data * fsdp * tensor])
     s = trainer.Setup(config, mesh)
     it = iter(s.family.dataset(paths, manifest, config, s.model_cfg))
     return config, mesh, s, it

@@ -14,7 +14,8 @@ from flax import nnx
 from model_helpers import batch, np_params, tiny_config, tiny_model, ufz_graphs
 
 from geolink_jax import convert
-from geolink_jax.models import GeoLink, GeoLinkConfig
+from geolink_jax import family as family_lib
+from geolink_jax.models import GeoLinkConfig
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
 
 OFFICIAL_KEYS = json.loads((pathlib.Path(__file__).parent / "data" / "official_geolink_vit_l_keys.json").read_text())[
@@ -22,9 +23,7 @@ OFFICIAL_KEYS = json.loads((pathlib.Path(__file__).parent / "data" / "official_g
 
 
 def _abstract_params(cfg):
-    model = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
-    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype),
-                        nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return family_lib.abstract_params("geolink", cfg)
 
 
 def _merge(model, params):

@@ -57,8 +57,17 @@ def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data
     np.testing.assert_allclose(restored["next_loss"], ref[2], rtol=1e-5)
 
 
-def _pretrain(workdir, data_dir, steps, **popen):
-    cmd = [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", str(ROOT / "configs" / "demo.py"),
+def test_mae_family_same_loss_on_one_device_and_8_device_meshes(data_dir):
+    runs = _worker("losses", data_dir, "1,1,1;8,1,1;2,4,1", "3", "mae_demo")
+    ref = runs["1,1,1"]["losses"]
+    assert len(ref) == 3 and all(np.isfinite(ref))
+    for mesh, run in runs.items():
+        np.testing.assert_allclose(run["losses"], ref, rtol=5e-5, err_msg=mesh)
+    assert any("fsdp" in s for s in runs["2,4,1"]["specs"])
+
+
+def _pretrain(workdir, data_dir, steps, config=str(ROOT / "configs" / "demo.py"), **popen):
+    cmd = [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", config,
            "--workdir", str(workdir), "--no-progress", f"--config.data.path={data_dir}",
            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2",
            "--config.model.vit.depth=1", "--config.model.dtype=bfloat16"]
@@ -74,11 +83,15 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in rows}
 
 
-def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path):
+@pytest.mark.parametrize("config, pictures", [
+    (str(ROOT / "configs" / "demo.py"), ("reconstructions.png", "osm_graph.png")),  # GeoLink, a config file
+    ("mae_demo", ("reconstructions.png",)),  # the MAE family, a named config
+])
+def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path, config, pictures):
     """bf16 compute: the resumed run must still match bit for bit, and the checkpoint holds float32 parameters."""
     steps = 8
-    straight = _pretrain(tmp_path / "straight", data_dir, steps)
-    interrupted = _pretrain(tmp_path / "cut", data_dir, steps)
+    straight = _pretrain(tmp_path / "straight", data_dir, steps, config)
+    interrupted = _pretrain(tmp_path / "cut", data_dir, steps, config)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and interrupted.poll() is None:
@@ -93,7 +106,7 @@ def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path):
     saved = sorted(int(p.name) for p in (tmp_path / "cut" / "checkpoints").iterdir() if p.name.isdigit())
     assert saved[-1] == cut_at  # the preemption save is the step the loop had finished
 
-    resumed = _pretrain(tmp_path / "cut", data_dir, steps)
+    resumed = _pretrain(tmp_path / "cut", data_dir, steps, config)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     _, err = straight.communicate(timeout=600)
@@ -105,7 +118,7 @@ def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path):
     dtypes = {str(leaf.dtype) for path, leaf in jax.tree_util.tree_leaves_with_path(meta.tree)
               if path[0].key in ("params", "opt_state") and leaf.shape}
     assert dtypes == {"float32"}
-    for picture in ("reconstructions.png", "osm_graph.png"):  # the end-of-run pictures (demo config)
+    for picture in pictures:  # the family's end-of-run pictures
         assert (tmp_path / "straight" / picture).stat().st_size > 1000
 
 

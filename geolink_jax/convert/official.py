@@ -188,7 +188,8 @@ def official_state_dict(params, cfg, hetero_key="<{s}___to___{d}>"):
     grid = (v.image_size // p, v.image_size // p)
     sd["img_pos_embed"] = pos_embed.image_table(v.width, *grid)[None].astype(np.float32)
     sd["rec_img_pos_embed"] = pos_embed.image_table(cfg.decoder_width, *grid)[None].astype(np.float32)
-    sd["fusion_img_pos_embed"] = pos_embed.image_table(cfg.fusion_dim, *grid)[None].astype(np.float32)
+    if hasattr(cfg, "fusion_dim"):  # GeoLink (an image-only MAE has no fusion block)
+        sd["fusion_img_pos_embed"] = pos_embed.image_table(cfg.fusion_dim, *grid)[None].astype(np.float32)
     sd["img_encoder.cls_token"] = sd["cls_token"]
     sd["img_encoder.pos_embed"] = sd["img_pos_embed"]
     sd["img_encoder.norm.weight"], sd["img_encoder.norm.bias"] = sd["img_norm.weight"], sd["img_norm.bias"]

@@ -24,17 +24,9 @@ class Weights(typing.NamedTuple):
     config: object  # the family's model config dataclass
 
 
-def family_of(model_cfg):
-    """The name of the family whose model config dataclass `model_cfg` is."""
-    for name in family_lib.FAMILIES:
-        if type(model_cfg) is family_lib.get_family(name).config_cls:
-            return name
-    raise ValueError(f"{type(model_cfg).__name__} is no family's model config")
-
-
 def config_record(model_cfg):
     """{"family", "model"}: what model_config.json and exported files' metadata hold."""
-    return dict(family=family_of(model_cfg), model=family_lib.config_to_dict(model_cfg))
+    return dict(family=family_lib.family_of(model_cfg), model=family_lib.config_to_dict(model_cfg))
 
 
 def config_from_record(record):

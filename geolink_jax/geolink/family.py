@@ -127,7 +127,7 @@ def _official_import(state_dict, cfg, source, heads=None, decoder_heads=16, fusi
 
     cfg = cfg or convert.infer_config(state_dict, heads, decoder_heads, fusion_heads)
     # every tensor comes from the file: shapes suffice, no initialisation
-    target = family_lib.pure(nnx.state(family_lib.abstract_model(FAMILY, cfg), nnx.Param))
+    target = family_lib.abstract_params(FAMILY, cfg)
     params, report = convert.params_from_official(state_dict, target, source=source)
     return params, cfg, report
 

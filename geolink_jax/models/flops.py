@@ -2,7 +2,7 @@
 
 Counts matrix multiplications only (2·m·k·n each; elementwise work, softmax and norms are left out, as in the usual
 MFU convention), per sample, forward; a training step is 3× forward (backward = 2× forward). The graph terms count
-the padded budget the compiled step actually runs on. `benchmarks/` cross-checks the total against XLA's
+the padded budget the compiled step actually runs on. the `step` bench suite (geolink_jax/bench) cross-checks the total against XLA's
 `cost_analysis()` of the compiled step.
 """
 

@@ -83,19 +83,15 @@ class GeoLinkConfig(MAEConfig):
 
     @classmethod
     def from_dict(cls, d):
-        """From a (ml_collections) mapping; `vit` may be a preset name or a mapping of ViTConfig fields."""
+        """From a mapping; `vit` may also be a preset name, with image_size/in_channels/patch_size beside it."""
+        from geolink_jax.family import config_from_dict
+
         d = dict(d)
         vit = d.pop("vit", "L")
         if isinstance(vit, str):
-            vit_cfg = VIT_PRESETS[vit]
-            for k in ("image_size", "in_channels", "patch_size"):
-                if k in d:
-                    vit_cfg = dataclasses.replace(vit_cfg, **{k: d.pop(k)})
-        else:
-            vit_cfg = vit if isinstance(vit, ViTConfig) else ViTConfig(**dict(vit))
-        if "loss_weights" in d:
-            d["loss_weights"] = tuple(d["loss_weights"])
-        return cls(vit=vit_cfg, **d)
+            sizes = {k: d.pop(k) for k in ("image_size", "in_channels", "patch_size") if k in d}
+            vit = dataclasses.replace(VIT_PRESETS[vit], **sizes)
+        return config_from_dict(cls, dict(d, vit=vit))
 
     def default_extract_layers(self):
         """0-based blocks feeding the downstream maps: (7, 11, 15, 23) for depth 24, proportional otherwise."""

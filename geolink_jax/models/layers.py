@@ -35,10 +35,9 @@ def xavier_uniform(fan_in_axes=(0,), fan_out_axes=(-1,)):
     Matches torch.nn.init.xavier_uniform_ on the equivalent 2-D PyTorch weight (and PyG glorot)."""
 
     def init(key, shape, dtype=jnp.float32):
-        fan_in = math.prod(shape[a] for a in fan_in_axes)
-        fan_out = math.prod(shape[a] for a in fan_out_axes)
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        return jax.random.uniform(key, shape, dtype, -limit, limit)
+        out_axes = tuple(a % len(shape) for a in fan_out_axes)
+        return jax.nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=fan_in_axes,
+                                                    out_axis=out_axes)(key, shape, dtype)
 
     return init
 
@@ -53,10 +52,7 @@ def trunc_normal(std=0.02):
 
 
 def normal(std=0.02):
-    def init(key, shape, dtype=jnp.float32):
-        return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
-
-    return init
+    return jax.nn.initializers.normal(std)
 
 
 def uniform(limit):

@@ -1,6 +1,6 @@
-"""Parameter count of a GeoLink model by module, compared with the reference's (spec §3.1).
+"""Parameter count of a GeoLink (or MAE) model by module, compared with the reference's (spec §3.1).
 
-    python -m geolink_jax.models.param_count [--vit L]
+    python -m geolink_jax.models.param_count [--vit L] [--family geolink|mae]
 
 Shapes come from `nnx.eval_shape`, so even ViT-H costs no memory.
 """
@@ -9,19 +9,19 @@ import argparse
 import math
 
 import jax
-from flax import nnx
+from flax import traverse_util
 
-from geolink_jax.models.geolink import GeoLink, GeoLinkConfig
+from geolink_jax import family as family_lib
+from geolink_jax.models.geolink import GeoLinkConfig
+from geolink_jax.models.mae import MAEConfig
 from geolink_jax.models.vit import VIT_PRESETS
 
 
 def count_by_module(cfg):
-    """{top-level submodule name: trainable parameter count} for a GeoLink built from cfg (abstractly)."""
-    model = nnx.eval_shape(lambda: GeoLink(cfg, rngs=nnx.Rngs(0)))
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    """{top-level submodule name: parameter count} for the model of any family built from cfg (abstractly)."""
     counts = {}
-    for path, var in flat:
-        counts[path[0]] = counts.get(path[0], 0) + math.prod(var.shape)
+    for path, leaf in traverse_util.flatten_dict(family_lib.abstract_params(family_lib.family_of(cfg), cfg)).items():
+        counts[path[0]] = counts.get(path[0], 0) + math.prod(leaf.shape)
     return counts
 
 
@@ -35,8 +35,10 @@ def timm_extras(cfg):
 def fixed_tables(cfg):
     """The reference's frozen sin-cos tables, stored as (requires_grad=False) parameters there and recomputed here."""
     n = 1 + cfg.vit.num_patches
-    return {"img_pos_embed": n * cfg.vit.width, "rec_img_pos_embed": n * cfg.decoder_width,
-            "fusion_img_pos_embed": n * cfg.fusion_dim}
+    tables = {"img_pos_embed": n * cfg.vit.width, "rec_img_pos_embed": n * cfg.decoder_width}
+    if hasattr(cfg, "fusion_dim"):
+        tables["fusion_img_pos_embed"] = n * cfg.fusion_dim
+    return tables
 
 
 def report(cfg):
@@ -53,7 +55,7 @@ def report(cfg):
         f"{'ViT encoder (patch_embed+blocks)':32s} {encoder:14,d}",
         f"{'  + timm-only cls/pos/norm':32s} {sum(extras.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in extras.items())})",
         f"{'  = timm ViT (num_classes=0)':32s} {encoder + sum(extras.values()):14,d}",
-        f"{'GeoLink-specific trainable':32s} {specific:14,d}",
+        f"{'beyond the encoder':32s} {specific:14,d}",
         f"{'frozen sin-cos tables (not params)':32s} {sum(tables.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in tables.items())})",
         f"{'total trainable':32s} {encoder + specific:14,d}",
     ]
@@ -64,10 +66,11 @@ def report(cfg):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vit", default="L", choices=sorted(VIT_PRESETS))
+    parser.add_argument("--family", default="geolink", choices=("geolink", "mae"))
     args = parser.parse_args(argv)
-    cfg = GeoLinkConfig(vit=VIT_PRESETS[args.vit])
+    cfg = (GeoLinkConfig if args.family == "geolink" else MAEConfig)(vit=VIT_PRESETS[args.vit])
     text, _ = report(cfg)
-    print(f"GeoLink ViT-{args.vit}/{cfg.vit.patch_size} @ {cfg.vit.image_size}px, jax {jax.__version__}")
+    print(f"{args.family} ViT-{args.vit}/{cfg.vit.patch_size} @ {cfg.vit.image_size}px, jax {jax.__version__}")
     print(text)
 
 

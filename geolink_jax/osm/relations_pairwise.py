@@ -2,7 +2,7 @@
 tested on the DE-9IM string in Python, first match wins.
 
 This is how the reference builds its graphs (O(n²) Python loop). It is kept as the independent oracle for the
-vectorised `relations.py` in the tests and as the baseline of `benchmarks/preprocess_bench.py`; it is not used by
+vectorised `relations.py` in the tests and as the baseline of `geolink_jax/bench/preprocess_bench.py`; it is not used by
 the preprocessing job.
 """
 import numpy as np

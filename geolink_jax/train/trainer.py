@@ -104,7 +104,7 @@ class Setup:
             return loss, (metrics, family_lib.pure(nnx.state(model, nnx.Not(nnx.Param))))
 
         (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(_):

@@ -1,4 +1,4 @@
-"""Per-suite defaults every benchmark sweep starts from (see benchmarks/__init__.py for the suites)."""
+"""Per-suite defaults every benchmark sweep starts from (see geolink_jax/bench/__init__.py for the suites)."""
 
 import ml_collections
 
