@@ -109,6 +109,8 @@ def _convert_parser(sub):
                         "width/depth)")
     p.add_argument("--decoder-heads", type=int, default=16, help="import without recorded config: MAE decoder heads")
     p.add_argument("--fusion-heads", type=int, default=16, help="import without recorded config: fusion heads")
+    p.add_argument("--allow-nonfinite", action="store_true", help="convert weights that hold NaN/Inf (refused "
+                                                                  "otherwise, naming the tensors)")
     return p
 
 
@@ -138,6 +140,8 @@ def cmd_convert(args):
             return 1 if errors else 0
         if args.direction == "import":
             sd, meta = convert.load_weights(args.src)
+            if not args.allow_nonfinite:
+                params_store.check_finite(sd, args.src)
             if meta and "geolink" in meta and "family" not in meta:  # exports of before the family interface
                 meta = dict(family="geolink", model=meta["geolink"])
             recorded = (meta or {}).get("family") and meta.get("model") is not None
@@ -152,6 +156,7 @@ def cmd_convert(args):
                   f"{len(report.get('unused_listed', []))}) → {args.out}")
         else:
             family, params, cfg = params_store.load_params(args.src)
+            params_store.check_params(params, family, cfg, args.src, allow_nonfinite=args.allow_nonfinite)
             fmt, conv = _converter(family, args.format)
             sd = conv.to_state_dict(params, cfg)
             if fmt == "timm":
@@ -372,12 +377,15 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     if args.command in ("pretrain", "bench"):
         from geolink_jax.config import ConfigError
+        from geolink_jax.data.shards import DataError
+        from geolink_jax.train.checkpoint import CheckpointError, CheckpointMismatch
 
         try:
             return args.func(args, extra)
-        except (FileNotFoundError, ConfigError) as e:  # user mistakes: one line; anything else keeps its traceback
+        except (FileNotFoundError, ConfigError, DataError, CheckpointError, CheckpointMismatch) as e:
+            # user mistakes and unusable inputs: one line; anything else keeps its traceback
             print(f"error: {e}", file=sys.stderr)
-            return 2 if isinstance(e, ConfigError) else 1
+            return 2 if isinstance(e, (ConfigError, CheckpointMismatch)) else 1
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("embed", "finetune", "probe", "attention"):

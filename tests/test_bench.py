@@ -118,6 +118,15 @@ def test_minimal_suite_end_to_end(tmp_path, capsys):
     assert report.markdown_table(found) in (tmp_path / "again" / "results.md").read_text()
 
 
+def test_memory_and_compile_suites_run_any_family(tmp_path):
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "memory", "config": "mae_demo"}, {"suite": "compile", "config": "mae_demo"}])
+    mem, comp = runner.execute(cfgs, tmp_path, progress=False)
+    assert mem["status"] == comp["status"] == "ok", (mem.get("reason"), comp.get("reason"))
+    assert mem["ratios"]["1x2x1_state_over_2x1x1"]["value"] < 0.65  # FSDP over 2 holds about half of the MAE
+    assert comp["metrics"]["padded_backend_compiles"] == 1 and comp["metrics"]["batches"] == 3
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     base, _ = runner.load_sweep(str(MINIMAL))
     cfgs = runner.plan(base, [{"suite": "pipeline", "config": "no_such_config"},

@@ -205,6 +205,17 @@ def test_mae_weights_export_as_a_timm_vit_and_import_back(tmp_path):
     for k in ("img_encoder", "cls_token", "img_norm"):
         jax.tree.map(np.testing.assert_array_equal, back[k], params[k])
 
+    # the family's embedding function through the generic CLI: image embeddings only (no fusion map)
+    from geolink_jax import samples
+
+    assert cli.main(["embed", "--params", str(tmp_path / "back"), "--tiles", str(samples.UFZ_DIR), "--out",
+                     str(tmp_path / "e.parquet"), "--maps", str(tmp_path / "m.npz")]) == 0
+    import geopandas as gpd
+
+    gdf = gpd.read_parquet(tmp_path / "e.parquet")
+    assert len(gdf) == 6 and "fusion_mean" not in gdf.columns and len(gdf["cls"][0]) == v.width
+    assert sorted(np.load(tmp_path / "m.npz").files) == ["patch", "tile_id"]
+
 
 # ------------------------------------------------------------------ layering and packaging
 def _imports(path):
@@ -259,6 +270,9 @@ def test_wheel_installs_one_package_and_runs_from_elsewhere(tmp_path):
               "--config.data.encoder=hash:64", "--config.log_every=1", "--config.pictures=False")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 2: loss" in out.stdout and (elsewhere / "w" / "checkpoints" / "2").is_dir()
+    out = run("preprocess", "--runner", "beam", "--encoder", "hash:8", "--out", "shards", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((elsewhere / "shards" / "manifest.json").read_text())["num_records"] == 5
     out = run("bench", "--suite", "quick", "--only", "step", "--no-progress", "--out", "bench",
               "--config.step.config=mae_demo", "--config.step.repeats=1")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]

@@ -7,6 +7,7 @@ written by `geolink-jax convert import`; a pretraining workdir (its latest check
 
 import json
 import pathlib
+import sys
 import typing
 
 import jax
@@ -37,6 +38,35 @@ def config_from_record(record):
         name, model = "geolink", record
     fam = family_lib.get_family(name)
     return name, family_lib.config_from_dict(fam.config_cls, model)
+
+
+def check_params(params, family, model_cfg, source, allow_nonfinite=False):
+    """Raise ValueError naming the tensors whose shapes differ from the model config's (both shapes), that are
+    missing or extra, or (unless allow_nonfinite) that hold NaN/Inf."""
+    from flax import traverse_util
+
+    want = {"/".join(map(str, k)): tuple(v.shape) for k, v in
+            traverse_util.flatten_dict(family_lib.abstract_params(family, model_cfg)).items()}
+    have = {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    problems = [f"{k}: {tuple(have[k].shape)} here, {want[k]} for the model config" for k in sorted(want)
+                if k in have and tuple(have[k].shape) != want[k]]
+    problems += [f"{k}: missing" for k in sorted(set(want) - set(have))]
+    problems += [f"{k}: not a parameter of the model config" for k in sorted(set(have) - set(want))]
+    if problems:
+        raise ValueError(f"{source}: tensors disagree with the recorded {family} model config: "
+                         + "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    if not allow_nonfinite:
+        check_finite(have, source)
+
+
+def check_finite(tensors, source):
+    """Raise ValueError naming the tensors (name → array) that hold NaN or Inf."""
+    bad = [k for k, v in tensors.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+           and not np.isfinite(np.asarray(v)).all()]
+    if bad:
+        raise ValueError(f"{source}: non-finite values (NaN/Inf) in {', '.join(bad[:5])}"
+                         + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "") + "; pass --allow-nonfinite to "
+                         "convert them anyway")
 
 
 def save_params(directory, params, model_cfg):
@@ -73,13 +103,15 @@ def load_params(path):
             params = ckptr.restore(path / "params")
         name, cfg = config_from_record(json.loads((path / CONFIG_FILE).read_text()))
         return Weights(name, _int_keys(params), cfg)
-    steps = sorted(int(p.name) for p in (path / "checkpoints").glob("*") if p.name.isdigit()) if (
-        path / "checkpoints").exists() else []
-    if not steps or not (path / "config.json").exists():
+    if not (path / "checkpoints").is_dir() or not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: neither a converted weights directory ({CONFIG_FILE}) nor a pretraining "
                                 "workdir (checkpoints/ + config.json)")
-    with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(path / "checkpoints" / str(steps[-1]) / "state")
+    from geolink_jax.train.checkpoint import CheckpointError, load_verified
+
+    try:  # the newest checkpoint that verifies (damaged ones are reported and skipped)
+        _, state = load_verified(path / "checkpoints", report=lambda line: print(line, file=sys.stderr))
+    except CheckpointError as e:
+        raise FileNotFoundError(str(e)) from None
     params = _int_keys(_merge(state["params"], state.get("frozen") or {}))
     run = json.loads((path / "config.json").read_text())
     model = run["model"]

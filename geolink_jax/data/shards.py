@@ -1,5 +1,6 @@
 """ArrayRecord shard files of tile records: naming, writing (group_size:1, explicit codec) and reading."""
 import os
+import pathlib
 
 from array_record.python import array_record_module
 
@@ -51,3 +52,30 @@ def writer_options(path):
         return reader.writer_options_string()
     finally:
         reader.close()
+
+
+class DataError(ValueError):
+    """A data directory that cannot be used as it is (missing, changed or unreadable shards); the message names the
+    file."""
+
+
+def manifest_shards(directory, manifest):
+    """The manifest's shard list (the only truth: stray or leftover files beside it are never read), each checked
+    to exist and hold the record count the manifest gives → paths."""
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    directory = pathlib.Path(directory)
+    paths = []
+    for shard in manifest.get("shards", []):
+        file = directory / shard["path"]
+        if not file.is_file():
+            raise DataError(f"{file}: listed in {directory / 'manifest.json'} but missing")
+        try:
+            count = len(ArrayRecordDataSource([str(file)]))
+        except Exception as e:  # noqa: BLE001 - an unreadable shard is a data error, named
+            raise DataError(f"{file}: not a readable ArrayRecord file ({e})") from None
+        if count != shard["num_records"]:
+            raise DataError(f"{file}: {count} records, the manifest says {shard['num_records']} (the directory "
+                            "changed after preprocessing; preprocess again)")
+        paths.append(file)
+    return paths

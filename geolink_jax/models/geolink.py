@@ -17,7 +17,7 @@ from geolink_jax.models.fusion import TwoWayAttentionBlock
 from geolink_jax.models.mae import ImageMAE, MAEConfig
 from geolink_jax.models.graph_network import GraphLayerNorm, HeteroGAT
 from geolink_jax.models.readout import Set2Set, combine_type_slots
-from geolink_jax.models.vit import VIT_PRESETS, ViTConfig, patchify
+from geolink_jax.models.vit import VIT_PRESETS, patchify
 from geolink_jax.osm import NODE_TYPES
 
 # One-line map from official state_dict names to ours; `*` is a layer index or node type, [T] a transpose.

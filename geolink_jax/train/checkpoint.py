@@ -1,17 +1,79 @@
-"""One thin wrapper around orbax's CheckpointManager: model params, optimizer state, step, config and the grain
-iterator saved together, asynchronously, keep-last-N plus periodic keeps; restore into abstract targets built
-under the *current* mesh, so a checkpoint written on one mesh restores onto another.
+"""One thin wrapper around orbax's CheckpointManager: the train state (params, frozen, model state, optimizer
+state, step), the run config and the grain iterator saved together, asynchronously, keep-last-N plus periodic
+keeps; restore into abstract targets built under the *current* mesh, so a checkpoint written on one mesh restores
+onto another.
 
 orbax writes each step into a temporary directory and commits it atomically (commit_success marker), so a process
-killed mid-save leaves the previous step as the latest restorable one.
+killed mid-save leaves the previous step as the latest restorable one. A committed checkpoint is still verified
+before it is trusted: every save also writes a fingerprint per array (a position-weighted sum of its bit patterns,
+computed on the device, independent of the sharding), and a restore recomputes them and checks that every value is
+finite. A checkpoint that fails to read, does not match its fingerprints or holds a non-finite value is moved aside
+to `skipped-<step>` (kept for inspection, out of the retention policy's sight) with the reason, and the next older
+one is tried.
 """
 
 import json
 import pathlib
+import shutil
 
 import grain
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint (or every checkpoint of a directory) cannot be trusted."""
+
+
+class CheckpointMismatch(ValueError):
+    """A sound checkpoint written for other shapes than the current config's: a config mistake, not damage (the
+    checkpoint is left where it is)."""
+
+
+def _leaf_fingerprint(x):
+    if x.dtype.itemsize == 4:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+        bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+        bits = x.astype(jnp.uint32)
+    idx = jnp.arange(bits.size, dtype=jnp.uint32).reshape(bits.shape)
+    fp = jnp.sum(bits * (idx * jnp.uint32(2654435761) + jnp.uint32(1)), dtype=jnp.uint32)
+    finite = jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.bool_(True)
+    return fp, finite
+
+
+# one jitted function: every save of a run (same shapes and shardings) reuses its compilation
+_fingerprints_jit = jax.jit(lambda leaves: [_leaf_fingerprint(x) for x in leaves])
+
+
+def fingerprints(tree):
+    """{path: (uint32, finite)} per array leaf: Σ bits(x_i)·(2654435761·i + 1) mod 2³² and whether every value is
+    finite. Computed under jit on the (sharded) arrays; sums mod 2³² do not depend on the reduction order or mesh."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    values = jax.device_get(_fingerprints_jit([jnp.asarray(x) for _, x in flat]))
+    return {_path(p): (int(fp), bool(ok)) for (p, _), (fp, ok) in zip(flat, values)}
+
+
+def _path(keys):
+    """A tree path as 'opt_state/1/0/mu/w', the same whether read into its target's types or as plain dicts."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in keys)
+
+
+def verify(state, saved):
+    """Raise CheckpointError naming the first array whose fingerprint differs from `saved` or that is not finite."""
+    now = fingerprints(state)
+    if saved is not None:
+        missing = sorted(set(saved) ^ set(now))
+        if missing:
+            raise CheckpointError(f"arrays differ from the saved list: {missing[:3]}")
+        for path, (fp, _) in now.items():
+            if fp != saved[path][0]:
+                raise CheckpointError(f"{path} does not match its saved fingerprint (the data on disk changed)")
+    bad = [path for path, (_, ok) in now.items() if not ok]
+    if bad:
+        raise CheckpointError(f"non-finite values in {', '.join(bad[:3])}")
 
 
 class Checkpointer:
@@ -28,25 +90,78 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
-                           "config": ocp.JsonCheckpointHandler()})
+                           "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
 
     def save(self, step, state, data_iterator, config_json, force=False):
         """state: pytree (params, opt_state, step); returns True if a save was started."""
+        if not (force or self.manager.should_save(step)):
+            return False
+        integrity = {"fingerprints": fingerprints(state)}
         return self.manager.save(
             step, force=force,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     data=grain.checkpoint.CheckpointSave(data_iterator),
-                                    config=ocp.args.JsonSave(json.loads(config_json))))
+                                    config=ocp.args.JsonSave(json.loads(config_json)),
+                                    integrity=ocp.args.JsonSave(integrity)))
 
     def latest_step(self):
         return self.manager.latest_step()
 
+    def all_steps(self):
+        return sorted(self.manager.all_steps())
+
     def restore(self, step, abstract_state, data_iterator):
-        """abstract_state: ShapeDtypeStructs carrying the target shardings. Restores data_iterator in place."""
-        out = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        """abstract_state: ShapeDtypeStructs carrying the target shardings. Restores data_iterator in place.
+        Raises CheckpointError if the checkpoint cannot be read or fails verification."""
+        try:
+            meta = self.manager.item_metadata(step)["state"]
+            saved = {_path(p): tuple(m.shape) for p, m in
+                     jax.tree_util.tree_flatten_with_path(getattr(meta, "tree", meta))[0]}
+        except Exception as e:  # noqa: BLE001 - unreadable metadata: damaged
+            raise CheckpointError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
+                                  ) from e
+        want = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+        if saved != want:
+            diff = sorted(set(saved.items()) ^ set(want.items()))[:4]
+            raise CheckpointMismatch(
+                f"{self.directory / str(step)} was written for other shapes than this run's config (first "
+                f"differences, (array, shape): {diff}); use the config it was written with, or another workdir")
+        args = dict(state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator))
+        has_integrity = (self.directory / str(step) / "integrity").exists()  # older checkpoints have none
+        if has_integrity:
+            args["integrity"] = ocp.args.JsonRestore()
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # noqa: BLE001 - any read failure means: not restorable
+            raise CheckpointError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+        verify(out["state"], out["integrity"]["fingerprints"] if has_integrity else None)
         return out["state"]
+
+    def restore_latest_good(self, abstract_state, data_iterator, report=print):
+        """Restore the newest checkpoint that verifies → (step, state), or (None, None) when there is none. Each
+        checkpoint skipped on the way is reported and moved aside; if checkpoints exist but none verifies, raise."""
+        steps = self.all_steps()
+        for step in reversed(steps):
+            try:
+                return step, self.restore(step, abstract_state, data_iterator)
+            except CheckpointError as e:
+                report(f"warning: checkpoint {self.directory / str(step)} skipped: {e}")
+                self.set_aside(step)
+        if steps:
+            raise CheckpointError(f"{self.directory}: none of the checkpoints {steps} can be restored (moved to "
+                                  "skipped-<step>); remove the directory to start again")
+        return None, None
+
+    def set_aside(self, step):
+        """Move a step out of orbax's view (and its retention policy): checkpoints/skipped-<step>."""
+        src = self.directory / str(step)
+        if src.exists():
+            dst = self.directory / f"skipped-{step}"
+            if dst.exists():
+                shutil.rmtree(dst)
+            src.rename(dst)
+        self.manager.reload()
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -54,6 +169,27 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def load_verified(directory, report=print):
+    """The newest verified checkpoint's state in `directory` (no target: numpy arrays, no data iterator) →
+    (step, state). Damaged ones are reported and skipped (not moved: a reader does not change a run's directory)."""
+    directory = pathlib.Path(directory).absolute()
+    steps = sorted((int(p.name) for p in directory.glob("*") if p.name.isdigit()), reverse=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        for step in steps:
+            try:
+                state = ckptr.restore(directory / str(step) / "state")
+                integrity_file = directory / str(step) / "integrity" / "metadata"
+                saved = json.loads(integrity_file.read_text())["fingerprints"] if integrity_file.exists() else None
+                verify(state, saved)
+                return step, state
+            except Exception as e:  # noqa: BLE001 - report and try the next older one
+                reason = e if isinstance(e, CheckpointError) else f"cannot be read ({type(e).__name__}: " \
+                    f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+                report(f"warning: checkpoint {directory / str(step)} skipped: {reason}")
+    raise CheckpointError(f"{directory}: no checkpoint can be restored" if steps else
+                          f"{directory}: no checkpoints")
 
 
 def abstract_like(tree):

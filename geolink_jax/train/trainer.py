@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -22,6 +23,7 @@ from flax import nnx
 
 from geolink_jax import config as config_lib
 from geolink_jax import family as family_lib
+from geolink_jax.data import shards
 from geolink_jax.models import flops
 from geolink_jax.train import sharding
 from geolink_jax.train.checkpoint import Checkpointer
@@ -140,33 +142,53 @@ def prepare_data(config, workdir):
     if not manifest_path.exists():
         raise FileNotFoundError(f"{path}: no manifest.json (not a preprocessed data directory)")
     manifest = json.loads(manifest_path.read_text())
-    return sorted(path.glob("*.array_record-*")), manifest
+    return shards.manifest_shards(path, manifest), manifest
+
+
 
 
 class _Preemption:
-    """SIGTERM → finish the current step, save, exit.
+    """SIGTERM or SIGINT (Ctrl-C) → finish the current step, save, exit (143 / 130).
 
-    One process: our own SIGTERM handler. Several: JAX's coordination service already listens for the signal, and
-    every host must stop at the same step or the collective save deadlocks, so we ask orbax's
-    `reached_preemption(step)` (jax's preemption sync point), which all hosts answer identically."""
+    One process: our own handlers. Several: JAX's coordination service already listens for SIGTERM, and every host
+    must stop at the same step or the collective save deadlocks, so we ask orbax's `reached_preemption(step)`
+    (jax's preemption sync point), which all hosts answer identically."""
+
+    EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
     def __init__(self, manager):
         self.manager = manager
         self.multihost = jax.process_count() > 1
-        self.requested = False
-        self._previous = None if self.multihost else signal.signal(signal.SIGTERM, self._handle)
+        self.requested = 0  # the exit code to stop with, 0: go on
+        signals = (signal.SIGINT,) if self.multihost else (signal.SIGTERM, signal.SIGINT)
+        self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested = self.EXIT[signum]
 
     def check(self, step):
-        if self.multihost and not self.requested:
-            self.requested = bool(self.manager.reached_preemption(step))
+        if self.multihost and not self.requested and self.manager.reached_preemption(step):
+            self.requested = 143
         return self.requested
 
     def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _write_atomic(path, text):
+    tmp = pathlib.Path(f"{path}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _drop_rows_after(metrics_path, step):
+    """Keep the metrics rows of steps ≤ step (one row per step after a resume)."""
+    if metrics_path.exists():
+        lines = metrics_path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            _write_atomic(metrics_path, "".join(line + "\n" for line in kept))
 
 
 def train(config, workdir, progress=True):
@@ -184,16 +206,19 @@ def train(config, workdir, progress=True):
     data_iter = iter(fam.dataset(paths, manifest, config, setup.model_cfg, jax.process_index(), jax.process_count()))
     ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
                         keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints)
-    latest = ckpt.latest_step()
-    state = ckpt.restore(latest, setup.abstract_state(), data_iter) if latest is not None else setup.init_state()
+    report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    _, state = ckpt.restore_latest_good(setup.abstract_state(), data_iter, report=report)
+    if state is None:
+        state = setup.init_state()
     config_json = config.to_json()
-    (workdir / "config.json").write_text(config_json)  # only once the run's state is in hand
+    _write_atomic(workdir / "config.json", config_json)  # only once the run's state is in hand
     key = jax.random.key(config.seed)
 
-    metrics_path = workdir / "metrics.jsonl"
-    writer = _tensorboard(workdir) if config.get("tensorboard", True) else None
-    rows, preempt = [], _Preemption(ckpt.manager)
     start = int(state["step"])
+    metrics_path = workdir / "metrics.jsonl"
+    _drop_rows_after(metrics_path, start)  # a resumed run supersedes what was logged past its checkpoint
+    writer = _tensorboard(workdir, start) if config.get("tensorboard", True) else None
+    rows, preempt = [], _Preemption(ckpt.manager)
     bar = _progress(start, total_steps, progress)
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
@@ -231,10 +256,10 @@ def train(config, workdir, progress=True):
                                                  "the last checkpoint is intact)")
                 bar.update(1)
                 stop = preempt.check(done)
-                ckpt.save(done, state, data_iter, config_json, force=stop or done == total_steps)
+                ckpt.save(done, state, data_iter, config_json, force=bool(stop) or done == total_steps)
                 if stop:
                     ckpt.wait()
-                    raise SystemExit(143)
+                    raise SystemExit(stop)
     finally:
         bar.close()
         ckpt.close()
@@ -254,9 +279,10 @@ def _progress(start, total, enabled):
     return tqdm(total=total, initial=start, disable=not enabled, desc="pretrain", unit="step")
 
 
-def _tensorboard(workdir):
+def _tensorboard(workdir, start_step):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(workdir / "tensorboard"))
+    # purge_step: TensorBoard drops what an earlier run logged at or after the step this run resumes from
+    return SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)

@@ -1,0 +1,161 @@
+"""Nothing is lost and nothing is silently wrong: damaged checkpoints are skipped (reported, set aside) and the run
+resumes from the newest good one with exactly the losses it had; one metrics row per step; Ctrl-C saves like
+SIGTERM; readers of a workdir skip a damaged latest checkpoint too; a checkpoint of other shapes is a config error
+that leaves it in place."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from geolink_jax import samples
+from geolink_jax.data import preprocess, tile_sources
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
+                         preprocess.PreprocessConfig(encoder="hash:64"), workers=1, progress=False)
+    return str(out)
+
+
+def _cmd(workdir, data_dir, steps, *extra):
+    return [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", "demo", "--workdir", str(workdir),
+            "--no-progress", f"--config.data.path={data_dir}", f"--config.total_steps={steps}",
+            "--config.log_every=1", "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
+            "--config.model.vit.depth=1", "--config.pictures=False", *extra]
+
+
+def _run(*args):
+    return subprocess.run(_cmd(*args), capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _steps(workdir):
+    return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints").iterdir() if not p.name.startswith("."))
+
+
+def test_damaged_checkpoints_are_skipped_and_the_run_resumes_exactly(data_dir, tmp_path):
+    w = tmp_path / "w"
+    first = _run(w, data_dir, 6)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _steps(w) == ["2", "4", "6"]
+    before = {r["step"]: r["loss"] for r in _rows(w)}
+
+    # 6: 256 bytes flipped in the middle of its largest state file; 4: its data-iterator state deleted
+    largest = max((p for p in (w / "checkpoints" / "6" / "state").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 256] = bytes(b ^ 0xFF for b in data[mid:mid + 256])
+    largest.write_bytes(bytes(data))
+    for f in (w / "checkpoints" / "4" / "data").rglob("*.json"):
+        f.unlink()
+
+    # readers of the workdir skip the damaged ones too
+    from geolink_jax.convert import params_store
+
+    family, params, _ = params_store.load_params(w)
+    assert family == "geolink" and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+    # resume, then Ctrl-C: saved and stopped like SIGTERM
+    again = subprocess.Popen(_cmd(w, data_dir, 40), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline and again.poll() is None:
+        if any(r["step"] >= 7 for r in _rows(w)):
+            again.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = again.communicate(timeout=300)
+    assert again.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert f"checkpoint {w / 'checkpoints' / '6'} skipped" in err
+    assert f"checkpoint {w / 'checkpoints' / '4'} skipped" in err
+    rows = _rows(w)
+    last = rows[-1]["step"]
+    assert 7 <= last < 40
+    assert [r["step"] for r in rows] == list(range(1, last + 1))  # one row per step: 3..6 superseded, not repeated
+    resumed = {r["step"]: r["loss"] for r in rows}
+    np.testing.assert_array_equal([resumed[s] for s in range(3, 7)], [before[s] for s in range(3, 7)])
+    assert np.isfinite(list(resumed.values())).all()
+    # the bad ones are kept aside for inspection, outside the retention policy (which then counts good ones only);
+    # the Ctrl-C save is the step the loop had finished
+    kept = _steps(w)
+    assert kept[-2:] == ["skipped-4", "skipped-6"] and kept[-3] == str(last) and len(kept) == 5, kept
+
+
+def test_a_checkpoint_of_other_shapes_is_a_config_error_that_changes_nothing(data_dir, tmp_path):
+    w = tmp_path / "w"
+    assert _run(w, data_dir, 2).returncode == 0
+    config_before, steps_before = (w / "config.json").read_text(), _steps(w)
+    out = _run(w, data_dir, 4, "--config.model.vit.width=128")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "was written for other shapes than this run's config" in out.stderr
+    assert (w / "config.json").read_text() == config_before and _steps(w) == steps_before
+
+
+def test_pretraining_reads_only_the_shards_its_manifest_lists(tmp_path):
+    from geolink_jax.data.shards import DataError
+    from geolink_jax.train import trainer
+
+    d = tmp_path / "d"
+    specs = tile_sources.discover_tiles(samples.OSM_TILES_DIR)
+    preprocess.run_local(specs, d, preprocess.PreprocessConfig(encoder="hash:8", tiles_per_shard=1), workers=1,
+                         progress=False)
+    preprocess.run_local(specs, d, preprocess.PreprocessConfig(encoder="hash:8"), workers=1, progress=False)
+    (d / "geolink_tiles.array_record-00000-of-00001.tmp-123").write_bytes(b"leftover")
+    assert len(list(d.glob("*.array_record-*"))) == 7  # 5 + 1 shards and a leftover
+
+    from geolink_jax import config as config_lib
+
+    config = config_lib.load(["--config=demo", f"--config.data.path={d}"])
+    paths, manifest = trainer.prepare_data(config, None)
+    assert [p.name for p in paths] == [s["path"] for s in manifest["shards"]] == [
+        "geolink_tiles.array_record-00000-of-00001"]
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="geolink_tiles.array_record-00000-of-00001"):
+        trainer.prepare_data(config, None)
+
+
+def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_tensors(tmp_path, capsys):
+    from flax import nnx
+
+    from geolink_jax import cli
+    from geolink_jax.convert import params_store
+    from model_helpers import tiny_model
+
+    model = tiny_model()
+    params = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # writable copies
+    params["img_norm"]["scale"][3] = np.nan
+    params_store.save_params(tmp_path / "w", params, model.cfg)
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["convert", "export", "--src", str(tmp_path / "w"), "--out", str(out)]) == 1
+    assert "non-finite values (NaN/Inf) in img_norm/scale" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["convert", "export", "--src", str(tmp_path / "w"), "--out", str(out), "--allow-nonfinite"]) == 0
+    assert cli.main(["convert", "import", "--src", str(out), "--out", str(tmp_path / "back")]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite values (NaN/Inf) in" in err and "img_norm.weight" in err
+
+    record = json.loads((tmp_path / "w" / "model_config.json").read_text())
+    record["model"]["decoder_width"] = 48
+    (tmp_path / "w" / "model_config.json").write_text(json.dumps(record))
+    assert cli.main(["convert", "export", "--src", str(tmp_path / "w"), "--out", str(out), "--allow-nonfinite"]) == 1
+    err = capsys.readouterr().err
+    assert "tensors disagree with the recorded geolink model config" in err
+    assert "img_cross_modal_decoder/0/mlp/fc1/bias: (128,) here, (192,) for the model config" in err
