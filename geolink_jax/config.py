@@ -75,6 +75,17 @@ def base_config(family):
     return c
 
 
+def transfer(config, recipe):
+    """`config` (one family's) with everything of `recipe` (another's) that applies to it: every run field, and
+    the model fields both families have (e.g. the MAE baseline with GeoLink's image branch and recipe)."""
+    for key in recipe:
+        if key == "model":
+            config.model.update({k: recipe.model[k] for k in config.model if k in recipe.model})
+        elif key != "family":
+            config[key] = recipe[key]
+    return config
+
+
 @dataclasses.dataclass(frozen=True)
 class Derived:
     """Values computed from the final config (and the data size): what the trainer and optimizer use."""

@@ -31,3 +31,14 @@ def helsinki_layers(features, bbox):
     geoms, labels = features.query(bbox)
     layers, _ = geometry.clean_features(geoms, labels, ["Helsinki.osm.pbf"] * len(geoms), bbox)
     return layers
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The bundled sample tiles preprocessed with 64-d hash tag features (no model download), as a str path."""
+    from geolink_jax.data import preprocess
+
+    out = tmp_path_factory.mktemp("tiles_hash64")
+    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
+                         preprocess.PreprocessConfig(encoder="hash:64"), workers=1, progress=False)
+    return str(out)

@@ -21,14 +21,6 @@ from geolink_jax.data import preprocess, tile_sources
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
-                         preprocess.PreprocessConfig(encoder="hash:64"), workers=1, progress=False)
-    return str(out)
-
-
 def _cmd(workdir, data_dir, steps, *extra):
     return [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", "demo", "--workdir", str(workdir),
             "--no-progress", f"--config.data.path={data_dir}", f"--config.total_steps={steps}",

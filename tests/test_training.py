@@ -15,21 +15,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from geolink_jax.data import preprocess
-from geolink_jax import samples
-from geolink_jax.data import tile_sources
 from geolink_jax.train import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EIGHT = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_data")
-    preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
-                         preprocess.PreprocessConfig(encoder="hash:64"), workers=1, progress=False)
-    return str(out)
 
 
 def _worker(*args):
