@@ -112,7 +112,7 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
 
 
 def run(cfg):
-    """Suite `pipeline`: one config's pipeline rate vs step consumption as a result row (see benchmarks.rows)."""
+    """Suite `pipeline`: one config's pipeline rate vs step consumption as a result row (see geolink_jax.bench.rows)."""
     from geolink_jax.bench import rows
 
     row = rows.new_row("pipeline", cfg.get("name") or f"{cfg.config} pipeline vs step", rows.flatten(cfg))
