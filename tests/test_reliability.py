@@ -38,7 +38,8 @@ def _rows(workdir):
 
 
 def _steps(workdir):
-    return sorted(p.name for p in (pathlib.Path(workdir) / "checkpoints").iterdir() if not p.name.startswith("."))
+    names = [p.name for p in (pathlib.Path(workdir) / "checkpoints").iterdir() if not p.name.startswith(".")]
+    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else n))  # steps in order, then the rest
 
 
 def test_damaged_checkpoints_are_skipped_and_the_run_resumes_exactly(data_dir, tmp_path):
