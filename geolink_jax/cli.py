@@ -1,5 +1,6 @@
 """`geolink-jax` command line: preprocess, pretrain, convert, embed, finetune, probe, attention, bench."""
 import argparse
+import os
 import pathlib
 import sys
 
@@ -36,6 +37,14 @@ def cmd_preprocess(args):
     from geolink_jax.data import preprocess
     from geolink_jax.data import tile_sources
 
+    problem = _output_dir_problem(args.out) if "://" not in args.out else None
+    if args.pbf and not pathlib.Path(args.pbf).is_file():
+        problem = f"--pbf {args.pbf}: no such file"
+    if not pathlib.Path(args.input).exists():
+        problem = f"--input {args.input}: no such directory"
+    if problem:  # before any work
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cfg = preprocess.PreprocessConfig(
         encoder=args.encoder, seed=args.seed, invalid_geometry=args.invalid_geometry,
         max_features=args.max_features, aspect_tolerance=args.aspect_tolerance,
@@ -58,7 +67,24 @@ def cmd_preprocess(args):
         return 1
     print(f"\nwrote {args.out}/{preprocess.MANIFEST}")
     print(preprocess.format_summary(manifest))
+    if not manifest["num_records"]:
+        print(f"error: no tile was written ({manifest['num_failed_tiles']} failed; reasons in "
+              f"{args.out}/{preprocess.ERRORS})", file=sys.stderr)
+        return 1
     return 0
+
+
+def _output_dir_problem(out):
+    """Why `out` cannot be an output directory (it or a parent is a file, or it is not writable), or None."""
+    path = pathlib.Path(out).absolute()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"--out {out}: {p} is a file, not a directory"
+            if not os.access(p, os.W_OK | os.X_OK):
+                return f"--out {out}: {p} is not writable"
+            return None
+    return None
 
 
 def _pretrain_parser(sub):

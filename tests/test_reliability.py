@@ -152,3 +152,33 @@ def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_ten
     err = capsys.readouterr().err
     assert "tensors disagree with the recorded geolink model config" in err
     assert "img_cross_modal_decoder/0/mlp/fc1/bias: (128,) here, (192,) for the model config" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{f}"], "is a file, not a directory"),
+    (["--out", "{f}/sub"], "is a file, not a directory"),
+    (["--pbf", "/nonexistent.osm.pbf", "--out", "{d}/o"], "--pbf /nonexistent.osm.pbf: no such file"),
+    (["--input", "{d}/nowhere", "--out", "{d}/o"], "no such directory"),
+])
+def test_preprocess_refuses_bad_paths_before_any_work(tmp_path, capsys, args, message):
+    from geolink_jax import cli
+
+    (tmp_path / "f").write_text("a file")
+    args = [a.format(f=tmp_path / "f", d=tmp_path) for a in args]
+    assert cli.main(["preprocess", "--encoder", "hash:8", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_preprocess_that_writes_no_tile_exits_nonzero(tmp_path, capsys):
+    from geolink_jax import cli
+
+    tiles = tmp_path / "tiles" / "t0"
+    tiles.mkdir(parents=True)
+    (tiles / "t0.png").write_bytes(b"not a png")
+    (tiles / "t0.json").write_text(json.dumps({"bbox_west_south_east_north": [24.9, 60.1, 24.91, 60.11]}))
+    assert cli.main(["preprocess", "--input", str(tmp_path / "tiles"), "--out", str(tmp_path / "o"), "--encoder",
+                     "hash:8", "--workers", "1", "--no-progress"]) == 1
+    assert "no tile was written (1 failed" in capsys.readouterr().err
+    assert (tmp_path / "o" / "errors.jsonl").read_text().count('"severity": "error"') == 1
