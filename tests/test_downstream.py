@@ -99,6 +99,18 @@ def test_embed_geoparquet_footprints_and_maps(tiny_geolink, tmp_path):
     assert gdf["tile_id"].tolist() == [t.tile_id for t in osm]
 
 
+def test_a_smaller_last_batch_is_not_padded_so_batch_mates_stay_real(tiny_geolink, ufz_tiles):
+    """The faithful graph LayerNorm's statistics span the batch: padding the last batch with copies of a tile
+    shifted every tile's fusion map. The 6 UFZ tiles at batch size 8 equal one unpadded batch of 6."""
+    rows, maps = embed.embed(tiny_geolink, ufz_tiles, batch_size=8, progress=False)
+    chunk, images, graph, _ = next(tiles.batches(ufz_tiles, 6))
+    direct = embed.make_embed_fn(tiny_geolink)(images, graph)
+    np.testing.assert_allclose(maps["fusion"], np.asarray(direct["fusion"]), rtol=1e-5, atol=1e-6)
+    # …and with the batch-wide norm the fusion map depends on the batch mates (graph_norm='per_graph' avoids it)
+    _, alone = embed.embed(tiny_geolink, ufz_tiles[:1], batch_size=1, progress=False)
+    assert not np.allclose(alone["fusion"][0], maps["fusion"][0], rtol=1e-4, atol=1e-5)
+
+
 def test_probes_separate_clusters_and_do_not_leak():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 16)) * 4

@@ -80,12 +80,12 @@ def load_tiles(path, image_size, encoder="e5", num_classes=9):
 
 def batches(tiles, batch_size, budget=None, rng=None):
     """Yield (tiles, images [B, S, S, 3], GraphBatch of numpy arrays, labels [B, S, S] or None) with one static
-    budget (default: covering every tile) and the last batch padded by repeating its first tile (callers drop
-    the repeats by the returned tile list's length)."""
+    budget (default: covering every tile). The last batch is smaller, never padded: with the reference's batch-wide
+    graph LayerNorm (spec §3.3) a tile's outputs depend on its batch mates, so padding rows would change the real
+    tiles' results (one more compilation for the last batch's shape is the price)."""
     budget = budget or GraphBudget.covering([t.graph for t in tiles])
     for start in range(0, len(tiles), batch_size):
-        chunk = tiles[start:start + batch_size]
-        full = chunk + [chunk[0]] * (batch_size - len(chunk))
+        chunk = full = tiles[start:start + batch_size]
         images = np.stack([t.image for t in full])
         graphs, _ = pad_graphs([t.graph for t in full], budget, rng=rng, names=[t.tile_id for t in full])
         labels = np.stack([t.label for t in full]) if all(t.label is not None for t in full) else None
