@@ -25,6 +25,9 @@ def _preprocess_parser(sub):
     p.add_argument("--aspect-tolerance", type=float, default=0.25,
                    help="allowed relative difference between bbox ground aspect and image aspect")
     p.add_argument("--strict", action="store_true", help="stop at the first error or warning")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty --out (local runs replace it only once the new output is "
+                        "complete)")
     p.add_argument("--runner", choices=("local", "beam"), default="local",
                    help="local worker processes, or an Apache Beam pipeline (DirectRunner unless --beam-option "
                         "--runner=… is given)")
@@ -42,6 +45,11 @@ def cmd_preprocess(args):
         problem = f"--pbf {args.pbf}: no such file"
     if not pathlib.Path(args.input).exists():
         problem = f"--input {args.input}: no such directory"
+    if not problem and "://" not in args.out:
+        try:
+            preprocess.check_output(args.out, args.overwrite)
+        except preprocess.PreprocessError as e:
+            problem = str(e)
     if problem:  # before any work
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -57,11 +65,15 @@ def cmd_preprocess(args):
         if args.runner == "beam":
             from geolink_jax.data import beam as beam_pipeline
 
+            if args.overwrite and "://" not in args.out and pathlib.Path(args.out).is_dir():
+                import shutil
+
+                shutil.rmtree(args.out)  # Beam writes in place: clear first, so the output is never a mix
             manifest = beam_pipeline.run_beam(specs, args.out, cfg, strict=args.strict,
                                               beam_args=args.beam_option)
         else:
             manifest = preprocess.run_local(specs, args.out, cfg, workers=args.workers, strict=args.strict,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress, overwrite=args.overwrite)
     except preprocess.PreprocessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -322,8 +322,17 @@ def test_skip_invalid_and_strict(tmp_path):
     manifest, problems, out = run(root, preprocess.PreprocessConfig(encoder="hash:16", invalid_geometry="skip"))
     assert [p["reason"] for p in problems] == ["invalid geometry skipped"]
     assert preprocess.read_records(out)[0]["x_polygon"].shape == (0, 16)
-    with pytest.raises(preprocess.PreprocessError, match="invalid geometry repaired"):
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(preprocess.PreprocessError, match="exists and is not empty: pass --overwrite"):
         run(root, strict=True)
+    # a failing --strict rerun over the output leaves it exactly as it was (staged, replaced only when complete)
+    with pytest.raises(preprocess.PreprocessError, match="invalid geometry repaired"):
+        run(root, preprocess.PreprocessConfig(encoder="hash:64"), strict=True, overwrite=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert not [p for p in out.parent.iterdir() if ".staging-" in p.name]
+    # and a successful one replaces it whole
+    manifest, _, _ = run(root, preprocess.PreprocessConfig(encoder="hash:64"), overwrite=True)
+    assert manifest["feature_dim"] == 64 and preprocess.read_records(out)[0]["x_polygon"].shape[1] == 64
 
 
 def test_strict_beam_run_stops(tmp_path):

@@ -108,9 +108,12 @@ def test_pretraining_reads_only_the_shards_its_manifest_lists(tmp_path):
 
     d = tmp_path / "d"
     specs = tile_sources.discover_tiles(samples.OSM_TILES_DIR)
-    preprocess.run_local(specs, d, preprocess.PreprocessConfig(encoder="hash:8", tiles_per_shard=1), workers=1,
-                         progress=False)
+    preprocess.run_local(specs, tmp_path / "by_one", preprocess.PreprocessConfig(encoder="hash:8",
+                                                                                 tiles_per_shard=1),
+                         workers=1, progress=False)
     preprocess.run_local(specs, d, preprocess.PreprocessConfig(encoder="hash:8"), workers=1, progress=False)
+    for f in (tmp_path / "by_one").glob("*.array_record-*"):  # stray shards of another run beside the manifest's
+        f.rename(d / f.name)
     (d / "geolink_tiles.array_record-00000-of-00001.tmp-123").write_bytes(b"leftover")
     assert len(list(d.glob("*.array_record-*"))) == 7  # 5 + 1 shards and a leftover
 
@@ -159,11 +162,14 @@ def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_ten
     (["--out", "{f}/sub"], "is a file, not a directory"),
     (["--pbf", "/nonexistent.osm.pbf", "--out", "{d}/o"], "--pbf /nonexistent.osm.pbf: no such file"),
     (["--input", "{d}/nowhere", "--out", "{d}/o"], "no such directory"),
+    (["--out", "{d}/full"], "exists and is not empty: pass --overwrite"),
 ])
 def test_preprocess_refuses_bad_paths_before_any_work(tmp_path, capsys, args, message):
     from geolink_jax import cli
 
     (tmp_path / "f").write_text("a file")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "manifest.json").write_text("{}")
     args = [a.format(f=tmp_path / "f", d=tmp_path) for a in args]
     assert cli.main(["preprocess", "--encoder", "hash:8", "--no-progress", *args]) == 2
     err = capsys.readouterr().err

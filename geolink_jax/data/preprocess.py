@@ -15,6 +15,7 @@ import math
 import multiprocessing
 import os
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -250,15 +251,46 @@ def _process(args):
     return process_tile(*args)
 
 
-def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False, progress=True):
+def check_output(out_dir, overwrite=False):
+    """An existing non-empty output directory is replaced only with overwrite (PreprocessError otherwise)."""
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise PreprocessError(f"{out_dir} exists and is not empty: pass --overwrite to replace it, or choose a new "
+                              "directory")
+
+
+def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False, progress=True, overwrite=False):
     """Process `specs` in `workers` processes (default: all cores) and write shards, manifest and errors report.
 
     Returns the manifest dict. Shard k holds the written tiles with `shard_of(index) == k`, in input order.
+    Everything is written into a staging directory beside `out_dir` that replaces it only when complete: a failed
+    or interrupted run leaves `out_dir` as it was, and an output is never a mix of two runs. An existing non-empty
+    `out_dir` needs overwrite=True.
     """
+    final = pathlib.Path(out_dir)
+    check_output(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest = _run_local(specs, staging, cfg, workers, strict, progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.is_dir() and any(final.iterdir()):
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)  # onto a missing or empty directory
+    return manifest
+
+
+def _run_local(specs, out_dir, cfg, workers, strict, progress):
     from tqdm import tqdm
 
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     specs = sorted(specs, key=lambda s: s.index)
     n_tiles, n_shards = len(specs), num_shards(len(specs), cfg)
     workers = workers or os.cpu_count() or 1
@@ -311,7 +343,7 @@ def bundled_tiles(out_dir, encoder="e5"):
     out_dir = pathlib.Path(out_dir)
     if not (out_dir / MANIFEST).exists():
         run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out_dir, PreprocessConfig(encoder=encoder),
-                  workers=1, progress=False)
+                  workers=1, progress=False, overwrite=True)  # our own cache: an interrupted one is redone
     return out_dir
 
 
