@@ -79,6 +79,12 @@ def cmd_preprocess(args):
         return 1
     print(f"\nwrote {args.out}/{preprocess.MANIFEST}")
     print(preprocess.format_summary(manifest))
+    dead = manifest["runner"].get("dead_worker_tiles")
+    if dead:
+        print(f"error: worker processes died on {len(dead)} tile(s) ({', '.join(dead[:5])}): not written, listed in "
+              f"{args.out}/"
+              f"{preprocess.ERRORS}", file=sys.stderr)
+        return 1
     if not manifest["num_records"]:
         print(f"error: no tile was written ({manifest['num_failed_tiles']} failed; reasons in "
               f"{args.out}/{preprocess.ERRORS})", file=sys.stderr)

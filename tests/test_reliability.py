@@ -188,3 +188,17 @@ def test_preprocess_that_writes_no_tile_exits_nonzero(tmp_path, capsys):
                      "hash:8", "--workers", "1", "--no-progress"]) == 1
     assert "no tile was written (1 failed" in capsys.readouterr().err
     assert (tmp_path / "o" / "errors.jsonl").read_text().count('"severity": "error"') == 1
+
+
+def test_preprocess_survives_a_killed_worker_and_exits_nonzero(tmp_path):
+    victim = sorted(p.name for p in samples.OSM_TILES_DIR.iterdir() if p.is_dir())[2]
+    out = subprocess.run([sys.executable, "-m", "geolink_jax.cli", "preprocess", "--workers", "2", "--encoder",
+                          "hash:8", "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                         GEOLINK_TEST_KILL_WORKER_ON=victim))
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"worker processes died on 1 tile(s) ({victim})" in out.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["num_records"] == 4 and manifest["runner"]["dead_worker_tiles"] == [victim]
+    problems = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    assert [p["tile_id"] for p in problems if p["reason"].startswith("worker process died")] == [victim]

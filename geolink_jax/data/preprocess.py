@@ -248,7 +248,58 @@ def _init_worker():
 
 
 def _process(args):
+    spec = args[0]
+    if os.environ.get("GEOLINK_TEST_KILL_WORKER_ON") == spec.tile_id:  # tests: a worker killed (e.g. by the OOM killer)
+        os.kill(os.getpid(), 9)
     return process_tile(*args)
+
+
+def dead_worker_result(spec):
+    """The result of a tile whose worker process died twice (killed, out of memory): not written, reported."""
+    problem = geometry.Problem("error", "worker process died while processing this tile (killed or out of memory; "
+                                        "retried once)", spec.image, "")
+    summary = {"index": spec.index, "tile_id": spec.tile_id, "written": False, "counts": None, "encoder": None,
+               "problems": [problem.as_dict(spec.tile_id)]}
+    return TileResult(spec.index, spec.tile_id, None, summary)
+
+
+def _results_in_order(specs, cfg, workers):
+    """process_tile over specs, in input order, in `workers` processes. A worker that dies (killed, out of memory)
+    breaks the pool, which concurrent.futures notices (multiprocessing.Pool would wait forever): the first
+    unfinished tile is then retried alone in a fresh process, reported as failed if that one dies too, and the rest
+    go on in a fresh pool. Every round consumes at least one tile, so the job always ends."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")
+
+    def pool_of(n):
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker)
+
+    todo = list(specs)
+    while todo:
+        pool, broken_at = pool_of(workers), None
+        try:
+            futures = [pool.submit(_process, (spec, cfg)) for spec in todo]
+            for i, fut in enumerate(futures):
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken_at = i
+                    break
+                yield result
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        if broken_at is None:
+            return
+        spec, alone = todo[broken_at], pool_of(1)
+        try:
+            yield alone.submit(_process, (spec, cfg)).result()
+        except BrokenProcessPool:
+            yield dead_worker_result(spec)
+        finally:
+            alone.shutdown(wait=False, cancel_futures=True)
+        todo = todo[broken_at + 1:]
 
 
 def check_output(out_dir, overwrite=False):
@@ -307,14 +358,12 @@ def _run_local(specs, out_dir, cfg, workers, strict, progress):
             shard_infos.append({"path": name, "num_records": count})
             next_shard += 1
 
-    pool = None
+    if workers > 1 and n_tiles > 1:
+        results = _results_in_order(specs, cfg, workers)
+    else:
+        results = (process_tile(s, cfg) for s in specs)
+    bar = tqdm(results, total=n_tiles, unit="tile", desc="preprocess", disable=not progress, smoothing=0.1)
     try:
-        if workers > 1 and n_tiles > 1:
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
-            results = pool.imap(_process, [(s, cfg) for s in specs], chunksize=1)
-        else:
-            results = (process_tile(s, cfg) for s in specs)
-        bar = tqdm(results, total=n_tiles, unit="tile", desc="preprocess", disable=not progress, smoothing=0.1)
         for res in bar:
             if strict:
                 check_strict(res)
@@ -326,10 +375,12 @@ def _run_local(specs, out_dir, cfg, workers, strict, progress):
             bar.set_postfix(errors=sum(not s["written"] for s in summaries))
         flush(n_shards)
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close() if hasattr(results, "close") else None  # stops the worker pool on an early exit
     manifest = make_manifest(summaries, shard_infos, cfg, n_tiles)
-    manifest["runner"] = {"name": "local", "workers": workers, "seconds": time.perf_counter() - start,
+    dead = [s["tile_id"] for s in summaries
+            if any(p["reason"].startswith("worker process died") for p in s["problems"])]
+    manifest["runner"] = {"name": "local", "workers": workers, "dead_worker_tiles": dead,
+                          "seconds": time.perf_counter() - start,
                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     write_errors(out_dir / ERRORS, summaries)
     write_json_atomic(out_dir / MANIFEST, manifest)
