@@ -353,3 +353,23 @@ def test_cli_preprocess_prints_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiles: 5  written: 5  failed: 0" in out and "polygon_to_polygon" in out
     assert json.loads((tmp_path / "manifest.json").read_text())["feature_dim"] == 8
+
+
+def test_vectors_without_an_image_and_features_outside_the_tile_are_reported(tmp_path):
+    root = tmp_path / "tiles"
+    folder, stem = make_tile(root, new="kept")
+    orphan, orphan_stem = make_tile(root, new="orphan")
+    for f in orphan.iterdir():
+        if f.suffix != ".geojson":
+            f.unlink()  # the vectors stay, the image (and its sidecar) are gone
+    bbox = json.loads((folder / f"{stem}.json").read_text())["bbox_west_south_east_north"]
+    far = Point(bbox[2] + 1.0, bbox[3] + 1.0)  # a degree beyond the tile's corner
+    gpd.GeoDataFrame({"label": ["amenity:bench"]}, geometry=[far], crs="EPSG:4326").to_file(
+        folder / f"{stem}_point.geojson")
+    manifest, problems, _ = run(root)
+    assert manifest["num_tiles"] == 2 and manifest["num_records"] == 1
+    (err,) = [p for p in problems if p["tile_id"] == orphan_stem]
+    assert err["severity"] == "error" and err["reason"].startswith("vector files without an image tile")
+    assert err["file"].endswith(".geojson")
+    (note,) = [p for p in problems if p["reason"] == "features outside the tile dropped"]
+    assert note["file"].endswith(f"{stem}_point.geojson") and note["detail"] == "1 feature(s)"

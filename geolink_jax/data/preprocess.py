@@ -149,6 +149,9 @@ def process_tile(spec, cfg):
     problems = []
     record, counts, encoder_meta = None, None, None
     try:
+        if spec.orphan:
+            raise TileError(f"vector files without an image tile (expected {spec.tile_id}.jpg/.png/.tif beside them)",
+                            spec.vectors[0], ", ".join(pathlib.Path(v).name for v in spec.vectors))
         image = tile_sources.read_image(spec, cfg.aspect_tolerance)
         if spec.graph_npz:
             graph = osm_graph.graph_from_npz(spec.graph_npz)

@@ -44,6 +44,7 @@ class TileSpec:
     vectors: tuple = ()
     graph_npz: str | None = None
     label_image: str | None = None
+    orphan: bool = False  # vector files with no image beside them: reported as a failed tile
 
 
 @dataclasses.dataclass
@@ -78,6 +79,20 @@ def discover_tiles(root):
         sidecar = folder / f"{stem}.json"
         specs.append(TileSpec(tile_id=stem, image=str(image), index=len(specs),
                               bbox_file=str(sidecar) if sidecar.exists() else None, vectors=tuple(vectors)))
+    # vector files no image claimed: one failed tile per (folder, stem), so that no input goes unreported
+    claimed = {v for spec in specs for v in spec.vectors}
+    orphans = {}
+    for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in VECTOR_SUFFIXES and p.is_file()):
+        if str(f) in claimed:
+            continue
+        stem = f.stem
+        for layer in LAYER_SUFFIXES:
+            if stem.lower().endswith(layer):
+                stem = stem[: -len(layer)]
+        orphans.setdefault((f.parent, stem), []).append(str(f))
+    for (folder, stem), files in orphans.items():
+        specs.append(TileSpec(tile_id=stem, image=str(folder / stem), index=len(specs), vectors=tuple(files),
+                              orphan=True))
     return specs
 
 

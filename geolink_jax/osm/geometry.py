@@ -88,6 +88,7 @@ def clean_features(geoms, labels, sources, bbox, invalid="repair"):
             problems.append(Problem("warning", "invalid geometry skipped", sources[n], f"feature {n}: {why}"))
     geoms, kind_dim = geoms[keep], kind_dim[keep]
     labels = [lbl for lbl, k in zip(labels, keep) if k]
+    kept_sources = [src for src, k in zip(sources, keep) if k]
 
     # Clip only what crosses the tile edge: GEOS overlay may reorder vertices, and a line's first/last vertex is a
     # node position, so geometries already inside the tile are kept exactly as given.
@@ -99,6 +100,12 @@ def clean_features(geoms, labels, sources, bbox, invalid="repair"):
     dims = shapely.get_dimensions(parts)
     ok = ~shapely.is_empty(parts) & ((kind_dim[idx] == -1) | (dims == kind_dim[idx]))
     parts, idx, dims = parts[ok], idx[ok], dims[ok]
+    # every dropped input is reported: features with no part left inside the tile, counted per file
+    outside = {}
+    for i in sorted(set(range(len(geoms))) - set(idx.tolist())):
+        outside[kept_sources[i]] = outside.get(kept_sources[i], 0) + 1
+    problems += [Problem("note", "features outside the tile dropped", src, f"{count} feature(s)")
+                 for src, count in outside.items()]
     labels = [labels[i] for i in idx]
     layers = {}
     for dim, kind in KIND_OF_DIMENSION.items():
