@@ -292,6 +292,9 @@ def test_bad_inputs_are_reported_and_the_job_goes_on(tmp_path):
     assert "inverted" in errors["inverted_bbox"][0]["reason"]
     assert "unknown CRS" in errors["no_crs"][0]["reason"] and errors["no_crs"][0]["file"].endswith(".shp")
     assert "over the cap of 60" in errors["too_many"][0]["reason"]
+    # the file that makes the tile big is named, with its count (not the first vector file, here the _line one)
+    assert errors["too_many"][0]["file"].endswith("too_many_polygon.geojson")
+    assert errors["too_many"][0]["detail"].endswith("raw features from this file")
     warnings = [p for p in by_tile["invalid_geoms"] if p["severity"] == "warning"]
     assert {p["reason"] for p in warnings} == {"invalid geometry repaired with make_valid",
                                                "NaN coordinates: feature dropped"}

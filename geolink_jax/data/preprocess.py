@@ -98,8 +98,13 @@ def _tile_graph(spec, image, cfg, problems):
     problems += feature_problems
     total = sum(len(layer) for layer in layers.values())
     if total > cfg.max_features:
-        raise TileError(f"tile has {total} features, over the cap of {cfg.max_features}",
-                        spec.vectors[0] if spec.vectors else (cfg.pbf or spec.image))
+        import collections
+
+        (biggest, count), = collections.Counter(sources).most_common(1)  # name the input that makes the tile big
+        path = next((v for v in (*spec.vectors, cfg.pbf) if v and os.path.basename(v) == os.path.basename(biggest)),
+                    biggest)
+        raise TileError(f"tile has {total} features, over the cap of {cfg.max_features}", path,
+                        f"{count} raw features from this file")
     if total == 0 and (spec.vectors or cfg.pbf):
         problems.append(geometry.Problem("note", "no OSM features inside the tile: image-only tile",
                                          spec.vectors[0] if spec.vectors else cfg.pbf))
