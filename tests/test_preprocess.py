@@ -376,3 +376,19 @@ def test_vectors_without_an_image_and_features_outside_the_tile_are_reported(tmp
     assert err["file"].endswith(".geojson")
     (note,) = [p for p in problems if p["reason"] == "features outside the tile dropped"]
     assert note["file"].endswith(f"{stem}_point.geojson") and note["detail"] == "1 feature(s)"
+
+
+def test_a_non_utf8_label_is_decoded_with_replacement_and_reported(tmp_path):
+    root = tmp_path / "tiles"
+    folder, stem = make_tile(root, new="latin")
+    w, s, e, n = json.loads((folder / f"{stem}.json").read_text())["bbox_west_south_east_north"]
+    text = ('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"label": '
+            '"name:Caf@@;cuisine:cr\u00e9pe"}, "geometry": {"type": "Point", "coordinates": [%r, %r]}}]}'
+            % ((w + e) / 2, (s + n) / 2))
+    (folder / f"{stem}_point.geojson").write_bytes(text.encode("utf-8").replace(b"@@", b"\xe9"))  # one bad byte
+    manifest, problems, out = run(root, preprocess.PreprocessConfig(encoder="hash:16"))
+    assert manifest["num_records"] == 1  # the tile is kept
+    (warn,) = [p for p in problems if "not valid UTF-8" in p["reason"]]
+    assert warn["severity"] == "warning" and warn["file"].endswith(f"{stem}_point.geojson")
+    geoms, labels, _, _ = tile_sources.read_vectors([str(folder / f"{stem}_point.geojson")], "EPSG:4326")
+    assert labels == ["name:Caf\ufffd;cuisine:cr\u00e9pe"]  # the valid UTF-8 'é' is kept

@@ -78,9 +78,12 @@ def _lonlat_transform(crs):
 def _tile_graph(spec, image, cfg, problems):
     """Vectors (files and/or PBF) → cleaned layers → TileGraph, in the image's CRS."""
     to_lonlat = _lonlat_transform(image.crs)
-    geoms, labels, sources, empty = tile_sources.read_vectors(spec.vectors, image.crs)
+    recoded = []
+    geoms, labels, sources, empty = tile_sources.read_vectors(spec.vectors, image.crs, recoded)
     for path in empty:
         problems.append(geometry.Problem("note", "empty layer", path))
+    for path in recoded:
+        problems.append(geometry.Problem("warning", "text is not valid UTF-8: invalid bytes replaced (U+FFFD)", path))
     if cfg.pbf:
         from geolink_jax.data import osm_pbf
 

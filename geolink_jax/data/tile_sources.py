@@ -221,17 +221,31 @@ def _read_geotiff(path):
     return TileImage(data, fmt, arr.shape[1], arr.shape[2], bounds, crs)
 
 
-def read_vectors(paths, crs):
+def _decode_lossy(text):
+    """A string read as latin-1 → its UTF-8 reading, invalid bytes as U+FFFD (valid UTF-8 stays as it was)."""
+    return text.encode("latin-1").decode("utf-8", errors="replace") if isinstance(text, str) else text
+
+
+def read_vectors(paths, crs, recoded=None):
     """Vector files → (geoms, labels, sources) reprojected to `crs`. Raises TileError per bad file.
 
-    Returns also the names of files that were empty (the tile becomes OSM-sparse, reported as a note).
+    Returns also the names of files that were empty (the tile becomes OSM-sparse, reported as a note). A file
+    whose text is not valid UTF-8 is read with the invalid bytes replaced (U+FFFD) and its path appended to
+    `recoded` (reported as a warning), instead of losing the whole tile.
     """
     import geopandas as gpd
 
     geoms, labels, sources, empty = [], [], [], []
     for path in paths:
         try:
-            gdf = gpd.read_file(path)
+            try:
+                gdf = gpd.read_file(path)
+            except UnicodeDecodeError:
+                gdf = gpd.read_file(path, encoding="latin-1")  # every byte decodes; re-decoded as UTF-8 below
+                for column in gdf.columns.drop(gdf.geometry.name):
+                    gdf[column] = gdf[column].map(_decode_lossy)
+                if recoded is not None:
+                    recoded.append(path)
         except Exception as e:
             raise TileError("unreadable vector file", path, f"{type(e).__name__}: {e}") from e
         if len(gdf) == 0:
