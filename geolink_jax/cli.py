@@ -407,8 +407,22 @@ def argv_is_cli():
     return pathlib.Path(sys.argv[0]).name in ("geolink-jax", "cli.py", "__main__.py")
 
 
+def user_errors(command):
+    """The typed errors that are user mistakes or unusable inputs for `command` → their exit code (2: usage,
+    1: data). Anything else is a bug and keeps its traceback."""
+    from geolink_jax.config import ConfigError
+    from geolink_jax.data.shards import DataError
+    from geolink_jax.train.checkpoint import CheckpointError, CheckpointMismatch
+
+    codes = {ConfigError: 2, CheckpointMismatch: 2, FileNotFoundError: 1, DataError: 1, CheckpointError: 1}
+    if command in ("embed", "finetune", "probe", "attention"):
+        codes.update({ValueError: 1, KeyError: 1})
+    return codes
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="geolink-jax", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error reported in one line")
     sub = parser.add_subparsers(dest="command", required=True)
     _preprocess_parser(sub).set_defaults(func=cmd_preprocess)
     _pretrain_parser(sub).set_defaults(func=cmd_pretrain)
@@ -419,26 +433,17 @@ def main(argv=None):
     _attention_parser(sub).set_defaults(func=cmd_attention)
     _bench_parser(sub).set_defaults(func=cmd_bench)
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("pretrain", "bench"):
-        from geolink_jax.config import ConfigError
-        from geolink_jax.data.shards import DataError
-        from geolink_jax.train.checkpoint import CheckpointError, CheckpointMismatch
-
-        try:
-            return args.func(args, extra)
-        except (FileNotFoundError, ConfigError, DataError, CheckpointError, CheckpointMismatch) as e:
-            # user mistakes and unusable inputs: one line; anything else keeps its traceback
-            print(f"error: {e}", file=sys.stderr)
-            return 2 if isinstance(e, (ConfigError, CheckpointMismatch)) else 1
-    if extra:
+    takes_overrides = args.command in ("pretrain", "bench")
+    if extra and not takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command in ("embed", "finetune", "probe", "attention"):
-        try:
-            return args.func(args)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return args.func(args)
+    codes = user_errors(args.command)
+    try:  # the one error boundary: typed library errors → one line and an exit code
+        return args.func(args, extra) if takes_overrides else args.func(args)
+    except tuple(codes) as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return next(code for cls, code in codes.items() if isinstance(e, cls))
 
 
 if __name__ == "__main__":

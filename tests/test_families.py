@@ -279,3 +279,8 @@ def test_wheel_installs_one_package_and_runs_from_elsewhere(tmp_path):
     (row,) = [json.loads(line) for line in (elsewhere / "bench" / "rows.jsonl").read_text().splitlines()]
     assert row["suite"] == "compile" and row["status"] == "ok" and row["config"]["config"] == "mae_demo"
     assert row["metrics"]["padded_backend_compiles"] == 1
+
+
+def test_debug_shows_the_traceback_of_a_one_line_error(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="no config file or named config"):
+        cli.main(["--debug", "pretrain", "--config", "nonesuch", "--workdir", str(tmp_path / "w")])
