@@ -202,3 +202,13 @@ def test_preprocess_survives_a_killed_worker_and_exits_nonzero(tmp_path):
     assert manifest["num_records"] == 4 and manifest["runner"]["dead_worker_tiles"] == [victim]
     problems = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
     assert [p["tile_id"] for p in problems if p["reason"].startswith("worker process died")] == [victim]
+
+
+def test_a_truncated_or_garbage_safetensors_file_is_one_line(tmp_path, capsys):
+    from geolink_jax import cli
+
+    (tmp_path / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    assert cli.main(["convert", "import", "--src", str(tmp_path / "garbage.safetensors"), "--out",
+                     str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "garbage.safetensors: not a readable safetensors file" in err and len(err.strip().splitlines()) == 1

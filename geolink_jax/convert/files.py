@@ -30,10 +30,13 @@ def load_weights(path):
         from safetensors import safe_open
         from safetensors.numpy import load_file
 
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-        config = json.loads(meta["model_config"]) if "model_config" in meta else None
-        return load_file(str(path)), config
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+            config = json.loads(meta["model_config"]) if "model_config" in meta else None
+            return load_file(str(path)), config
+        except Exception as e:  # truncated, garbage header, bad metadata: the file is named, no traceback
+            raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
     try:
         import torch
     except ImportError as e:
