@@ -260,6 +260,11 @@ def cmd_embed(args):
 
     family, model = _load_model(args)
     tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
+    width = getattr(model.cfg, "osm_in_features", None)
+    if width and tile_list and tile_list[0].graph.features["polygon"].shape[1] != width:
+        raise ValueError(f"{args.tiles}: the tiles' tag features are "
+                         f"{tile_list[0].graph.features['polygon'].shape[1]}-d, the model takes {width}-d (use the "
+                         "--encoder the model was pretrained with)")
     rows, maps = family_lib.get_family(family).embed(model, tile_list, args.batch_size)
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     embed.write_geoparquet(rows, args.out)

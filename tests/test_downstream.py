@@ -227,3 +227,11 @@ def test_cli_convert_embed_finetune_probe(tiny_geolink, tmp_path, capsys):
     assert cli.main(["probe", "--embeddings", str(tmp_path / "e.parquet"), "--method", "knn", "--k", "3"]) == 0
     assert "knn probe on mean (6 tiles" in capsys.readouterr().out
     assert cli.main(["embed", "--params", str(tmp_path / "missing"), "--tiles", ufz]) == 1
+
+
+def test_embed_refuses_tiles_whose_tag_width_differs_from_the_model(tiny_geolink, tmp_path, capsys):
+    params_store.save_params(tmp_path / "w", nnx.to_pure_dict(nnx.state(tiny_geolink, nnx.Param)), tiny_geolink.cfg)
+    assert cli.main(["embed", "--params", str(tmp_path / "w"), "--tiles", str(samples.OSM_TILES_DIR), "--encoder",
+                     "hash:64", "--out", str(tmp_path / "e.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "the tiles' tag features are 64-d, the model takes 512-d" in err and len(err.strip().splitlines()) == 1

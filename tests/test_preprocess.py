@@ -392,3 +392,15 @@ def test_a_non_utf8_label_is_decoded_with_replacement_and_reported(tmp_path):
     assert warn["severity"] == "warning" and warn["file"].endswith(f"{stem}_point.geojson")
     geoms, labels, _, _ = tile_sources.read_vectors([str(folder / f"{stem}_point.geojson")], "EPSG:4326")
     assert labels == ["name:Caf\ufffd;cuisine:cr\u00e9pe"]  # the valid UTF-8 'é' is kept
+
+
+def test_a_missing_ufz_image_is_reported_with_the_names_looked_for(tmp_path):
+    root = tmp_path / "ufz"
+    shutil.copytree(samples.UFZ_DIR, root)
+    name = samples.ufz_tile_names()[0]
+    for f in (root / "img").glob(f"{name}.*"):
+        f.unlink()
+    manifest, problems, _ = run(root)
+    (err,) = [p for p in problems if p["tile_id"] == name]
+    assert err["reason"] == "image file missing" and err["file"].endswith(f"{name}.{{jpg,jpeg,png,tif,tiff}}")
+    assert manifest["num_records"] == 5

@@ -160,6 +160,8 @@ def process_tile(spec, cfg):
         if spec.orphan:
             raise TileError(f"vector files without an image tile (expected {spec.tile_id}.jpg/.png/.tif beside them)",
                             spec.vectors[0], ", ".join(pathlib.Path(v).name for v in spec.vectors))
+        if not os.path.exists(spec.image):
+            raise TileError("image file missing", spec.image)
         image = tile_sources.read_image(spec, cfg.aspect_tolerance)
         if spec.graph_npz:
             graph = osm_graph.graph_from_npz(spec.graph_npz)

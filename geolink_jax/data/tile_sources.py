@@ -100,7 +100,8 @@ def _discover_graph_layout(root):
     specs = []
     for graph in sorted((root / "graph").glob("*.npz")):
         images = [root / "img" / f"{graph.stem}{s}" for s in IMAGE_SUFFIXES]
-        image = next((p for p in images if p.exists()), images[0])
+        # none there: the report names the pattern looked for, not one guessed extension
+        image = next((p for p in images if p.exists()), root / "img" / f"{graph.stem}.{{jpg,jpeg,png,tif,tiff}}")
         label = root / "label" / f"{graph.stem}.png"
         specs.append(TileSpec(tile_id=graph.stem, image=str(image), index=len(specs), graph_npz=str(graph),
                               label_image=str(label) if label.exists() else None))
