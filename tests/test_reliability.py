@@ -123,6 +123,12 @@ def test_pretraining_reads_only_the_shards_its_manifest_lists(tmp_path):
     paths, manifest = trainer.prepare_data(config, None)
     assert [p.name for p in paths] == [s["path"] for s in manifest["shards"]] == [
         "geolink_tiles.array_record-00000-of-00001"]
+    manifest_file = d / "manifest.json"
+    wrong = dict(manifest, feature_dim=64)  # a manifest that does not describe its shards
+    manifest_file.write_text(json.dumps(wrong))
+    with pytest.raises(DataError, match="00000-of-00001: 8-d tag features, the manifest says 64-d"):
+        trainer.prepare_data(config, None)
+    manifest_file.write_text(json.dumps(manifest))
     data = paths[0].read_bytes()
     paths[0].write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match="geolink_tiles.array_record-00000-of-00001"):

@@ -2,6 +2,7 @@
 import os
 import pathlib
 
+import numpy as np
 from array_record.python import array_record_module
 
 from geolink_jax.data import record_format
@@ -77,5 +78,14 @@ def manifest_shards(directory, manifest):
         if count != shard["num_records"]:
             raise DataError(f"{file}: {count} records, the manifest says {shard['num_records']} (the directory "
                             "changed after preprocessing; preprocess again)")
+        if count and "feature_dim" in manifest:  # the tag-feature width the model is built for
+            try:
+                first = record_format.decode(ArrayRecordDataSource([str(file)])[0])
+            except Exception as e:  # noqa: BLE001 - a damaged record is a data error, named
+                raise DataError(f"{file}: record 0 cannot be decoded ({type(e).__name__}: {e})") from None
+            width = np.shape(first.get("x_polygon", np.zeros((0, manifest["feature_dim"]))))[-1]
+            if width != manifest["feature_dim"]:
+                raise DataError(f"{file}: {width}-d tag features, the manifest says {manifest['feature_dim']}-d "
+                                "(shards of different runs mixed; preprocess again)")
         paths.append(file)
     return paths
