@@ -1,4 +1,7 @@
 import json
+import os
+import pathlib
+import tempfile
 
 import pyproj
 import pytest
@@ -42,3 +45,12 @@ def data_dir(tmp_path_factory):
     preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
                          preprocess.PreprocessConfig(encoder="hash:64"), workers=1, progress=False)
     return str(out)
+
+
+# Environment for the test subprocesses that train (pretrain CLI runs, mesh workers): XLA's persistent compilation
+# cache, so that a rerun of the same program (a resume, a second run of a scenario) loads its executable instead of
+# compiling it again (the demo step takes ~45 s to compile on 2 cores). Not for runs that count compilations.
+SUBPROCESS_ENV = dict(
+    os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+    JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / "geolink_jax_tests_xla_cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import SUBPROCESS_ENV
 
 from geolink_jax import samples
 from geolink_jax.data import preprocess, tile_sources
@@ -30,7 +31,7 @@ def _cmd(workdir, data_dir, steps, *extra):
 
 def _run(*args):
     return subprocess.run(_cmd(*args), capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+                          env=SUBPROCESS_ENV, cwd=ROOT)
 
 
 def _rows(workdir):
@@ -67,7 +68,7 @@ def test_damaged_checkpoints_are_skipped_and_the_run_resumes_exactly(data_dir, t
 
     # resume, then Ctrl-C: saved and stopped like SIGTERM
     again = subprocess.Popen(_cmd(w, data_dir, 40), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+                             env=SUBPROCESS_ENV, cwd=ROOT)
     deadline = time.time() + 300
     while time.time() < deadline and again.poll() is None:
         if any(r["step"] >= 7 for r in _rows(w)):

@@ -14,11 +14,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import SUBPROCESS_ENV
 
 from geolink_jax.train import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EIGHT = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+EIGHT = dict(SUBPROCESS_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8")
 
 
 def _worker(*args):
@@ -60,8 +61,7 @@ def _pretrain(workdir, data_dir, steps, config=str(ROOT / "configs" / "demo.py")
            "--workdir", str(workdir), "--no-progress", f"--config.data.path={data_dir}",
            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2",
            "--config.model.vit.depth=1", "--config.model.dtype=bfloat16"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, env=SUBPROCESS_ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
 
 
