@@ -76,6 +76,12 @@ def verify(state, saved):
         raise CheckpointError(f"non-finite values in {', '.join(bad[:3])}")
 
 
+def _unreadable(e):
+    """A read failure of any kind → the CheckpointError that says so (first line of the message, bounded)."""
+    first = str(e).splitlines()[0][:300] if str(e).strip() else ""
+    return CheckpointError(f"cannot be read ({type(e).__name__}: {first})")
+
+
 class Checkpointer:
     def __init__(self, directory, *, save_every, keep=3, keep_period=None, async_save=True):
         self.directory = pathlib.Path(directory).absolute()
@@ -118,8 +124,7 @@ class Checkpointer:
             saved = {_path(p): tuple(m.shape) for p, m in
                      jax.tree_util.tree_flatten_with_path(getattr(meta, "tree", meta))[0]}
         except Exception as e:  # noqa: BLE001 - unreadable metadata: damaged
-            raise CheckpointError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''})"
-                                  ) from e
+            raise _unreadable(e) from e
         want = {_path(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
         if saved != want:
             diff = sorted(set(saved.items()) ^ set(want.items()))[:4]
@@ -134,7 +139,7 @@ class Checkpointer:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as e:  # noqa: BLE001 - any read failure means: not restorable
-            raise CheckpointError(f"cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from e
+            raise _unreadable(e) from e
         verify(out["state"], out["integrity"]["fingerprints"] if has_integrity else None)
         return out["state"]
 
@@ -185,13 +190,7 @@ def load_verified(directory, report=print):
                 verify(state, saved)
                 return step, state
             except Exception as e:  # noqa: BLE001 - report and try the next older one
-                reason = e if isinstance(e, CheckpointError) else f"cannot be read ({type(e).__name__}: " \
-                    f"{str(e).splitlines()[0][:300] if str(e) else ''})"
+                reason = e if isinstance(e, CheckpointError) else _unreadable(e)
                 report(f"warning: checkpoint {directory / str(step)} skipped: {reason}")
     raise CheckpointError(f"{directory}: no checkpoint can be restored" if steps else
                           f"{directory}: no checkpoints")
-
-
-def abstract_like(tree):
-    """Concrete sharded arrays → ShapeDtypeStructs with the same shardings (restore targets)."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
