@@ -237,6 +237,17 @@ def params_from_timm(state_dict, target, source="state_dict"):
     return params, report
 
 
+def timm_into_fresh_model(state_dict, model, source="state_dict"):
+    """A timm ViT state_dict into a freshly initialised module of any family with GeoLink's image branch
+    (`ImageMAE` and its subclasses): the encoder from the file, every other parameter its fresh initialisation.
+    Returns (params as nested numpy dicts, report)."""
+    from flax import nnx
+
+    target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    image, report = params_from_timm(state_dict, target, source=source)
+    return {**target, **image}, report
+
+
 def infer_config(state_dict, num_heads=None, decoder_heads=16, fusion_heads=16):
     """GeoLinkConfig from the shapes of an official (or timm) state_dict. Head counts are not visible in the
     weights: the encoder's defaults to the timm preset of that width/depth (else width // 64); the decoder's and the

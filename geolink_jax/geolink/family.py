@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from geolink_jax import convert
 from geolink_jax import family as family_lib
 from geolink_jax.data import pipeline, preprocess
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
@@ -123,8 +124,6 @@ def pictures(model, host_batch, workdir, count=4):
 
 # ------------------------------------------------------------------ weights
 def _official_import(state_dict, cfg, source, heads=None, decoder_heads=16, fusion_heads=16):
-    from geolink_jax import convert
-
     cfg = cfg or convert.infer_config(state_dict, heads, decoder_heads, fusion_heads)
     # every tensor comes from the file: shapes suffice, no initialisation
     target = family_lib.abstract_params(FAMILY, cfg)
@@ -133,31 +132,15 @@ def _official_import(state_dict, cfg, source, heads=None, decoder_heads=16, fusi
 
 
 def _timm_import(state_dict, cfg, source, heads=None, **_):
-    from geolink_jax import convert
-
     cfg = cfg or convert.infer_config(state_dict, heads)
-    # the image branch; the rest of GeoLink keeps its fresh initialisation
-    target = family_lib.pure(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
-    image, report = convert.params_from_timm(state_dict, target, source=source)
-    return {**target, **image}, cfg, report
-
-
-def _official_export(params, cfg):
-    from geolink_jax import convert
-
-    return convert.official_state_dict(params, cfg)
-
-
-def _timm_export(params, cfg):
-    from geolink_jax import convert
-
-    return convert.timm_state_dict(params, cfg)
+    params, report = convert.timm_into_fresh_model(state_dict, build(cfg, nnx.Rngs(0)), source)
+    return params, cfg, report
 
 
 CONVERTERS = {
-    "official": family_lib.Converter(_official_export, _official_import,
+    "official": family_lib.Converter(convert.official_state_dict, _official_import,
                                      "the official multimodal GeoLink state_dict (spec §3)"),
-    "timm": family_lib.Converter(_timm_export, _timm_import, "the image encoder as a timm VisionTransformer"),
+    "timm": family_lib.Converter(convert.timm_state_dict, _timm_import, "the image encoder as a timm VisionTransformer"),
 }
 
 

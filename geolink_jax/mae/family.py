@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from geolink_jax import convert
 from geolink_jax import family as family_lib
 from geolink_jax.data import pipeline, preprocess
 from geolink_jax.models import flops
@@ -68,20 +69,11 @@ def pictures(model, host_batch, workdir, count=4):
         pathlib.Path(workdir) / "reconstructions.png")
 
 
-def _timm_export(params, cfg):
-    from geolink_jax import convert
-
-    return convert.timm_state_dict(params, cfg)
-
-
 def _timm_import(state_dict, cfg, source, heads=None, **_):
-    from geolink_jax import convert
-
     cfg = cfg or MAEConfig(vit=convert.infer_config(state_dict, heads).vit)
     # the encoder comes from the file; the MAE decoder keeps its fresh initialisation
-    target = family_lib.pure(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
-    image, report = convert.params_from_timm(state_dict, target, source=source)
-    return {**target, **image}, cfg, report
+    params, report = convert.timm_into_fresh_model(state_dict, build(cfg, nnx.Rngs(0)), source)
+    return params, cfg, report
 
 
 def _embed(model, tiles, batch_size=8, progress=True):
@@ -101,7 +93,7 @@ FAMILY = family_lib.Family(
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
     configs={"mae_demo": "geolink_jax.mae.configs.demo", "mae_vit_b": "geolink_jax.mae.configs.vit_b"},
-    converters={"timm": family_lib.Converter(_timm_export, _timm_import,
+    converters={"timm": family_lib.Converter(convert.timm_state_dict, _timm_import,
                                              "the encoder as a timm VisionTransformer")},
     embed=_embed,
     pictures=pictures,
