@@ -61,22 +61,18 @@ def cmd_preprocess(args):
     if not specs:
         print(f"error: no tiles found under {args.input}", file=sys.stderr)
         return 2
-    try:
-        if args.runner == "beam":
-            from geolink_jax.data import beam as beam_pipeline
+    if args.runner == "beam":
+        from geolink_jax.data import beam as beam_pipeline
 
-            if args.overwrite and "://" not in args.out and pathlib.Path(args.out).is_dir():
-                import shutil
+        if args.overwrite and "://" not in args.out and pathlib.Path(args.out).is_dir():
+            import shutil
 
-                shutil.rmtree(args.out)  # Beam writes in place: clear first, so the output is never a mix
-            manifest = beam_pipeline.run_beam(specs, args.out, cfg, strict=args.strict,
-                                              beam_args=args.beam_option)
-        else:
-            manifest = preprocess.run_local(specs, args.out, cfg, workers=args.workers, strict=args.strict,
-                                            progress=not args.no_progress, overwrite=args.overwrite)
-    except preprocess.PreprocessError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+            shutil.rmtree(args.out)  # Beam writes in place: clear first, so the output is never a mix
+        manifest = beam_pipeline.run_beam(specs, args.out, cfg, strict=args.strict,
+                                          beam_args=args.beam_option)
+    else:
+        manifest = preprocess.run_local(specs, args.out, cfg, workers=args.workers, strict=args.strict,
+                                        progress=not args.no_progress, overwrite=args.overwrite)
     print(f"\nwrote {args.out}/{preprocess.MANIFEST}")
     print(preprocess.format_summary(manifest))
     dead = manifest["runner"].get("dead_worker_tiles")
@@ -173,50 +169,46 @@ def cmd_convert(args):
     from geolink_jax.convert import params_store
     from geolink_jax.models import VIT_PRESETS
 
-    try:
-        if args.direction == "graphs":
-            from geolink_jax.convert import graphs
+    if args.direction == "graphs":
+        from geolink_jax.convert import graphs
 
-            written, errors = graphs.convert_pt_dir(args.src, args.out)
-            for f, e in errors.items():
-                print(f"error: {e}", file=sys.stderr)
-            print(f"wrote {len(written)} .npz graphs → {args.out}" + (f"; {len(errors)} failed" if errors else ""))
-            return 1 if errors else 0
-        if args.direction == "import":
-            sd, meta = convert.load_weights(args.src)
-            if not args.allow_nonfinite:
-                params_store.check_finite(sd, args.src)
-            if meta and "geolink" in meta and "family" not in meta:  # exports of before the family interface
-                meta = dict(family="geolink", model=meta["geolink"])
-            recorded = (meta or {}).get("family") and meta.get("model") is not None
-            family = args.family or (meta["family"] if recorded else "geolink")
-            cfg = params_store.config_from_record(meta)[1] if recorded and meta["family"] == family else None
-            fmt, conv = _converter(family, args.format)
-            params, cfg, report = conv.from_state_dict(sd, cfg, args.src, heads=args.heads,
-                                                       decoder_heads=args.decoder_heads, fusion_heads=args.fusion_heads)
-            params_store.save_params(args.out, params, cfg)
-            print(f"imported {report['converted']} tensors from {args.src} ({family} {fmt}; model config "
-                  f"{'from the file' if recorded else 'inferred from the tensors'}; listed unused: "
-                  f"{len(report.get('unused_listed', []))}) → {args.out}")
+        written, errors = graphs.convert_pt_dir(args.src, args.out)
+        for f, e in errors.items():
+            print(f"error: {e}", file=sys.stderr)
+        print(f"wrote {len(written)} .npz graphs → {args.out}" + (f"; {len(errors)} failed" if errors else ""))
+        return 1 if errors else 0
+    if args.direction == "import":
+        sd, meta = convert.load_weights(args.src)
+        if not args.allow_nonfinite:
+            params_store.check_finite(sd, args.src)
+        if meta and "geolink" in meta and "family" not in meta:  # exports of before the family interface
+            meta = dict(family="geolink", model=meta["geolink"])
+        recorded = (meta or {}).get("family") and meta.get("model") is not None
+        family = args.family or (meta["family"] if recorded else "geolink")
+        cfg = params_store.config_from_record(meta)[1] if recorded and meta["family"] == family else None
+        fmt, conv = _converter(family, args.format)
+        params, cfg, report = conv.from_state_dict(sd, cfg, args.src, heads=args.heads,
+                                                   decoder_heads=args.decoder_heads, fusion_heads=args.fusion_heads)
+        params_store.save_params(args.out, params, cfg)
+        print(f"imported {report['converted']} tensors from {args.src} ({family} {fmt}; model config "
+              f"{'from the file' if recorded else 'inferred from the tensors'}; listed unused: "
+              f"{len(report.get('unused_listed', []))}) → {args.out}")
+    else:
+        family, params, cfg = params_store.load_params(args.src)
+        params_store.check_params(params, family, cfg, args.src, allow_nonfinite=args.allow_nonfinite)
+        fmt, conv = _converter(family, args.format)
+        sd = conv.to_state_dict(params, cfg)
+        if fmt == "timm":
+            arch = {"B": "vit_base", "L": "vit_large", "H": "vit_huge", "S": "vit_small", "Ti": "vit_tiny"}
+            name = next((f"{arch[k]}_patch{cfg.vit.patch_size}_{cfg.vit.image_size}"
+                         for k, v in VIT_PRESETS.items() if (v.width, v.depth) == (cfg.vit.width, cfg.vit.depth)),
+                        None)
+            model_config = dict(architecture=name, num_classes=0, global_pool="", pos_embed_requires_grad=False)
         else:
-            family, params, cfg = params_store.load_params(args.src)
-            params_store.check_params(params, family, cfg, args.src, allow_nonfinite=args.allow_nonfinite)
-            fmt, conv = _converter(family, args.format)
-            sd = conv.to_state_dict(params, cfg)
-            if fmt == "timm":
-                arch = {"B": "vit_base", "L": "vit_large", "H": "vit_huge", "S": "vit_small", "Ti": "vit_tiny"}
-                name = next((f"{arch[k]}_patch{cfg.vit.patch_size}_{cfg.vit.image_size}"
-                             for k, v in VIT_PRESETS.items() if (v.width, v.depth) == (cfg.vit.width, cfg.vit.depth)),
-                            None)
-                model_config = dict(architecture=name, num_classes=0, global_pool="", pos_embed_requires_grad=False)
-            else:
-                model_config = dict(architecture=None)
-            model_config.update(params_store.config_record(cfg))  # `convert import` rebuilds the model from it
-            convert.save_weights(sd, args.out, model_config)
-            print(f"exported {len(sd)} tensors ({family} {fmt}) → {args.out}")
-    except (convert.ConversionError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+            model_config = dict(architecture=None)
+        model_config.update(params_store.config_record(cfg))  # `convert import` rebuilds the model from it
+        convert.save_weights(sd, args.out, model_config)
+        print(f"exported {len(sd)} tensors ({family} {fmt}) → {args.out}")
     return 0
 
 
@@ -422,6 +414,12 @@ def user_errors(command):
     codes = {ConfigError: 2, CheckpointMismatch: 2, FileNotFoundError: 1, DataError: 1, CheckpointError: 1}
     if command in ("embed", "finetune", "probe", "attention"):
         codes.update({ValueError: 1, KeyError: 1})
+    if command == "preprocess":  # a --strict run stopped on a problem
+        from geolink_jax.data.preprocess import PreprocessError
+
+        codes[PreprocessError] = 1
+    if command == "convert":  # ConversionError is a ValueError; reading .pth files needs torch
+        codes.update({ValueError: 1, ImportError: 1})
     return codes
 
 
