@@ -219,3 +219,29 @@ def test_a_truncated_or_garbage_safetensors_file_is_one_line(tmp_path, capsys):
                      str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "garbage.safetensors: not a readable safetensors file" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["osm_aggr_mlp.point.weight", "osm_encoder.convs.0.convs.<line___to___line>.lin.weight",
+                                 "img_encoder.patch_embed.proj.weight", "img_consistency_prj.weight"])
+def test_convert_import_blames_only_the_wrong_shaped_tensor(tmp_path, capsys, key):
+    """Each inferred dimension is carried by several tensors; when the one it used to be read from is wrong, the
+    error names that tensor with both shapes, not the correct tensors sharing the dimension."""
+    from geolink_jax import cli, convert
+    from model_helpers import np_params, tiny_model
+
+    # every dimension distinct, so that inferring one from the wrong tensor could not pass by coincidence
+    dims = dict(osm_in_features=12, osm_hidden=24, graph_embed_dim=20, fusion_dim=40, decoder_width=48,
+                contrastive_dim=8)
+    model = tiny_model(**dims)
+    sd = convert.official_state_dict(np_params(model), model.cfg)
+    assert convert.infer_config(sd, 4, 4, 4) == model.cfg
+    good = sd[key].shape
+    sd[key] = np.zeros((good[0] + 1, *good[1:]), np.float32)
+    convert.save_weights(sd, tmp_path / "bad.safetensors")
+    assert cli.main(["convert", "import", "--src", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x"),
+                     "--heads", "4", "--decoder-heads", "4", "--fusion-heads", "4"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    blamed = [p.split(":")[0] for p in err.split("bad.safetensors: ", 1)[1].strip().split("; ")]
+    assert blamed == [key], err
+    assert f"{(good[0] + 1, *good[1:])}" in err and f"expected {good}" in err, err

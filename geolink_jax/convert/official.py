@@ -146,24 +146,26 @@ def params_from_official(state_dict, target, source="state_dict"):
     """Official GeoLink state_dict {key: array} → geolink_jax params shaped like `target` (a nested dict of
     arrays or ShapeDtypeStructs, e.g. nnx.to_pure_dict of the model's Params). Returns (params, report)."""
     fmt = _hetero_key_format(state_dict)
-    used, out, problems = set(), [], []
+    used, tried, out, problems = set(), set(), [], []
     for path, leaf in traverse_util.flatten_dict(target).items():
         key, rule = official_name(path, fmt)
         if key not in state_dict:
             problems.append(f"missing key {key!r} (for {'.'.join(map(str, path))})")
             continue
+        tried.add(key)  # reported once, as wrong-shaped, not again as unused
+        # the shape this key must have in the file, in the file's layout
+        expected = np.shape(_to_official(rule, np.zeros(leaf.shape, np.float32), (1, 1, -1)))
         try:
             value = _to_ours(rule, state_dict[key], tuple(leaf.shape))
-        except ValueError as e:
-            problems.append(f"{key}: cannot convert shape {tuple(np.shape(state_dict[key]))} ({e})")
-            continue
-        if value.shape != tuple(leaf.shape):
-            problems.append(f"{key}: shape {tuple(np.shape(state_dict[key]))} converts to {value.shape}, "
-                            f"expected {tuple(leaf.shape)} for {'.'.join(map(str, path))}")
+        except ValueError:
+            value = None
+        if value is None or value.shape != tuple(leaf.shape):
+            problems.append(f"{key}: shape {tuple(np.shape(state_dict[key]))}, expected {tuple(expected)} "
+                            f"(for {'.'.join(map(str, path))})")
             continue
         used.add(key)
         out.append((path, value))
-    leftover = sorted(set(state_dict) - used - set(OFFICIAL_UNUSED))
+    leftover = sorted(set(state_dict) - tried - set(OFFICIAL_UNUSED))
     problems += [f"unused key {k!r} {tuple(np.shape(state_dict[k]))}" for k in leftover]
     if problems:
         raise ConversionError(f"{source}: " + "; ".join(problems))
@@ -248,14 +250,29 @@ def timm_into_fresh_model(state_dict, model, source="state_dict"):
     return {**target, **image}, report
 
 
+def _vote(state_dict, sources):
+    """The value most tensors agree on for one config field: `sources` are (fnmatch pattern, axis) pairs naming
+    every tensor whose shape carries the field. A majority rather than the first match, so that one wrong-shaped
+    tensor is blamed by the conversion instead of every correct tensor that shares its dimension."""
+    import collections
+    import fnmatch
+
+    votes = collections.Counter(np.shape(v)[axis] for pattern, axis in sources
+                                for k, v in state_dict.items() if fnmatch.fnmatchcase(k, pattern)
+                                and len(np.shape(v)) > axis)
+    return int(votes.most_common(1)[0][0])
+
+
 def infer_config(state_dict, num_heads=None, decoder_heads=16, fusion_heads=16):
-    """GeoLinkConfig from the shapes of an official (or timm) state_dict. Head counts are not visible in the
-    weights: the encoder's defaults to the timm preset of that width/depth (else width // 64); the decoder's and the
-    fusion block's to the reference's 16."""
+    """GeoLinkConfig from the shapes of an official (or timm) state_dict, each dimension by majority over the
+    tensors that carry it (`_vote`). Head counts are not visible in the weights: the encoder's defaults to the timm
+    preset of that width/depth (else width // 64); the decoder's and the fusion block's to the reference's 16."""
     from geolink_jax.models import VIT_PRESETS, GeoLinkConfig, ViTConfig
 
     prefix = "img_encoder." if "img_encoder.patch_embed.proj.weight" in state_dict else ""
-    width, channels, patch, _ = np.shape(state_dict[prefix + "patch_embed.proj.weight"])
+    _, channels, patch, _ = np.shape(state_dict[prefix + "patch_embed.proj.weight"])
+    width = _vote(state_dict, [(prefix + "patch_embed.proj.*", 0), (prefix + "blocks.*.norm?.*", 0),
+                               ("cls_token", 2), ("img_norm.*", 0), (prefix + "norm.*", 0)])
     depth = len({k.split(".")[len(prefix.split(".")) ] for k in state_dict if k.startswith(prefix + "blocks.")})
     pos = state_dict.get("img_pos_embed", state_dict.get("pos_embed"))
     image_size = int(round((np.shape(pos)[1] - 1) ** 0.5)) * patch if pos is not None else 224
@@ -265,13 +282,17 @@ def infer_config(state_dict, num_heads=None, decoder_heads=16, fusion_heads=16):
                     in_channels=int(channels))
     if prefix == "":  # timm: the image encoder only
         return GeoLinkConfig(vit=vit)
-    shape = lambda k: np.shape(state_dict[k])  # noqa: E731
-    lin = next(k for k in state_dict if k.endswith(".lin.weight"))
+    vote = lambda *sources: _vote(state_dict, sources)  # noqa: E731
     return GeoLinkConfig(
-        vit=vit, osm_in_features=int(shape(lin)[1]), osm_hidden=int(shape(lin)[0]),
-        graph_embed_dim=int(shape("osm_aggr_mlp.point.weight")[0]), fusion_dim=int(shape("img_fusion_mlp.weight")[0]),
-        decoder_width=int(shape("img_decoder_mlp.weight")[0]),
+        vit=vit,
+        osm_in_features=vote(("*.lin.weight", 1), ("osm_mask_token.*", 1), ("osm_node_pred.*", 0)),
+        osm_hidden=vote(("*.lin.weight", 0), ("osm_encoder.*.att_src", 2), ("osm_encoder.*.att_dst", 2)),
+        graph_embed_dim=vote(("osm_aggr_mlp.*", 0)),
+        fusion_dim=vote(("img_fusion_mlp.*", 0), ("osm_cross_modal_encoder.*.norm?.*", 0)),
+        decoder_width=vote(("img_decoder_mlp.*", 0), ("img_decoder_norm.*", 0),
+                           ("img_cross_modal_decoder.*.norm?.*", 0)),
         decoder_depth=len({k.split(".")[1] for k in state_dict if k.startswith("img_cross_modal_decoder.")}),
-        decoder_heads=decoder_heads, contrastive_dim=int(shape("img_consistency_prj.weight")[0]),
+        decoder_heads=decoder_heads,
+        contrastive_dim=vote(("img_consistency_prj.*", 0), ("osm_graph_consistency_prj.*", 0)),
         fusion_depth=len({k.split(".")[1] for k in state_dict if k.startswith("osm_cross_modal_encoder.")}),
         fusion_heads=fusion_heads)
