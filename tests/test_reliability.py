@@ -136,6 +136,32 @@ def test_pretraining_reads_only_the_shards_its_manifest_lists(tmp_path):
         trainer.prepare_data(config, None)
 
 
+def test_a_bit_flipped_shard_record_stops_pretraining_with_the_shard_and_record_named(data_dir, tmp_path):
+    """riegeli's chunk hashes catch the flip; the run says which file and which record, in one line, exit 1."""
+    import shutil
+
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    d = tmp_path / "d"
+    shutil.copytree(data_dir, d)
+    shard = next(d.glob("*.array_record-*"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 4] ^= 0x10
+    shard.write_bytes(bytes(data))
+    source = ArrayRecordDataSource([str(shard)])
+    damaged = []
+    for i in range(len(source)):  # the ground truth, read directly
+        try:
+            source[i]
+        except RuntimeError:
+            damaged.append(i)
+    assert len(damaged) == 1, damaged
+    out = _run(tmp_path / "w", d, 4)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert line == [ln for ln in line if f"{shard}: record {damaged[0]} is damaged" in ln] and len(line) == 1, line
+
+
 def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_tensors(tmp_path, capsys):
     from flax import nnx
 

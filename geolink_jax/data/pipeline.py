@@ -14,7 +14,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from geolink_jax.data import record_format
+from geolink_jax.data import record_format, shards
 from geolink_jax.data.augment import AugmentConfig, augment, resize_only
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
@@ -88,8 +88,7 @@ def pipeline_config(config, manifest, image_size, graphs=True):
 
 def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
     """A grain IterDataset of per-host batches from ArrayRecord shard paths."""
-    source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
-    ds = grain.MapDataset.source(source)
+    ds = grain.MapDataset.source(shards.ShardSource(paths))
     ds = ds[process_index::process_count]
     if cfg.train:
         if len(ds) < MIN_SHUFFLE_SIZE:

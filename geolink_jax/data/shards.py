@@ -60,6 +60,46 @@ class DataError(ValueError):
     file."""
 
 
+class ShardSource:
+    """grain random-access source over shard files whose read errors name the shard and the record in it.
+
+    ArrayRecord files are riegeli files: every chunk carries a hash, so a flipped bit or a cut is caught when its
+    record is read; here it becomes a DataError naming `shard: record i` instead of a bare RuntimeError from a
+    reader thread."""
+
+    def __init__(self, paths):
+        import grain
+
+        self.paths = [str(p) for p in paths]
+        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+        self._ends = np.cumsum([_record_count(p) for p in self.paths])
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        try:
+            return self._source[index]
+        except Exception as e:  # noqa: BLE001 - any failed read is a damaged record, named
+            shard = int(np.searchsorted(self._ends, index, side="right"))
+            record = int(index - (self._ends[shard - 1] if shard else 0))
+            raise DataError(f"{self.paths[shard]}: record {record} is damaged ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); preprocess again or restore the "
+                            "file") from None
+
+    def __repr__(self):
+        return f"ShardSource({len(self.paths)} files)"
+
+
+def _record_count(path):
+    from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+    try:
+        return len(ArrayRecordDataSource([str(path)]))
+    except Exception as e:  # noqa: BLE001 - an unreadable shard is a data error, named
+        raise DataError(f"{path}: not a readable ArrayRecord file ({e})") from None
+
+
 def manifest_shards(directory, manifest):
     """The manifest's shard list (the only truth: stray or leftover files beside it are never read), each checked
     to exist and hold the record count the manifest gives → paths."""
@@ -71,10 +111,7 @@ def manifest_shards(directory, manifest):
         file = directory / shard["path"]
         if not file.is_file():
             raise DataError(f"{file}: listed in {directory / 'manifest.json'} but missing")
-        try:
-            count = len(ArrayRecordDataSource([str(file)]))
-        except Exception as e:  # noqa: BLE001 - an unreadable shard is a data error, named
-            raise DataError(f"{file}: not a readable ArrayRecord file ({e})") from None
+        count = _record_count(file)
         if count != shard["num_records"]:
             raise DataError(f"{file}: {count} records, the manifest says {shard['num_records']} (the directory "
                             "changed after preprocessing; preprocess again)")
