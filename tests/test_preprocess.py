@@ -404,3 +404,60 @@ def test_a_missing_ufz_image_is_reported_with_the_names_looked_for(tmp_path):
     (err,) = [p for p in problems if p["tile_id"] == name]
     assert err["reason"] == "image file missing" and err["file"].endswith(f"{name}.{{jpg,jpeg,png,tif,tiff}}")
     assert manifest["num_records"] == 5
+
+
+def _osm_xml(path, ways):
+    """A small .osm file: each way {tags, coords (lon, lat)} with its own nodes (closed when first == last)."""
+    nodes, xml_ways, nid = [], [], 1
+    for wid, (tags, coords) in enumerate(ways, start=1):
+        refs = []
+        for lon, lat in coords:
+            if refs and (lon, lat) == coords[0]:
+                refs.append(refs[0])  # a closed way repeats its first node
+                continue
+            nodes.append(f'<node id="{nid}" version="1" lat="{lat}" lon="{lon}"/>')
+            refs.append(nid)
+            nid += 1
+        nds = "".join(f'<nd ref="{r}"/>' for r in refs)
+        tag_xml = "".join(f'<tag k="{k}" v="{v}"/>' for k, v in tags.items())
+        xml_ways.append(f'<way id="{wid}" version="1">{nds}{tag_xml}</way>')
+    path.write_text('<?xml version="1.0"?><osm version="0.6">' + "".join(nodes + xml_ways) + "</osm>")
+    return path
+
+
+def test_osm_closed_ways_follow_the_area_convention_and_every_geometry_is_clipped(tmp_path):
+    import shapely
+
+    from geolink_jax.data import osm_pbf
+    from geolink_jax.osm import geometry
+    from geolink_jax.osm.tags import label_from_osm_tags
+
+    def square(x, y, d=0.001):
+        return [(x, y), (x + d, y), (x + d, y + d), (x, y + d), (x, y)]
+
+    closed = {  # tags of a closed way → the kind it must become
+        (("highway", "residential"), ("junction", "roundabout"), ("name", "Ring"), ("source", "survey")): "line",
+        (("building", "yes"), ("name", "Hall")): "polygon",
+        (("natural", "coastline"),): "line",
+        (("highway", "pedestrian"), ("area", "yes")): "polygon",
+        (("leisure", "track"),): "line",
+        (("leisure", "park"), ("name", "Park")): "polygon",
+        (("landuse", "grass"), ("area", "no")): "line",
+    }
+    ways = [(dict(tags), square(24.001 + 0.0015 * i, 60.001)) for i, tags in enumerate(closed)]
+    # a self-intersecting road wholly inside the tile: the reference's clip (intersection + explode) splits it
+    bowtie = [(24.002, 60.005), (24.004, 60.007), (24.004, 60.005), (24.002, 60.007)]
+    ways.append(({"highway": "footway"}, bowtie))
+    features = osm_pbf.OsmFeatures(_osm_xml(tmp_path / "t.osm", ways))
+    labels = [features.labels[i] for i in range(len(features))]
+    for tags, kind in closed.items():
+        i = labels.index(label_from_osm_tags(dict(tags)))
+        assert features.kinds[i] == kind, (tags, features.kinds[i])
+
+    bbox = (24.0, 60.0, 24.02, 60.01)
+    geoms, labels = features.query(bbox)
+    layers, _ = geometry.clean_features(geoms, labels, ["t.osm"] * len(geoms), bbox)
+    road = shapely.LineString(bowtie)
+    reference_parts = shapely.get_parts(shapely.intersection(road, shapely.box(*bbox)))
+    assert len(reference_parts) >= 2
+    assert layers["line"].labels.count("highway:footway") == len(reference_parts)

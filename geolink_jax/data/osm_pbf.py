@@ -1,7 +1,7 @@
 """Raw OSM (.osm.pbf / .osm) → point/line/polygon features with reference-style labels, via pyosmium.
 
 Tagged nodes become points; open ways become lines; closed ways become polygons when their tags describe an area
-(the usual OSM area heuristic: `area=yes`, or any key other than the linear ones below), else lines; multipolygon
+(the OSM area convention of `AREA_KEYS` / `AREA_VALUES` below), else lines; multipolygon
 relations become (multi)polygons, exploded later like any multi-geometry. Tags become `key:value;…` labels with
 `tags.label_from_osm_tags`. Elements whose label is empty after dropping names and bookkeeping keys are skipped.
 """
@@ -12,22 +12,32 @@ import shapely
 
 from geolink_jax.osm import tags as tags_lib
 
-# Keys that make a closed way a ring (line) rather than an area unless area=yes.
-LINEAR_KEYS = {"highway", "barrier", "railway", "waterway", "power", "aerialway", "route", "cycleway", "footway",
-               "sidewalk", "oneway", "lanes", "maxspeed", "surface", "lit", "bridge", "tunnel", "layer", "access",
-               "service", "tracktype", "smoothness", "width", "ref", "incline", "junction", "bicycle", "foot",
-               "horse", "motor_vehicle", "segregated"}
-LINEAR_NATURAL = {"coastline", "cliff", "tree_row", "ridge", "arete"}
+# The OSM area convention (as in osm2pgsql's polygon keys and the iD editor's area keys): a closed way is an area
+# when it says area=yes, or carries an area key with a value that is not one of that key's linear values, or one of
+# the few area values of a mostly-linear key. Other tags (name, source, ref, junction, surface, ...) decide nothing,
+# so a named roundabout stays a line.
+AREA_KEYS = {  # key → its values that are still lines
+    "building": set(), "building:part": set(), "landuse": set(), "amenity": set(), "shop": set(), "office": set(),
+    "craft": set(), "tourism": set(), "historic": set(), "military": {"trench"}, "place": set(),
+    "public_transport": set(), "healthcare": set(), "emergency": set(), "sport": set(), "water": set(),
+    "wetland": set(), "landcover": set(), "area:highway": set(), "parking": set(), "golf": {"cartpath", "hole"},
+    "leisure": {"track", "slipway"}, "aeroway": {"runway", "taxiway", "parking_position"},
+    "natural": {"coastline", "cliff", "ridge", "arete", "tree_row", "valley", "earth_bank", "gully"},
+    "man_made": {"embankment", "pipeline", "cutline", "breakwater", "groyne", "dyke", "goods_conveyor"},
+    "power": {"line", "minor_line", "cable"},
+}
+AREA_VALUES = {  # mostly-linear key → its values that are areas
+    "highway": {"services", "rest_area", "platform"}, "railway": {"platform", "station", "turntable"},
+    "waterway": {"riverbank", "dock", "boatyard", "dam", "fuel"}, "barrier": {"hedge_bank"},
+}
 
 
 def _closed_way_is_area(tags):
-    if tags.get("area") == "no":
-        return False
-    if tags.get("area") == "yes":
-        return True
-    if tags.get("natural") in LINEAR_NATURAL:
-        return False
-    return any(k not in LINEAR_KEYS and k != "area" for k in tags)
+    area = tags.get("area")
+    if area in ("yes", "no"):
+        return area == "yes"
+    return any(v not in AREA_KEYS[k] for k, v in tags.items() if k in AREA_KEYS) or any(
+        v in AREA_VALUES[k] for k, v in tags.items() if k in AREA_VALUES)
 
 
 class OsmFeatures:

@@ -90,12 +90,9 @@ def clean_features(geoms, labels, sources, bbox, invalid="repair"):
     labels = [lbl for lbl, k in zip(labels, keep) if k]
     kept_sources = [src for src, k in zip(sources, keep) if k]
 
-    # Clip only what crosses the tile edge: GEOS overlay may reorder vertices, and a line's first/last vertex is a
-    # node position, so geometries already inside the tile are kept exactly as given.
-    box = shapely.box(*bbox)
-    inside = shapely.covered_by(geoms, box)
-    clipped = geoms.copy()
-    clipped[~inside] = shapely.intersection(geoms[~inside], box)
+    # Every geometry is intersected with the tile, as the reference's get_current_shp* do: the overlay also nodes
+    # a self-intersecting line into parts, each its own node.
+    clipped = shapely.intersection(geoms, shapely.box(*bbox))
     parts, idx = _parts(clipped)
     dims = shapely.get_dimensions(parts)
     ok = ~shapely.is_empty(parts) & ((kind_dim[idx] == -1) | (dims == kind_dim[idx]))
