@@ -24,6 +24,13 @@ def _preprocess_parser(sub):
     p.add_argument("--invalid-geometry", choices=("repair", "skip"), default="repair")
     p.add_argument("--aspect-tolerance", type=float, default=0.25,
                    help="allowed relative difference between bbox ground aspect and image aspect")
+    p.add_argument("--bands", default="",
+                   help="image rule: bands of a raster that is not 8-bit RGB, 1-based indices or band names "
+                        "(one = grey, or three = RGB; e.g. 4,3,2 or B04,B03,B02; default: the first three, or the "
+                        "only band)")
+    p.add_argument("--stretch", default="auto",
+                   help="image rule: to 8 bits: auto (8-bit kept, else percentile:2,98) | percentile:LO,HI (per "
+                        "tile and band) | range:MIN,MAX[,MIN2,MAX2,MIN3,MAX3] | none")
     p.add_argument("--strict", action="store_true", help="stop at the first error or warning")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty --out (local runs replace it only once the new output is "
@@ -50,13 +57,17 @@ def cmd_preprocess(args):
             preprocess.check_output(args.out, args.overwrite)
         except preprocess.PreprocessError as e:
             problem = str(e)
-    if problem:  # before any work
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
     cfg = preprocess.PreprocessConfig(
         encoder=args.encoder, seed=args.seed, invalid_geometry=args.invalid_geometry,
         max_features=args.max_features, aspect_tolerance=args.aspect_tolerance,
-        tiles_per_shard=args.tiles_per_shard, pbf=args.pbf)
+        tiles_per_shard=args.tiles_per_shard, pbf=args.pbf, bands=args.bands, stretch=args.stretch)
+    try:
+        cfg.image_rule  # noqa: B018 - checks --bands/--stretch
+    except ValueError as e:
+        problem = problem or str(e)
+    if problem:  # before any work
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     specs = tile_sources.discover_tiles(args.input)
     if not specs:
         print(f"error: no tiles found under {args.input}", file=sys.stderr)

@@ -107,13 +107,19 @@ def color_jitter(pil, rng, strength):
 
 
 def as_rgb_pil(image):
-    """Array [H, W, 3] or [H, W] (cast to uint8, grey repeated to RGB) or PIL image (possibly not yet decoded,
-    converted to RGB by the caller once any draft decode is set up) → PIL image."""
+    """uint8 array [H, W, 3], [H, W, 1] or [H, W] (grey repeated to RGB) or PIL image (possibly not yet decoded,
+    converted to RGB by the caller once any draft decode is set up) → PIL image. Any other array is an error:
+    preprocessing (`image_rule`) is where a raster becomes 8-bit RGB, never a silent cast here."""
     if not isinstance(image, np.ndarray):
         return image
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(f"image {image.dtype} {image.shape} is not 8-bit RGB or grey: preprocess the tiles, whose "
+                         "image rule (--bands, --stretch) makes 8-bit RGB")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    return Image.fromarray(image.astype(np.uint8))
+    return Image.fromarray(image)
 
 
 def crop_pixels(bbox, size):

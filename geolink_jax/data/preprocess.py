@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from geolink_jax.data import record_format, shards, tile_sources
+from geolink_jax.data import image_rule, record_format, shards, tile_sources
 from geolink_jax.data.tile_sources import TileError
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, geometry, osm_graph, tag_encoders
 
@@ -40,6 +40,12 @@ class PreprocessConfig:
     aspect_tolerance: float = 0.25      # bbox ground aspect vs image pixel aspect
     tiles_per_shard: int = 512
     pbf: str | None = None              # OSM PBF to take features from (in addition to vector files)
+    bands: str = ""                     # image rule (data/image_rule.py): band selection, "" = first 3 / grey
+    stretch: str = "auto"               # image rule: auto | percentile:LO,HI | range:MIN,MAX[,...] | none
+
+    @property
+    def image_rule(self):
+        return image_rule.ImageRule(self.bands, self.stretch)
 
 
 class PreprocessError(RuntimeError):
@@ -140,6 +146,8 @@ def graph_record(spec, image, graph, encoder_meta):
         "meta": {"encoder": encoder_meta, "image_file": os.path.basename(spec.image),
                  "vector_files": [os.path.basename(v) for v in spec.vectors]},
     }
+    if image.source is not None:  # a raster converted to 8-bit RGB: its dtype, bands and stretch bounds
+        rec["meta"]["image"] = image.source
     if spec.graph_npz and not spec.bbox_file:
         rec["meta"]["footprint"] = "unknown"  # downstream tiles without a sidecar: bbox_lonlat is a placeholder
     for t in NODE_TYPES:
@@ -162,7 +170,7 @@ def process_tile(spec, cfg):
                             spec.vectors[0], ", ".join(pathlib.Path(v).name for v in spec.vectors))
         if not os.path.exists(spec.image):
             raise TileError("image file missing", spec.image)
-        image = tile_sources.read_image(spec, cfg.aspect_tolerance)
+        image = tile_sources.read_image(spec, cfg.aspect_tolerance, cfg.image_rule)
         if spec.graph_npz:
             graph = osm_graph.graph_from_npz(spec.graph_npz)
             encoder_meta = {"name": "precomputed", "spec": "precomputed:clip",

@@ -8,8 +8,10 @@ key                                    type                         meaning
 =====================================  ===========================  ===============================================
 ``format``, ``version``                str, int                     ``"geolink_jax.tile"``, 1
 ``tile_id``                            str                          tile name (file stem)
-``image``                              bytes                        encoded image, as given (JPEG/PNG) or encoded
-``image_format``                       str                          ``jpeg`` | ``png`` | ``npy`` (float/multiband)
+``image``                              bytes                        encoded 8-bit RGB image: as given (JPEG/PNG) or
+                                                                    by the image rule (`image_rule`) as PNG
+``image_format``                       str                          ``jpeg`` | ``png`` (``npy``: raw bands, for
+                                                                    families that take them)
 ``image_size``                         int32 [2]                    (height, width) in pixels
 ``bbox_lonlat``                        float64 [4]                  (west, south, east, north), EPSG:4326
 ``crs``                                str                          CRS the graph was built in (positions are
@@ -21,6 +23,8 @@ key                                    type                         meaning
 ``edge_attr_<src>_to_<dst>``           uint8 [E, d]                 relation one-hot (the model ignores it)
 ``label_image``, ``label_format``      bytes, str (optional)        per-pixel class map (downstream tiles)
 ``meta``                               map                          encoder spec, source files, notes;
+                                                                    ``image``: the rule applied to a raster
+                                                                    (dtype, bands, stretch, bounds);
                                                                     ``footprint: "unknown"`` when bbox_lonlat is
                                                                     a placeholder (UFZ tiles without a sidecar)
 =====================================  ===========================  ===============================================

@@ -20,6 +20,8 @@ import pathlib
 
 import numpy as np
 
+from geolink_jax.data import image_rule
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 VECTOR_SUFFIXES = (".geojson", ".gpkg", ".shp", ".fgb")
 LAYER_SUFFIXES = ("_polygon", "_polygons", "_line", "_lines", "_polyline", "_point", "_points")
@@ -49,7 +51,8 @@ class TileSpec:
 
 @dataclasses.dataclass
 class TileImage:
-    """Encoded image bytes, its format, pixel size and footprint (bbox in `crs`)."""
+    """Encoded image bytes, its format, pixel size and footprint (bbox in `crs`); `source`: how a raster that was
+    not 8-bit RGB became one (`image_rule.to_rgb8`'s meta), None for images kept as given."""
 
     data: bytes
     format: str
@@ -57,6 +60,7 @@ class TileImage:
     width: int
     bbox: tuple
     crs: object  # pyproj.CRS
+    source: dict | None = None
 
 
 def discover_tiles(root):
@@ -146,14 +150,14 @@ def ground_aspect(bbox, crs):
     return (east - west) / (north - south)
 
 
-def read_image(spec, aspect_tolerance=0.25):
-    """Read the tile image and footprint → TileImage. Raises TileError (unreadable image, unknown CRS, bbox that
-    does not match the raster)."""
+def read_image(spec, aspect_tolerance=0.25, rule=image_rule.ImageRule()):
+    """Read the tile image and footprint → TileImage, 8-bit RGB by `rule` (`image_rule`). Raises TileError
+    (unreadable image, unknown CRS, bbox that does not match the raster, a raster the rule cannot convert)."""
     path = spec.image
     if not os.path.exists(path):
         raise TileError("image file missing", path)
     if path.lower().endswith((".tif", ".tiff")):
-        image = _read_geotiff(path)
+        image = _read_geotiff(path, rule)
         if spec.bbox_file:
             bbox, crs = read_bbox_sidecar(spec.bbox_file)
             if not crs.equals(image.crs) or not np.allclose(bbox, image.bbox, rtol=0,
@@ -170,23 +174,29 @@ def read_image(spec, aspect_tolerance=0.25):
             fmt = im.format
             im.load()  # decodes fully: catches truncated or corrupt files
             width, height = im.size
+            # 8-bit RGB/grey/palette images under the default rule are stored as given (a JPEG stays a JPEG)
+            pixels = None if im.mode in ("RGB", "L", "P") and rule == image_rule.ImageRule() else np.asarray(im)
     except Exception as e:  # PIL raises many types for corrupt data
         raise TileError("unreadable image", path, f"{type(e).__name__}: {e}") from e
     if fmt not in ("JPEG", "PNG"):
         raise TileError(f"unsupported image format {fmt}", path)
+    source = None
+    if pixels is not None:
+        data, source = _rgb8_png(pixels, None, rule, None, path)
+        fmt = "PNG"
     if spec.graph_npz and not spec.bbox_file:
         import pyproj  # downstream tiles with a precomputed graph: footprint unknown, image-unit bbox
 
-        return TileImage(data, fmt.lower(), height, width, (0.0, 0.0, 1.0, 1.0), pyproj.CRS("EPSG:4326"))
+        return TileImage(data, fmt.lower(), height, width, (0.0, 0.0, 1.0, 1.0), pyproj.CRS("EPSG:4326"), source)
     if not spec.bbox_file:
         raise TileError("no bbox sidecar (<stem>.json) for a non-georeferenced image", path)
     bbox, crs = read_bbox_sidecar(spec.bbox_file)
-    ground, pixels = ground_aspect(bbox, crs), width / height
-    if abs(math.log(ground / pixels)) > math.log1p(aspect_tolerance):
+    ground, aspect = ground_aspect(bbox, crs), width / height
+    if abs(math.log(ground / aspect)) > math.log1p(aspect_tolerance):
         raise TileError("bbox does not match the raster: aspect ratios differ", spec.bbox_file,
-                        f"bbox ground aspect {ground:.3f} vs image {width}x{height} = {pixels:.3f} "
+                        f"bbox ground aspect {ground:.3f} vs image {width}x{height} = {aspect:.3f} "
                         f"(tolerance {aspect_tolerance:.0%})")
-    return TileImage(data, fmt.lower(), height, width, bbox, crs)
+    return TileImage(data, fmt.lower(), height, width, bbox, crs, source)
 
 
 def _pixel_tolerance(image):
@@ -194,14 +204,27 @@ def _pixel_tolerance(image):
     return max((east - west) / image.width, (north - south) / image.height)
 
 
-def _read_geotiff(path):
-    import rasterio
+def _rgb8_png(pixels, names, rule, nodata, path):
+    """A raster [H, W(, C)] → (PNG bytes of its 8-bit RGB by `rule`, the rule's meta); TileError if it does not fit."""
     from PIL import Image
+
+    try:
+        rgb, meta = image_rule.to_rgb8(pixels, names, rule, nodata)
+    except image_rule.ImageRuleError as e:
+        raise TileError("image does not fit the image rule", path, str(e)) from None
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue(), meta
+
+
+def _read_geotiff(path, rule):
+    import rasterio
 
     try:
         with rasterio.open(path) as src:
             arr = src.read()  # [bands, H, W]
             crs, bounds = src.crs, tuple(src.bounds)
+            names, nodata = src.descriptions, src.nodata
     except Exception as e:
         raise TileError("unreadable image", path, f"{type(e).__name__}: {e}") from e
     if crs is None:
@@ -210,16 +233,8 @@ def _read_geotiff(path):
 
     crs = pyproj.CRS.from_user_input(crs.to_wkt())
     check_bbox(bounds, crs, path)
-    hwc = np.moveaxis(arr, 0, -1)
-    if arr.dtype == np.uint8 and arr.shape[0] in (1, 3, 4):
-        buf = io.BytesIO()
-        Image.fromarray(hwc[..., 0] if arr.shape[0] == 1 else hwc).save(buf, format="PNG")
-        data, fmt = buf.getvalue(), "png"
-    else:  # multispectral or non-8-bit rasters keep their values
-        buf = io.BytesIO()
-        np.save(buf, hwc, allow_pickle=False)
-        data, fmt = buf.getvalue(), "npy"
-    return TileImage(data, fmt, arr.shape[1], arr.shape[2], bounds, crs)
+    data, source = _rgb8_png(np.moveaxis(arr, 0, -1), names, rule, nodata, path)
+    return TileImage(data, "png", arr.shape[1], arr.shape[2], bounds, crs, source)
 
 
 def _decode_lossy(text):
