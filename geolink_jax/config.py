@@ -56,7 +56,11 @@ def base_config(family):
     c.faithful_batch_groups = True  # per-device batch statistics and contrastive negatives, as the reference
     c.tensorboard = True
     c.pictures = True  # end-of-run pictures in the workdir (single-host runs)
-    c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)
+    c.distributed = False  # jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set or the
+    #                        process block below is given)
+    # explicit jax.distributed settings, e.g. processes on one machine; on TPU pods, SLURM or Kubernetes leave them
+    # unset: jax detects them from the cluster environment
+    c.process = ml_collections.ConfigDict(dict(coordinator="", count=0, index=-1))
 
     c.data = ml_collections.ConfigDict(dict(
         path="", encoder="e5", budget_stat="max", worker_count=0, read_threads=2, faithful_crop=False,

@@ -150,6 +150,19 @@ def test_pipeline_is_deterministic_and_resumes_exactly(shards):
     assert b["stats"]["dropped_nodes"].shape == (2,)
 
 
+def test_any_process_count_reads_the_same_global_batches_each_process_only_its_rows(shards):
+    """Processes p of n, b rows each, stacked in process order = the one-process batch of n·b, row for row
+    (augmentation included), over an epoch boundary; each process's position is its batch count."""
+    one = iter(make_dataset(shards, _cfg(batch_size=4)))
+    parts = [iter(make_dataset(shards, _cfg(batch_size=2), process_index=p, process_count=2)) for p in range(2)]
+    for step in range(4):
+        whole = next(one)
+        halves = [next(it) for it in parts]
+        stacked = jax.tree.map(lambda *x: np.concatenate(x), *halves)
+        assert _equal(whole, stacked), step
+    assert [it.get_state() for it in parts] == [one.get_state()] * 2 == [{"next_index": 4}] * 2
+
+
 def test_pipeline_batch_feeds_the_model(shards):
     b = next(iter(make_dataset(shards, _cfg(batch_size=4))))
     graph = jax.tree.map(jnp.asarray, to_graph_batch(b))

@@ -1,8 +1,8 @@
 """grain input pipeline over the preprocessed ArrayRecord shards.
 
-source (ArrayRecord) → this host's slice → seeded global shuffle (reshuffled each epoch) → repeat → decode +
-augment + pad to the static graph budget (a random map: per-record seeds derived from the pipeline seed) →
-batch → iterator (optionally multiprocess prefetch). The iterator's state is a small dict (grain
+source (ArrayRecord) → seeded global shuffle (reshuffled each epoch) → repeat → decode + augment + pad to the
+static graph budget (a random map: per-element seeds derived from the pipeline seed) → this host's rows of each
+global batch → batch → iterator (optionally multiprocess prefetch). The iterator's state is a small dict (grain
 `get_state`/`set_state`), checkpointed with the model so that a resumed run continues with exactly the next batch.
 
 A batch is a dict of numpy arrays: image float32 [B, S, S, 3] and graph = the fields of
@@ -86,19 +86,47 @@ def pipeline_config(config, manifest, image_size, graphs=True):
                                                 draft_decode=d.draft_decode))
 
 
+class ProcessRows(grain.MapDataset):
+    """This process's rows of each global batch of the parent stream: global batch k is elements [k·B, (k+1)·B),
+    and process p of n reads rows [p·b, (p+1)·b) of it (B = n·b). Every process count therefore trains on the same
+    global batches, row for row, and each process decodes only its own rows."""
+
+    def __init__(self, parent, process_index, process_count, rows):
+        super().__init__(parent)
+        self._stream, self._rows, self._offset = parent, rows, process_index * rows
+        self._global_rows = process_count * rows
+
+    def __len__(self):
+        return len(self._stream) // self._global_rows * self._rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self._rows)
+        return self._stream[batch * self._global_rows + self._offset + row]
+
+    def __str__(self):
+        return f"ProcessRows(rows {self._offset}..{self._offset + self._rows} of {self._global_rows})"
+
+
 def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
-    """A grain IterDataset of per-host batches from ArrayRecord shard paths."""
+    """A grain IterDataset of per-host batches from ArrayRecord shard paths.
+
+    Training: one global stream (seeded shuffle, repeated, augmented with per-element seeds) that every process
+    builds alike; each process takes its rows of every global batch (`ProcessRows`). So the run is the same on any
+    number of processes, and the iterator's position is the step count. Evaluation: each process reads every n-th
+    record."""
     ds = grain.MapDataset.source(shards.ShardSource(paths))
-    ds = ds[process_index::process_count]
     if cfg.train:
         if len(ds) < MIN_SHUFFLE_SIZE:
             # grain's index_shuffle costs ~1/n per read (4 ms at n=5, 10 us at n=1e5): shuffle small sets k epochs
             # at a time instead (each record still appears exactly k times per k epochs).
             ds = ds.repeat(-(-MIN_SHUFFLE_SIZE // max(len(ds), 1)))
-        ds = ds.seed(cfg.seed).shuffle().repeat()
+        ds = ds.seed(cfg.seed).shuffle().repeat().random_map(DecodeAugmentPad(cfg))
+        if process_count > 1:
+            ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
     else:
-        ds = ds.seed(cfg.seed)
-    ds = ds.random_map(DecodeAugmentPad(cfg))
+        ds = ds[process_index::process_count].seed(cfg.seed).random_map(DecodeAugmentPad(cfg))
     ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
     # Reader threads overlap JPEG decoding and resizing (which release the GIL); the per-sample graph work holds it.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=max(

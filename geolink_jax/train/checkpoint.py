@@ -76,6 +76,16 @@ def verify(state, saved):
         raise CheckpointError(f"non-finite values in {', '.join(bad[:3])}")
 
 
+def _check_positionable(data_iterator, data_dir):
+    """A data iterator saved by another process count can be positioned by step only if it is the plain grain
+    iterator (state {'next_index'}); multiprocess prefetch keeps per-worker state tied to the topology."""
+    if set(data_iterator.get_state()) != {"next_index"}:
+        saved = sorted(p.name for p in data_dir.glob("process_*.json"))
+        raise CheckpointMismatch(f"{data_dir.parent}: its data iterator was saved by another number of processes "
+                                 f"({', '.join(saved)}) with multiprocess prefetch; resume with that many processes, "
+                                 "or with data.worker_count=0, which resumes on any number")
+
+
 def _unreadable(e):
     """A read failure of any kind → the CheckpointError that says so (first line of the message, bounded)."""
     first = str(e).splitlines()[0][:300] if str(e).strip() else ""
@@ -131,8 +141,14 @@ class Checkpointer:
             raise CheckpointMismatch(
                 f"{self.directory / str(step)} was written for other shapes than this run's config (first "
                 f"differences, (array, shape): {diff}); use the config it was written with, or another workdir")
-        args = dict(state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator))
+        args = dict(state=ocp.args.StandardRestore(abstract_state))
+        data_dir = self.directory / str(step) / "data"
+        other_topology = data_dir.is_dir() and not any(data_dir.glob(f"process_*-of-{jax.process_count()}.json")) \
+            and any(data_dir.glob("process_*-of-*.json"))
+        if other_topology:  # saved by another number of processes: the position follows from the step (below)
+            _check_positionable(data_iterator, data_dir)
+        else:  # (a missing file of this topology fails the restore: a damaged checkpoint)
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         has_integrity = (self.directory / str(step) / "integrity").exists()  # older checkpoints have none
         if has_integrity:
             args["integrity"] = ocp.args.JsonRestore()
@@ -141,6 +157,10 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - any read failure means: not restorable
             raise _unreadable(e) from e
         verify(out["state"], out["integrity"]["fingerprints"] if has_integrity else None)
+        if "data" not in args:
+            # the training stream is the same on any process count and every step takes one batch
+            # (data.pipeline.make_dataset), so `step` batches is the exact position
+            data_iterator.set_state({"next_index": int(out["state"]["step"])})
         return out["state"]
 
     def restore_latest_good(self, abstract_state, data_iterator, report=print):
@@ -161,11 +181,15 @@ class Checkpointer:
     def set_aside(self, step):
         """Move a step out of orbax's view (and its retention policy): checkpoints/skipped-<step>."""
         src = self.directory / str(step)
-        if src.exists():
+        if src.exists() and jax.process_index() == 0:  # one filesystem, one mover; the others wait for it
             dst = self.directory / f"skipped-{step}"
             if dst.exists():
                 shutil.rmtree(dst)
             src.rename(dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint set aside {step}")
         self.manager.reload()
 
     def wait(self):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from geolink_jax import config as config_lib
@@ -135,8 +136,17 @@ def check_batch_size(batch_size, mesh, process_count=None):
 
 
 def prepare_data(config, workdir):
-    """Shard paths + manifest: config.data.path, or (empty) the family's bundled data prepared in workdir."""
-    path = config.data.path or family_lib.get_family(config.family).default_data(config, workdir)
+    """Shard paths + manifest: config.data.path, or (empty) the family's bundled data prepared in workdir (by the
+    first process; the others wait for it)."""
+    path = config.data.path
+    if not path:
+        default_data = family_lib.get_family(config.family).default_data
+        path = default_data(config, workdir) if jax.process_index() == 0 else None
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("default data prepared")
+            path = path or default_data(config, workdir)  # now present: reused, not redone
     path = pathlib.Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
@@ -195,8 +205,12 @@ def train(config, workdir, progress=True):
     """Run (or resume) pretraining; returns the list of logged metric rows."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()  # multi-host: must run before anything touches the backend
+    explicit = config.get("process") or {}
+    if config.get("distributed") or os.environ.get("JAX_COORDINATOR_ADDRESS") or explicit.get("count", 0) > 0:
+        # multi-host: must run before anything touches the backend
+        jax.distributed.initialize(coordinator_address=explicit.get("coordinator") or None,
+                                   num_processes=explicit.get("count") or None,
+                                   process_id=explicit.get("index") if explicit.get("index", -1) >= 0 else None)
     paths, manifest = prepare_data(config, workdir)
     config = resolve(config, manifest)
     mesh = sharding.make_mesh(config.mesh.to_dict())
@@ -211,15 +225,18 @@ def train(config, workdir, progress=True):
     if state is None:
         state = setup.init_state()
     config_json = config.to_json()
-    _write_atomic(workdir / "config.json", config_json)  # only once the run's state is in hand
+    lead = jax.process_index() == 0  # the one process that writes the workdir's shared files
+    if lead:
+        _write_atomic(workdir / "config.json", config_json)  # only once the run's state is in hand
     key = jax.random.key(config.seed)
 
     start = int(state["step"])
     metrics_path = workdir / "metrics.jsonl"
-    _drop_rows_after(metrics_path, start)  # a resumed run supersedes what was logged past its checkpoint
-    writer = _tensorboard(workdir, start) if config.get("tensorboard", True) else None
+    if lead:
+        _drop_rows_after(metrics_path, start)  # a resumed run supersedes what was logged past its checkpoint
+    writer = _tensorboard(workdir, start) if config.get("tensorboard", True) and lead else None
     rows, preempt = [], _Preemption(ckpt.manager)
-    bar = _progress(start, total_steps, progress)
+    bar = _progress(start, total_steps, progress and lead)
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
     flops_per_sample = fam.flops_per_sample(setup.model_cfg, manifest)
@@ -231,6 +248,11 @@ def train(config, workdir, progress=True):
                 stats = host.pop("stats", {})
                 last_host = host
                 batch = sharding.global_batch(host, mesh)
+                if step == start and jax.process_count() > 1:
+                    # compile, then meet at the coordination service: every host starts its first step together
+                    # (host compile times differ, and CPU collectives give peers only 30 s to join)
+                    setup.step_fn.lower(state, batch, key).compile()
+                    ocp.multihost.sync_global_processes("geolink_jax: step compiled")
                 state, metrics = setup.step_fn(state, batch, key)
                 seen += config.batch_size
                 done = step + 1
@@ -244,8 +266,9 @@ def train(config, workdir, progress=True):
                         row["mfu"] = row["tflops_per_s_per_device"] * 1e12 / peak
                     t_last, seen = now, 0
                     rows.append(row)
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    if lead:
+                        with open(metrics_path, "a") as f:
+                            f.write(json.dumps(row) + "\n")
                     if writer:
                         for k, v in row.items():
                             writer.add_scalar(k, v, done)
