@@ -30,17 +30,18 @@ def _worker(*args):
 
 
 def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data_dir, tmp_path):
-    runs = _worker("losses", data_dir, "8,1,1;2,4,1;2,2,2", "3")
+    # two meshes, each compiled once: the save and restore workers load the same step programs from the
+    # persistent compilation cache
+    runs = _worker("losses", data_dir, "8,1,1;2,2,2", "3")
     ref = runs["8,1,1"]["losses"]
     for mesh, run in runs.items():
         np.testing.assert_allclose(run["losses"], ref, rtol=5e-5, err_msg=mesh)  # fp32 reduction order differs
     assert not any("fsdp" in s or "tensor" in s for s in runs["8,1,1"]["specs"])  # pure data parallel
-    assert any("fsdp" in s for s in runs["2,4,1"]["specs"])
     assert any("tensor" in s for s in runs["2,2,2"]["specs"]) and any("fsdp" in s for s in runs["2,2,2"]["specs"])
 
     ckpt = str(tmp_path / "ckpt")
     _worker("save", data_dir, "8,1,1", ckpt)
-    restored = _worker("restore", data_dir, "4,2,1", ckpt)
+    restored = _worker("restore", data_dir, "2,2,2", ckpt)  # pure data parallel → FSDP × tensor
     assert restored["max_abs_diff"] == 0.0 and restored["step"] == 2
     assert any("fsdp" in s for s in restored["specs"])
     # the restored state and data iterator continue exactly where the uninterrupted run went
@@ -48,7 +49,7 @@ def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data
 
 
 def test_mae_family_same_loss_on_one_device_and_8_device_meshes(data_dir):
-    runs = _worker("losses", data_dir, "1,1,1;8,1,1;2,4,1", "3", "mae_demo")
+    runs = _worker("losses", data_dir, "1,1,1;2,4,1", "3", "mae_demo")
     ref = runs["1,1,1"]["losses"]
     assert len(ref) == 3 and all(np.isfinite(ref))
     for mesh, run in runs.items():
