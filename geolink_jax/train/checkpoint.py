@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from geolink_jax.train import hosts
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint (or every checkpoint of a directory) cannot be trusted."""
@@ -186,10 +188,7 @@ class Checkpointer:
             if dst.exists():
                 shutil.rmtree(dst)
             src.rename(dst)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"checkpoint set aside {step}")
+        hosts.barrier(f"geolink_jax: checkpoint {step} set aside")
         self.manager.reload()
 
     def wait(self):

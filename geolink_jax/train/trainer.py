@@ -19,14 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from geolink_jax import config as config_lib
 from geolink_jax import family as family_lib
 from geolink_jax.data import shards
 from geolink_jax.models import flops
-from geolink_jax.train import sharding
+from geolink_jax.train import hosts, sharding
 from geolink_jax.train.checkpoint import Checkpointer
 from geolink_jax.train.optimizer import make_optimizer
 
@@ -142,11 +141,8 @@ def prepare_data(config, workdir):
     if not path:
         default_data = family_lib.get_family(config.family).default_data
         path = default_data(config, workdir) if jax.process_index() == 0 else None
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices("default data prepared")
-            path = path or default_data(config, workdir)  # now present: reused, not redone
+        hosts.barrier("geolink_jax: default data prepared")
+        path = path or default_data(config, workdir)  # now present: reused, not redone
     path = pathlib.Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.exists():
@@ -249,10 +245,9 @@ def train(config, workdir, progress=True):
                 last_host = host
                 batch = sharding.global_batch(host, mesh)
                 if step == start and jax.process_count() > 1:
-                    # compile, then meet at the coordination service: every host starts its first step together
-                    # (host compile times differ, and CPU collectives give peers only 30 s to join)
+                    # compile, then meet: every host starts its first step together (host compile times differ)
                     setup.step_fn.lower(state, batch, key).compile()
-                    ocp.multihost.sync_global_processes("geolink_jax: step compiled")
+                    hosts.barrier("geolink_jax: step compiled")
                 state, metrics = setup.step_fn(state, batch, key)
                 seen += config.batch_size
                 done = step + 1
