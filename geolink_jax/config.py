@@ -64,7 +64,9 @@ def base_config(family):
 
     c.data = ml_collections.ConfigDict(dict(
         path="", encoder="e5", budget_stat="max", worker_count=0, read_threads=2, faithful_crop=False,
-        draft_decode=False, num_examples=0))
+        draft_decode=False, num_examples=0,
+        augment_on_device=False,  # crop/resize/flip/jitter/normalise in the train step (data/device_augment.py)
+        canvas_size=0))  # its uint8 canvas side; 0: the manifest's largest image (data/pipeline.canvas_size)
 
     c.model = model_block(fam.config_cls())
 

@@ -52,7 +52,8 @@ class Family:
     default_data(config, workdir) -> directory of shards + manifest.json, made from bundled data when the config
         names none.
     model_fields_from_data(manifest) -> {model field: value} the data decide (e.g. the tag-feature width).
-    abstract_batch(model_cfg, batch_size, manifest) -> pytree of jax.ShapeDtypeStruct (compile-ahead, planning).
+    abstract_batch(model_cfg, batch_size, manifest, data=None) -> pytree of jax.ShapeDtypeStruct (compile-ahead,
+        planning); `data` (the config's data block) decides the input layout (e.g. on-device augmentation).
     example_batch(model_cfg, batch_size) -> host batch of real bundled data (benchmarks, tests).
     flops_per_sample(model_cfg, manifest) -> analytic matmul FLOPs of one train step per sample.
     configs: {name: "module.path"} of named run configs (files with get_config()).

@@ -47,6 +47,18 @@ def data_dir(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def ufz_shards(tmp_path_factory):
+    """The bundled UFZ tiles (official graphs, real 224 px PNG images) as shards (512-d hash features): a
+    pathlib.Path to the shard directory."""
+    from geolink_jax.data import preprocess
+
+    out = tmp_path_factory.mktemp("ufz_shards")
+    preprocess.run_local(tile_sources.discover_tiles(samples.UFZ_DIR), out,
+                         preprocess.PreprocessConfig(encoder="hash:512"), workers=1, progress=False)
+    return out
+
+
 # Environment for the test subprocesses that train (pretrain CLI runs, mesh workers): XLA's persistent compilation
 # cache, so that a rerun of the same program (a resume, a second run of a scenario) loads its executable instead of
 # compiling it again (the demo step takes ~45 s to compile on 2 cores). Not for runs that count compilations.

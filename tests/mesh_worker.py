@@ -1,6 +1,7 @@
 """Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller, before jax starts).
 
-    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG] → JSON {mesh: per-step losses, param specs}
+    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG [key=value …]]
+        → JSON {mesh: per-step losses, param specs}; key=value: config overrides (e.g. data.augment_on_device=True)
     python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR      → saves the state after 2 steps
     python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR   → JSON: max |restored − saved| and the specs
 """
@@ -16,8 +17,8 @@ from geolink_jax.train import sharding, trainer
 from geolink_jax.train.checkpoint import Checkpointer
 
 
-def setup(data_dir, mesh_shape, config_name="demo"):
-    config = config_lib.load_file(config_name)
+def setup(data_dir, mesh_shape, config_name="demo", overrides=()):
+    config = config_lib.load([f"--config.{kv}" for kv in overrides], base=config_lib.load_file(config_name))
     config.data.path = data_dir
     config.batch_size = 8
     config.faithful_batch_groups = False  # compare meshes with the same (global) batch statistics
@@ -50,7 +51,7 @@ def main():
     if mode == "losses":  # several meshes separated by ';'
         out = {}
         for shape in mesh_shape.split(";"):
-            config, mesh, s, it = setup(data_dir, shape, config_name)
+            config, mesh, s, it = setup(data_dir, shape, config_name, sys.argv[6:])
             state = s.init_state()
             specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
             _, losses = run_steps(mesh, s, it, state, int(sys.argv[4]))

@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 from model_helpers import tiny_model, ufz_graphs
 
-from geolink_jax.data import preprocess
 from geolink_jax import samples
 from geolink_jax.data import augment as aug
-from geolink_jax.data import tile_sources
 from geolink_jax.data.graph_batch import GraphBudget
 from geolink_jax.data.pipeline import PipelineConfig, make_dataset, to_graph_batch
 from geolink_jax.osm import NODE_TYPES
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    """The bundled UFZ tiles (official graphs, real images) as shards."""
-    out = tmp_path_factory.mktemp("ufz_shards")
-    cfg = preprocess.PreprocessConfig(encoder="hash:512")
-    preprocess.run_local(tile_sources.discover_tiles(samples.UFZ_DIR), out, cfg, workers=1, progress=False)
-    return sorted(out.glob("*.array_record-*"))
+def shards(ufz_shards):
+    return sorted(ufz_shards.glob("*.array_record-*"))
 
 
 def _cfg(**kw):

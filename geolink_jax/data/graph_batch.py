@@ -96,37 +96,68 @@ def _subsample_nodes(graph, node_type, budget, rng, path):
     return np.sort(rng.choice(n, budget, replace=False))
 
 
-def pad_graphs(graphs, budget, rng=None, feature_dtype=np.float32, names=None):
-    """TileGraphs → (GraphBatch of numpy arrays, stats).
+def fit_to_budget(graph, budget, rng=None, name="graph"):
+    """A TileGraph → (the graph within `budget`, stats). Over a node budget it keeps a random subset of that many
+    nodes of the type (with `rng`, a numpy Generator; without it, over-budget input is an error naming the tile)
+    and loses the edges touching the dropped nodes; a relation still over its edge budget keeps a random subset of
+    edges. stats: {'dropped_nodes', 'dropped_edges', 'over_budget_graphs'} (ints)."""
+    stats = {"dropped_nodes": 0, "dropped_edges": 0, "over_budget_graphs": 0}
+    keep = {t: _subsample_nodes(graph, t, budget.nodes[t], rng, name) for t in NODE_TYPES}
+    over = any(len(keep[t]) < graph.num_nodes(t) for t in NODE_TYPES)
+    if over:
+        sub = graph.subgraph(keep)
+        stats["dropped_nodes"] += sum(graph.num_nodes(t) - sub.num_nodes(t) for t in NODE_TYPES)
+        stats["dropped_edges"] += sum(graph.num_edges(r) - sub.num_edges(r) for r in RELATION_NAMES)
+        graph = sub
+    edge_index, edge_attr = None, None
+    for r in RELATION_NAMES:
+        ei = np.asarray(graph.edge_index[r]).reshape(2, -1)
+        if ei.shape[1] > budget.edges[r]:
+            if rng is None:
+                raise ValueError(f"{name}: {ei.shape[1]} {r} edges exceed the budget of {budget.edges[r]} "
+                                 "(pass rng to drop edges)")
+            sel = np.sort(rng.choice(ei.shape[1], budget.edges[r], replace=False))
+            stats["dropped_edges"] += ei.shape[1] - len(sel)
+            if edge_index is None:
+                edge_index = dict(graph.edge_index)
+                edge_attr = None if graph.edge_attr is None else dict(graph.edge_attr)
+            edge_index[r], over = ei[:, sel], True
+            if edge_attr is not None:
+                edge_attr[r] = np.asarray(edge_attr[r])[sel]
+    if edge_index is not None:
+        graph = dataclasses.replace(graph, edge_index=edge_index, edge_attr=edge_attr)
+    stats["over_budget_graphs"] = int(over)
+    return graph, stats
 
-    A graph over a node budget keeps a random subset of `budget` nodes of that type (with `rng`, a
-    numpy Generator; without it, over-budget input is an error naming the tile) and loses the edges touching the
-    dropped nodes; a relation still over its edge budget keeps a random subset of edges. stats counts what was
-    dropped: {'dropped_nodes': int, 'dropped_edges': int, 'over_budget_graphs': int}.
-    """
+
+def pad_graphs(graphs, budget, rng=None, feature_dtype=np.float32, names=None):
+    """TileGraphs → (GraphBatch of numpy arrays, stats summed over the graphs); each graph is first fitted to the
+    budget (`fit_to_budget`: random nodes and edges dropped with `rng`, an error without it)."""
+    names = names or [f"graph {i}" for i in range(len(graphs))]
+    stats = {"dropped_nodes": 0, "dropped_edges": 0, "over_budget_graphs": 0}
+    fitted = []
+    for g, name in zip(graphs, names):
+        g, st = fit_to_budget(g, budget, rng, name)
+        fitted.append(g)
+        stats = {k: stats[k] + st[k] for k in stats}
+    return pad_fitted(fitted, budget, feature_dtype, names), stats
+
+
+def pad_fitted(graphs, budget, feature_dtype=np.float32, names=None):
+    """TileGraphs within the budget → GraphBatch of numpy arrays (valid entries first, zeros after)."""
     names = names or [f"graph {i}" for i in range(len(graphs))]
     b = len(graphs)
     out = {k: {} for k in ("nodes", "positions", "n_node", "senders", "receivers", "n_edge")}
     for t in NODE_TYPES:
-        n_budget = budget.nodes[t]
         width = graphs[0].features[t].shape[1] if b else 0
-        out["nodes"][t] = np.zeros((b, n_budget, width), feature_dtype)
-        out["positions"][t] = np.zeros((b, n_budget, POSITION_DIM[t]), np.float32)
+        out["nodes"][t] = np.zeros((b, budget.nodes[t], width), feature_dtype)
+        out["positions"][t] = np.zeros((b, budget.nodes[t], POSITION_DIM[t]), np.float32)
         out["n_node"][t] = np.zeros((b,), np.int32)
     for r in RELATION_NAMES:
         out["senders"][r] = np.zeros((b, budget.edges[r]), np.int32)
         out["receivers"][r] = np.zeros((b, budget.edges[r]), np.int32)
         out["n_edge"][r] = np.zeros((b,), np.int32)
-    stats = {"dropped_nodes": 0, "dropped_edges": 0, "over_budget_graphs": 0}
-
     for i, (g, name) in enumerate(zip(graphs, names)):
-        keep = {t: _subsample_nodes(g, t, budget.nodes[t], rng, name) for t in NODE_TYPES}
-        over = any(len(keep[t]) < g.num_nodes(t) for t in NODE_TYPES)
-        if over:
-            sub = g.subgraph(keep)
-            stats["dropped_nodes"] += sum(g.num_nodes(t) - sub.num_nodes(t) for t in NODE_TYPES)
-            stats["dropped_edges"] += sum(g.num_edges(r) - sub.num_edges(r) for r in RELATION_NAMES)
-            g = sub
         for t in NODE_TYPES:
             if g.features[t].shape[1] != out["nodes"][t].shape[2]:
                 raise ValueError(f"{name}: {t} features are {g.features[t].shape[1]}-d, the batch's are "
@@ -136,16 +167,8 @@ def pad_graphs(graphs, budget, rng=None, feature_dtype=np.float32, names=None):
             out["positions"][t][i, :n] = g.positions[t]
             out["n_node"][t][i] = n
         for r in RELATION_NAMES:
-            src, dst = np.asarray(g.edge_index[r]).reshape(2, -1)
-            if len(src) > budget.edges[r]:
-                if rng is None:
-                    raise ValueError(f"{name}: {len(src)} {r} edges exceed the budget of {budget.edges[r]} "
-                                     "(pass rng to drop edges)")
-                sel = np.sort(rng.choice(len(src), budget.edges[r], replace=False))
-                stats["dropped_edges"] += len(src) - len(sel)
-                src, dst, over = src[sel], dst[sel], True
-            out["senders"][r][i, :len(src)] = src
-            out["receivers"][r][i, :len(dst)] = dst
-            out["n_edge"][r][i] = len(src)
-        stats["over_budget_graphs"] += int(over)
-    return GraphBatch(**out), stats
+            ei = np.asarray(g.edge_index[r]).reshape(2, -1)
+            out["senders"][r][i, :ei.shape[1]] = ei[0]
+            out["receivers"][r][i, :ei.shape[1]] = ei[1]
+            out["n_edge"][r][i] = ei.shape[1]
+    return GraphBatch(**out)

@@ -6,7 +6,9 @@ global batch → batch → iterator (optionally multiprocess prefetch). The iter
 `get_state`/`set_state`), checkpointed with the model so that a resumed run continues with exactly the next batch.
 
 A batch is a dict of numpy arrays: image float32 [B, S, S, 3] and graph = the fields of
-`graph_batch.GraphBatch` with a leading B, plus per-sample stats (dropped nodes/edges).
+`graph_batch.GraphBatch` with a leading B, plus per-sample stats (dropped nodes/edges). With on-device augmentation
+(`augment.on_device`) the image is the decoded uint8 [B, Hc, Wc, 3] canvas and `augment` holds the draws that the
+train step applies (`device_augment`).
 """
 
 import dataclasses
@@ -15,8 +17,8 @@ import grain
 import numpy as np
 
 from geolink_jax.data import record_format, shards
-from geolink_jax.data.augment import AugmentConfig, augment, resize_only
-from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
+from geolink_jax.data.augment import AugmentConfig, augment, augment_for_device, place_on_canvas, resize_only
+from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, fit_to_budget, pad_fitted
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.osm.osm_graph import TileGraph
 
@@ -47,10 +49,27 @@ class PipelineConfig:
     worker_count: int = 0  # >0: grain multiprocess prefetch
     read_threads: int = 2  # grain reader threads per process (batches prefetched: 2 per thread)
     graphs: bool = True  # False: images only (no graph decoding, padding or stats)
+    canvas: tuple = (0, 0)  # (height, width) of the uint8 canvas of on-device augmentation
+
+
+def canvas_size(manifest, size=0, multiple=32):
+    """The on-device augmentation canvas (height, width): `size` (square) if given, else the manifest's largest
+    decoded image, rounded up to `multiple`. Larger images are decoded at a reduced scale to fit."""
+    if size:
+        return int(size), int(size)
+    if not manifest or "image_size" not in manifest:
+        raise ValueError("the manifest records no image sizes (made before on-device augmentation): preprocess the "
+                         "tiles again, or set --config.data.canvas_size")
+    return tuple(_round_up(manifest["image_size"][k]["max"], multiple) for k in ("height", "width"))
+
+
+def _round_up(x, multiple):
+    return int(-(-max(int(x), 1) // multiple) * multiple)
 
 
 class DecodeAugmentPad(grain.transforms.RandomMap):
-    """bytes → padded sample dict (image, graph fields with no batch axis, stats; or only the image)."""
+    """bytes → sample dict: image (+ augment draws), graph (a TileGraph within the budget) and stats; or only the
+    image (+ draws)."""
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
@@ -58,20 +77,43 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
     def random_map(self, data, rng):
         record = record_format.decode(data)
         image = record_format.open_image(record)  # lazy: augment may decode a JPEG at a reduced scale
-        if not self.cfg.graphs:
-            image = augment(image, None, rng, self.cfg.augment)[0] if self.cfg.train else resize_only(
-                image, self.cfg.augment.image_size)
-            return dict(image=image)
-        graph = tile_graph_from_record(record, lean=True)
-        if self.cfg.train:
-            image, graph = augment(image, graph, rng, self.cfg.augment)
+        graph = tile_graph_from_record(record, lean=True) if self.cfg.graphs else None
+        out = {}
+        if self.cfg.train and self.cfg.augment.on_device:
+            # the graph goes whole (padded): the step crops and flips it with the image
+            out["image"], out["augment"] = augment_for_device(image, rng, self.cfg.augment, self.cfg.canvas)
+        elif self.cfg.train:
+            out["image"], graph = augment(image, graph, rng, self.cfg.augment)
         else:
-            image = resize_only(image, self.cfg.augment.image_size)
-        padded, stats = pad_graphs([graph], self.cfg.budget, rng=rng, names=[record.get("tile_id", "?")])
-        graph_fields = {f.name: {k: v[0] for k, v in getattr(padded, f.name).items()}
-                        for f in dataclasses.fields(GraphBatch)}
-        return dict(image=image, graph=graph_fields,
-                    stats={k: np.int32(v) for k, v in stats.items()})
+            out["image"] = resize_only(image, self.cfg.augment.image_size)
+        if graph is not None:  # fitted to the budget here (random drops need the rng), padded per batch
+            out["graph"], out["stats"] = fit_to_budget(graph, self.cfg.budget, rng, record.get("tile_id", "?"))
+        return out
+
+
+class Collate:
+    """Samples → a batch: arrays stacked, graphs padded into the batch's arrays at once (no per-sample padding and
+    re-stacking), per-sample stats as int32 [B]."""
+
+    def __init__(self, budget, canvas=None):
+        self.budget, self.canvas = budget, canvas
+
+    def __call__(self, samples):
+        out = {}
+        for key in samples[0]:
+            values = [s[key] for s in samples]
+            if key == "image" and "augment" in samples[0]:  # decoded images of any size → one canvas batch
+                out[key] = place_on_canvas(values, self.canvas)
+            elif key == "graph":
+                padded = pad_fitted(values, self.budget)  # (dataclasses.asdict would deep-copy every array)
+                out[key] = {f.name: getattr(padded, f.name) for f in dataclasses.fields(GraphBatch)}
+            elif key == "stats":
+                out[key] = {k: np.array([v[k] for v in values], np.int32) for k in values[0]}
+            elif isinstance(values[0], dict):
+                out[key] = {k: np.stack([v[k] for v in values]) for k in values[0]}
+            else:
+                out[key] = np.stack(values)
+        return out
 
 
 def pipeline_config(config, manifest, image_size, graphs=True):
@@ -83,7 +125,8 @@ def pipeline_config(config, manifest, image_size, graphs=True):
     return PipelineConfig(batch_size=config.batch_size // jax.process_count(), budget=budget, seed=config.seed,
                           worker_count=d.worker_count, read_threads=d.read_threads, graphs=graphs,
                           augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
-                                                draft_decode=d.draft_decode))
+                                                draft_decode=d.draft_decode, on_device=d.augment_on_device),
+                          canvas=canvas_size(manifest, d.canvas_size) if d.augment_on_device else (0, 0))
 
 
 class ProcessRows(grain.MapDataset):
@@ -127,7 +170,7 @@ def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
             ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
     else:
         ds = ds[process_index::process_count].seed(cfg.seed).random_map(DecodeAugmentPad(cfg))
-    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train, batch_fn=Collate(cfg.budget, cfg.canvas))
     # Reader threads overlap JPEG decoding and resizing (which release the GIL); the per-sample graph work holds it.
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=max(
         2 * cfg.read_threads, 1)))

@@ -184,7 +184,8 @@ def process_tile(spec, cfg):
                 rec["label_image"], rec["label_format"] = f.read(), "png"
         record = record_format.encode(rec)
         counts = {"nodes": {t: graph.num_nodes(t) for t in NODE_TYPES},
-                  "edges": {r: graph.num_edges(r) for r in RELATION_NAMES}}
+                  "edges": {r: graph.num_edges(r) for r in RELATION_NAMES},
+                  "image": {"height": int(image.height), "width": int(image.width)}}
     except TileError as e:
         problems.append(geometry.Problem("error", e.reason, e.file, e.detail))
     except Exception as e:  # a bug or an unforeseen input: report it with the tile, keep the job going
@@ -240,6 +241,8 @@ def make_manifest(summaries, shard_infos, cfg, num_tiles):
         "writer_options": shards.WRITER_OPTIONS,
         "node_counts": {t: _stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
         "edge_counts": {r: _stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
+        # decoded image sizes: the canvas of on-device augmentation (data.augment_on_device)
+        "image_size": {k: _stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
         "errors_file": ERRORS,
         "config": dataclasses.asdict(cfg),
     }

@@ -62,7 +62,7 @@ def _ext_hook(code, data):
     if code != _ARRAY_EXT:
         raise RecordFormatError(f"unknown msgpack extension type {code}")
     dtype, shape, raw = msgpack.unpackb(data, raw=False)
-    return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape).copy()
+    return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)  # read-only views of the record's bytes
 
 
 def encode(record):

@@ -13,7 +13,7 @@ from flax import nnx
 
 from geolink_jax import convert
 from geolink_jax import family as family_lib
-from geolink_jax.data import pipeline, preprocess
+from geolink_jax.data import device_augment, pipeline, preprocess
 from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
 from geolink_jax.models import flops
 from geolink_jax.models.geolink import GeoLink, GeoLinkConfig
@@ -24,8 +24,8 @@ def build(cfg, rngs):
 
 
 def loss(model, batch, key, ctx):
-    return model.loss(batch["image"], GraphBatch(**batch["graph"]), key, train=ctx.train,
-                      batch_groups=ctx.batch_groups)
+    image, graph = device_augment.step_inputs(batch, model.cfg.vit.image_size)
+    return model.loss(image, GraphBatch(**graph), key, train=ctx.train, batch_groups=ctx.batch_groups)
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
@@ -45,12 +45,15 @@ def budget(manifest, stat="max"):
     return GraphBudget.from_manifest(manifest, stat) if manifest else GraphBudget.default()
 
 
-def abstract_batch(model_cfg, batch_size, manifest=None):
+def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     v = model_cfg.vit
     one, _ = pad_graphs([], budget(manifest))  # field shapes without a batch axis come from an empty batch
     graph = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype), dataclasses.asdict(one))
     for t, x in graph["nodes"].items():  # an empty batch has no feature width: the model's
         graph["nodes"][t] = jax.ShapeDtypeStruct((batch_size, x.shape[1], model_cfg.osm_in_features), x.dtype)
+    if data is not None and data.augment_on_device:
+        return dict(**device_augment.abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size)),
+                    graph=graph)
     return dict(image=jax.ShapeDtypeStruct((batch_size, v.image_size, v.image_size, v.in_channels), np.float32),
                 graph=graph)
 
@@ -103,9 +106,9 @@ def pictures(model, host_batch, workdir, count=4):
     from geolink_jax import pictures as pics
 
     n = min(count, len(host_batch["image"]))
-    images = np.asarray(host_batch["image"][:n])
-    graph = jax.tree.map(lambda x: np.asarray(x)[:n], host_batch["graph"])
     cfg = model.cfg
+    first = jax.tree.map(lambda x: np.asarray(x)[:n], {k: v for k, v in host_batch.items() if k != "stats"})
+    images, graph = jax.device_get(jax.jit(device_augment.step_inputs, static_argnums=1)(first, cfg.vit.image_size))
     graphdef, state = nnx.split(model)
 
     @jax.jit

@@ -8,7 +8,7 @@ from flax import nnx
 
 from geolink_jax import convert
 from geolink_jax import family as family_lib
-from geolink_jax.data import pipeline, preprocess
+from geolink_jax.data import device_augment, pipeline, preprocess
 from geolink_jax.models import flops
 from geolink_jax.models.mae import ImageMAE, MAEConfig
 
@@ -18,7 +18,7 @@ def build(cfg, rngs):
 
 
 def loss(model, batch, key, ctx):
-    return model.loss(batch["image"], key, train=ctx.train)
+    return model.loss(device_augment.step_inputs(batch, model.cfg.vit.image_size)[0], key, train=ctx.train)
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
@@ -30,8 +30,10 @@ def default_data(config, workdir):
     return preprocess.bundled_tiles(f"{workdir}/data", config.data.encoder)
 
 
-def abstract_batch(model_cfg, batch_size, manifest=None):
+def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     v = model_cfg.vit
+    if data is not None and data.augment_on_device:
+        return device_augment.abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size))
     return dict(image=jax.ShapeDtypeStruct((batch_size, v.image_size, v.image_size, v.in_channels), np.float32))
 
 
@@ -56,7 +58,8 @@ def pictures(model, host_batch, workdir, count=4):
 
     from geolink_jax import pictures as pics
 
-    images = np.asarray(host_batch["image"][:count])
+    first = jax.tree.map(lambda x: np.asarray(x)[:count], {k: v for k, v in host_batch.items() if k != "stats"})
+    images = np.asarray(jax.jit(device_augment.step_inputs, static_argnums=1)(first, model.cfg.vit.image_size)[0])
     graphdef, state = nnx.split(model)
 
     @jax.jit

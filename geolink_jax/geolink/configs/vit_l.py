@@ -26,6 +26,10 @@ def get_config(arg=None):
     config.keep_period = 20_000
     config.data.budget_stat = "p99"  # the rare denser tiles lose random nodes (counted as dropped_nodes)
     config.data.worker_count = 8
+    # Crop/resize/flip/jitter/normalise and the graph crop run in the step (data/device_augment.py): the host only
+    # decodes, ~1/5 of the CPU per sample (benchmarks/RESULTS.md, input suite). Over-budget tiles (p99) lose their
+    # random nodes before the crop instead of after it.
+    config.data.augment_on_device = True
     # ViT-L + AdamW is ~4 GB in fp32: shard parameters and moments over every device (ZeRO-3 style); the batch is
     # split over the same axis.
     config.mesh = dict(data=1, fsdp=-1, tensor=1)
