@@ -28,6 +28,9 @@ def headline(row):
     if s == "pipeline":
         return (f"pipeline {_fmt(m['pipeline_samples_per_s'])} vs step {_fmt(m['step_samples_per_s'])} samples/s; "
                 f"loop waits {_fmt(100 * m['loop_input_wait_fraction'], 2)}%")
+    if s == "input":
+        return (f"host path {_fmt(m['host_ms_core_per_sample'])} vs on-device augment "
+                f"{_fmt(m['device_ms_core_per_sample'])} ms·core/sample ({m['workers']} workers)")
     if s == "preprocess":
         return (f"relations {_fmt(m['relations_vectorised_tiles_per_s'])} vs {_fmt(m['relations_pairwise_tiles_per_s'])}"
                 f" tiles/s ({m['tiles']} tiles, {m['big_tiles']} with ≥ {m['min_features']} features)")

@@ -27,6 +27,7 @@ SUITES = {
     "step": ("geolink_jax.bench.model_step_bench", "run_step"),
     "mask": ("geolink_jax.bench.model_step_bench", "run_mask"),
     "pipeline": ("geolink_jax.bench.input_pipeline_bench", "run"),
+    "input": ("geolink_jax.bench.input_cost_bench", "run"),
     "preprocess": ("geolink_jax.bench.preprocess_bench", "run"),
     "memory": ("geolink_jax.bench.memory_bench", "run"),
     "compile": ("geolink_jax.bench.compile_bench", "run"),

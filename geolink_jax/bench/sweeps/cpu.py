@@ -22,6 +22,8 @@ def get_sweep():
         fixed(suite="mask"),
         # batch 0 = the config's own (demo 4); ViT-B's own is the pod-scale 256, so 8 here
         product(fixed(suite="pipeline"), zipped(sweep("config", ["demo", "geolink_vit_b"]), sweep("batch", [0, 8]))),
+        product(fixed(suite="input"), sweep("config", ["geolink_vit_b", "geolink_vit_l"]), sweep("workers", [0])),
+        product(fixed(suite="input"), sweep("workers", [1, 2])),
         fixed(suite="preprocess"),
         fixed(suite="memory"),
         fixed(suite="compile"),

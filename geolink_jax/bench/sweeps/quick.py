@@ -26,6 +26,7 @@ def get_sweep():
         product(fixed(suite="step"), sweep("batch", [2, 4, 8])),
         fixed(suite="mask"),
         fixed(suite="pipeline"),
+        fixed(suite="input"),
         fixed(suite="preprocess"),
         fixed(suite="memory"),
         fixed(suite="compile"),

@@ -1,0 +1,171 @@
+"""Host CPU per training sample of the input pipeline, alone (issue 15): what a pod host must spend on input.
+
+    geolink-jax bench --only input [--config.input.config=geolink_vit_l] [--config.input.workers=2]
+
+On an accelerator host the step runs on the devices; what limits input is how many host cores it takes to feed
+them. For a named config on the bundled real tiles (224 px for the pod configs), the pipeline runs alone (no step)
+and its CPU time — this process and its grain worker processes, all threads — is divided by the samples it made:
+milliseconds of one core per sample. The host path (Pillow crop/resize/flip/jitter/normalise and the graph crop on
+the host) and on-device augmentation (`data.augment_on_device`: the host only decodes; the rest runs in the step)
+are measured alternately in one run, several rounds each, so their ratio is immune to the machine's drift.
+
+The row also carries a per-stage breakdown of one sample (single thread, medians): record read, record decode,
+image decode, draws, graph crop + fit, pixel work, batching.
+"""
+
+import io
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def _cpu_seconds():
+    """User + system CPU of this process and its live children (grain workers), all threads."""
+    import psutil
+
+    proc = psutil.Process()
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _config(name, data_dir, batch, on_device, workers, threads):
+    from geolink_jax import config as config_lib
+    from geolink_jax.train import trainer
+
+    config = config_lib.load_file(name)
+    config.data.path = data_dir
+    config.batch_size = batch
+    config.data.update(augment_on_device=on_device, worker_count=workers, read_threads=threads)
+    paths, manifest = trainer.prepare_data(config, None)
+    return trainer.resolve(config, manifest), paths, manifest
+
+
+def ms_core_per_sample(name, data_dir, *, batch, batches, on_device, workers, threads, settle_s=2.0):
+    """(ms of CPU per sample, samples/s wall, idle cores) of the named config's pipeline alone, after two warm-up
+    batches."""
+    from geolink_jax import family as family_lib
+
+    config, paths, manifest = _config(name, data_dir, batch, on_device, workers, threads)
+    fam = family_lib.get_family(config.family)
+    model_cfg = family_lib.model_config(fam, config)
+    it = iter(fam.dataset(paths, manifest, config, model_cfg))
+    for _ in range(2):
+        next(it)
+    # Reader threads and worker processes keep a few batches ready. Between two moments when every buffer is full
+    # and idle, the pipeline made exactly the batches consumed in between: CPU is read at those two moments.
+    # The background rate (idle threads and workers polling) is measured over a settled window and taken off.
+    time.sleep(settle_s)
+    idle0, i0 = _cpu_seconds(), time.perf_counter()
+    time.sleep(settle_s)
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    idle_rate = (cpu0 - idle0) / (t0 - i0)
+    for _ in range(batches):
+        next(it)
+    wall = time.perf_counter() - t0
+    time.sleep(settle_s)
+    cpu = _cpu_seconds() - cpu0 - idle_rate * (time.perf_counter() - t0)
+    it.close()  # stop its readers before the next measurement, whose CPU time they would otherwise add to
+    time.sleep(0.5)
+    n = batches * batch
+    return 1000 * cpu / n, n / wall, idle_rate
+
+
+def breakdown(name, data_dir, on_device, samples=200):
+    """Median ms per sample of each stage, one thread, no grain: where the host time goes."""
+    from PIL import Image
+
+    from geolink_jax.data import augment, pipeline, record_format, shards
+    from geolink_jax.data.graph_batch import GraphBudget, fit_to_budget
+
+    config, paths, manifest = _config(name, data_dir, 8, on_device, 0, 0)
+    cfg = pipeline.pipeline_config(config, manifest, 224)
+    source = shards.ShardSource(paths)
+    budget = GraphBudget.from_manifest(manifest, config.data.budget_stat)
+    rng = np.random.default_rng(0)
+    times = {k: [] for k in ("record_read", "record_decode", "image_decode", "draws", "graph_crop_fit", "pixels",
+                             "batching")}
+    sample_list = []
+    for i in range(samples):
+        t = [time.perf_counter()]
+        raw = source[i % len(source)]
+        t.append(time.perf_counter())
+        record = record_format.decode(raw)
+        graph = pipeline.tile_graph_from_record(record, lean=True)
+        t.append(time.perf_counter())
+        pil = Image.open(io.BytesIO(record["image"]))
+        pil.load()
+        t.append(time.perf_counter())
+        d = augment.draw(rng, cfg.augment)
+        t.append(time.perf_counter())
+        if not on_device:
+            bbox, graph = augment.crop_and_flip(d, graph)
+        graph, stats = fit_to_budget(graph, budget, rng)
+        t.append(time.perf_counter())
+        if on_device:
+            pixels = np.asarray(pil)
+            image = pixels
+            params = dict(size=np.array(pixels.shape[:2], np.int32), box=np.asarray(d.box, np.float32),
+                          flip=np.bool_(d.flip), jitter=np.ones(4, np.float32), jitter_order=np.arange(4))
+            sample = dict(image=image, augment=params, graph=graph, stats=stats)
+        else:
+            if bbox is not None:
+                pil = pil.crop(augment.crop_pixels(bbox, pil.size))
+            pil = pil.resize((224, 224), Image.BILINEAR)
+            if d.flip:
+                pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+            if d.jitter is not None:
+                pil = augment.apply_jitter_pil(pil, *d.jitter)
+            image = augment.normalize(np.asarray(pil, np.float32) / 255.0)
+            sample = dict(image=image, graph=graph, stats=stats)
+        t.append(time.perf_counter())
+        for k, a, b in zip(list(times)[:-1], t[:-1], t[1:]):
+            times[k].append(1000 * (b - a))
+        sample_list.append(sample)
+    collate = pipeline.Collate(budget, cfg.canvas)
+    for i in range(0, samples - 7, 8):
+        t0 = time.perf_counter()
+        collate(sample_list[i:i + 8])
+        times["batching"].append(1000 * (time.perf_counter() - t0) / 8)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run(cfg):
+    """Suite `input`: host ms·core per sample, host path vs on-device augmentation, one config and worker count."""
+    from geolink_jax.bench import rows
+    from geolink_jax.bench.input_pipeline_bench import bundled_shards
+
+    row = rows.new_row("input", cfg.get("name") or f"{cfg.config} input cost, {cfg.workers} worker(s)",
+                       rows.flatten(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = bundled_shards(tmp)
+        host, device, rates, idle = [], [], {True: [], False: []}, []
+        for _ in range(cfg.rounds):  # alternate, so drift hits both paths alike
+            for on_device, out in ((False, host), (True, device)):
+                ms, sps, idle_cores = ms_core_per_sample(cfg.config, data, batch=cfg.batch, batches=cfg.batches,
+                                             on_device=on_device, workers=cfg.workers, threads=cfg.threads)
+                out.append(ms)
+                rates[on_device].append(sps)
+                idle.append(idle_cores)
+        parts = {p: breakdown(cfg.config, data, p == "device") for p in ("host", "device")}
+    m = row["metrics"]
+    m.update(host_ms_core_per_sample=statistics.median(host), device_ms_core_per_sample=statistics.median(device),
+             host_samples_per_s=statistics.median(rates[False]), device_samples_per_s=statistics.median(rates[True]),
+             image_size=224, workers=cfg.workers, threads=cfg.threads, idle_cores_subtracted=statistics.median(idle))
+    for path, stages in parts.items():
+        m.update({f"breakdown_ms.{path}.{k}": v for k, v in stages.items()})
+    # cores an 8-GPU host needs at the issue's rate (ViT-L at 45% MFU on H100: ~4,400 samples/s per GPU)
+    m["cores_for_8xh100_device_path"] = statistics.median(device) * 8 * cfg.samples_per_s_per_gpu / 1000
+    row["times_s"]["host_ms_per_sample"] = rows.stats([x / 1000 for x in host])
+    row["times_s"]["device_ms_per_sample"] = rows.stats([x / 1000 for x in device])
+    rows.ratio(row, "device_over_host", "metrics.device_ms_core_per_sample", "metrics.host_ms_core_per_sample")
+    m["target_ms_core_per_sample"] = cfg.target_ms
+    rows.ratio(row, "device_ms_over_target", "metrics.device_ms_core_per_sample",
+               "metrics.target_ms_core_per_sample", target=1.0 if cfg.target_ms else None, op="<=")
+    return row
