@@ -411,6 +411,62 @@ def cmd_bench(args, overrides):
     return 1 if any(r["status"] == "error" for r in found) else 0
 
 
+def _plan_parser(sub):
+    p = sub.add_parser("plan", help="compile-only plan for a pod: memory, FLOPs, collectives, roofline per chip",
+                       description="Lower and compile the real train step of a config for N simulated devices on a "
+                                   "mesh (nothing is allocated or run) and print per-device memory, FLOPs, "
+                                   "collective bytes by kind and a roofline estimate for named chips; flags a plan "
+                                   "that does not fit a chip and suggests the smallest FSDP degree that does. "
+                                   "Extra --config.a.b=value flags override the config.")
+    p.add_argument("--config", required=True, help="named config (geolink_vit_l, mae_vit_b, …) or config file")
+    p.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
+    p.add_argument("--mesh", default="", help="data=N,fsdp=N,tensor=N (one may be -1); default: the config's mesh")
+    p.add_argument("--batch", type=int, default=0, help="global batch (default: the config's)")
+    p.add_argument("--chip", default="h100", help=f"comma-separated chips: {', '.join(CHIP_NAMES)}")
+    p.add_argument("--no-suggest", action="store_true", help="do not search for a mesh that fits")
+    p.add_argument("--json", default="", help="also write the plan as JSON to this file")
+    return p
+
+
+CHIP_NAMES = ("h100", "h200", "a100", "v4", "v5e", "v5p", "v6e")
+
+
+def _parse_mesh(text):
+    from geolink_jax.config import ConfigError
+
+    mesh = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        if key not in ("data", "fsdp", "tensor") or not value.lstrip("-").isdigit():
+            raise ConfigError(f"--mesh {text!r}: expected data=N,fsdp=N,tensor=N")
+        mesh[key] = int(value)
+    return mesh
+
+
+def cmd_plan(args, overrides):
+    import json
+
+    from geolink_jax.config import ConfigError
+    from geolink_jax.train import plan
+
+    chips = [c for c in args.chip.split(",") if c]
+    unknown = [c for c in chips if c not in plan.CHIPS]
+    if unknown:
+        raise ConfigError(f"--chip {','.join(unknown)}: unknown (known: {', '.join(plan.CHIPS)})")
+    mesh = _parse_mesh(args.mesh)
+    if not mesh:
+        from geolink_jax import config as config_lib
+
+        mesh = config_lib.load([f"--config={args.config}", *overrides]).mesh.to_dict()
+    plan.ensure_devices(args.devices)  # before anything starts JAX's backend
+    result = plan.plan(args.config, args.devices, mesh, chips, args.batch or None, overrides,
+                       suggest=not args.no_suggest)
+    print("\n".join(plan.format_plan(result)))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
 def argv_is_cli():
     return pathlib.Path(sys.argv[0]).name in ("geolink-jax", "cli.py", "__main__.py")
 
@@ -446,8 +502,9 @@ def main(argv=None):
     _probe_parser(sub).set_defaults(func=cmd_probe)
     _attention_parser(sub).set_defaults(func=cmd_attention)
     _bench_parser(sub).set_defaults(func=cmd_bench)
+    _plan_parser(sub).set_defaults(func=cmd_plan)
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("pretrain", "bench")
+    takes_overrides = args.command in ("pretrain", "bench", "plan")
     if extra and not takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     codes = user_errors(args.command)

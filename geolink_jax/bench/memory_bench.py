@@ -22,25 +22,7 @@ import jax  # noqa: E402
 
 from geolink_jax.bench.model_step_bench import training_config  # noqa: E402
 from geolink_jax.train import sharding, trainer  # noqa: E402
-
-
-def abstract_batch(setup, batch_size):
-    """The family's abstract batch as ShapeDtypeStructs sharded over the batch axes, and its bytes per device."""
-    mesh = setup.mesh
-    host = setup.family.abstract_batch(setup.model_cfg, batch_size, None)
-    spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim))  # noqa
-    per_device = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(host)) / sharding.num_batch_shards(
-        mesh)
-    return jax.tree.map(spec, host), per_device
-
-
-def shard_bytes(abstract_state):
-    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest device's share)."""
-    total = 0
-    for x in jax.tree.leaves(abstract_state):
-        shard = x.sharding.shard_shape(x.shape)
-        total += math.prod(shard) * x.dtype.itemsize
-    return total
+from geolink_jax.train.plan import abstract_batch, shard_bytes  # noqa: E402
 
 
 def measure(config_name, mesh_shape, batch_size, dtype=""):

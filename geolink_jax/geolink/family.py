@@ -165,7 +165,7 @@ FAMILY = family_lib.Family(
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
     configs={"demo": "geolink_jax.geolink.configs.demo", "geolink_vit_b": "geolink_jax.geolink.configs.vit_b",
-             "geolink_vit_l": "geolink_jax.geolink.configs.vit_l"},
+             "geolink_vit_l": "geolink_jax.geolink.configs.vit_l", "geolink_vit_h": "geolink_jax.geolink.configs.vit_h"},
     converters=CONVERTERS,
     embed=_embed,
     pictures=pictures,

@@ -5,9 +5,10 @@ softmax over each destination's incoming edges, no self-loops, edge_attr ignored
 destination with no incoming edge), the mean over the three relations entering each node type (HeteroConv
 aggr='mean'), ReLU, then the reference's graph-mode LayerNorm.
 
-Messages run on `jax.ops.segment_sum` and jraph's segment softmax with a fixed number of segments: the
-destination slot of sample b, node i is segment b·N_dst + i, and every padded edge goes to one extra discard
-segment, so padding never touches a real node's output.
+Messages run on `jax.ops.segment_sum` and jraph's segment softmax, per sample (vmapped over the batch, so the
+batch axis stays a batch axis and a data-sharded step needs no cross-device gather), with a fixed number of
+segments: node i of the destination type is segment i and every padded edge goes to one extra discard segment
+N_dst, so padding never touches a real node's output.
 """
 
 import jax
@@ -43,19 +44,21 @@ class GATConv(nnx.Module):
         """x_src [B, Ns, in], x_dst [B, Nd, in]; senders/receivers int [B, E]; edge_mask bool [B, E].
 
         Returns [B, Nd, out] in float32."""
-        b, n_dst = x_dst.shape[:2]
+        n_dst = x_dst.shape[1]
         h_src, h_dst = self.lin(x_src), self.lin(x_dst)
         a_src = jnp.einsum("bnc,c->bn", h_src, self.att_src[...].astype(self.dtype), preferred_element_type=jnp.float32)
         a_dst = jnp.einsum("bnc,c->bn", h_dst, self.att_dst[...].astype(self.dtype), preferred_element_type=jnp.float32)
         score = jnp.take_along_axis(a_src, senders, axis=1) + jnp.take_along_axis(a_dst, receivers, axis=1)
         score = jax.nn.leaky_relu(score, negative_slope=0.2)
-        discard = b * n_dst
-        segment = jnp.where(edge_mask, receivers + n_dst * jnp.arange(b)[:, None], discard).reshape(-1)
-        alpha = jraph.segment_softmax(score.reshape(-1), segment, num_segments=discard + 1)
-        alpha = jnp.where(edge_mask.reshape(-1), alpha, 0.0)
-        messages = _batched_gather(h_src, senders).astype(jnp.float32).reshape(-1, h_src.shape[-1])
-        out = jax.ops.segment_sum(alpha[:, None] * messages, segment, num_segments=discard + 1)
-        return out[:discard].reshape(b, n_dst, -1) + self.bias[...]
+        messages = _batched_gather(h_src, senders).astype(jnp.float32)
+
+        def one_sample(score, mask, receivers, messages):  # [E], [E], [E], [E, C] → [Nd, C]
+            segment = jnp.where(mask, receivers, n_dst)  # padded edges → the discard segment n_dst
+            alpha = jnp.where(mask, jraph.segment_softmax(score, segment, num_segments=n_dst + 1), 0.0)
+            return jax.ops.segment_sum(alpha[:, None] * messages, segment, num_segments=n_dst + 1)[:n_dst]
+
+        # per sample (vmapped), so the segment ops keep the batch axis and a batch-sharded step stays local
+        return jax.vmap(one_sample)(score, edge_mask, receivers, messages) + self.bias[...]
 
 
 class HeteroGAT(nnx.Module):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geolink_jax.models import layers, losses, masking, pos_embed
+from geolink_jax.train import sharding
 from geolink_jax.models.vit import VIT_PRESETS, ViTConfig, ViTEncoder, patchify
 
 
@@ -96,7 +97,7 @@ class ImageMAE(nnx.Module):
         x = jnp.concatenate([x[:, :1], body], axis=1)
         x = x + jnp.asarray(pos_embed.image_table(self.cfg.decoder_width, *grid), x.dtype)
         for block in self.img_cross_modal_decoder:
-            x = block(x)
+            x = block(sharding.constrain_batch(x))
         return self.img_decoder_pred(self.img_decoder_norm(x))[:, 1:]
 
     def loss(self, images, key, *, train=True, return_outputs=False):

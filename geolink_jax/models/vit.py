@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geolink_jax.models import layers
+from geolink_jax.train import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,5 +100,5 @@ class ViTEncoder(nnx.Module):
     def __call__(self, x):
         """x [B, T, D] tokens → [B, T, D] after every block."""
         for block in self.blocks:
-            x = block(x)
+            x = block(sharding.constrain_batch(x))
         return x

@@ -99,3 +99,16 @@ def global_batch(local_batch, mesh):
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), np.asarray(x)),
         local_batch)
+
+
+def constrain_batch(x):
+    """Activations [B, …] inside a model: the batch axis over ('data', 'fsdp'), the rest replicated, when the step
+    runs under a mesh with those axes (a no-op otherwise, and for a batch the axes do not divide). Without it XLA
+    may keep FSDP-sharded weights in place and move activations instead (it did for small per-device batches), so
+    the step would not be the FSDP the mesh asks for: parameters gathered for use, gradients reduce-scattered."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))

@@ -1,0 +1,64 @@
+"""The README's plan table: `geolink-jax plan` for the GeoLink ViT-B/L/H configs at 8, 64 and 256 devices (the
+config's own mesh, pure FSDP for L/H, data parallel for B; global batch 1024), read on H100 and TPU v5p.
+
+    python benchmarks/plan_table.py [--out benchmarks/results/plans]   # ~20 min on 2 cores; one process per plan
+
+Writes one JSON per plan and prints the markdown table.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+
+CONFIGS = ("geolink_vit_b", "geolink_vit_l", "geolink_vit_h")
+DEVICES = (8, 64, 256)
+CHIPS = ("h100", "v5p")
+
+
+def gib(x):
+    return f"{x / 2 ** 30:.1f}"
+
+
+def row(p):
+    m = p["measured"]
+    cells = [m["config"], str(m["devices"]), ",".join(f"{k}={v}" for k, v in m["mesh"].items() if v > 1),
+             f"{m['params'] / 1e6:.0f}M", gib(m["memory"]["params"] + m["memory"]["optimizer"]),
+             gib(m["memory"]["peak"]), f"{m['flops']['analytic_per_device'] / 1e12:.2f}",
+             gib(sum(c["traffic_bytes"] for c in m["collectives"].values()))]
+    for chip in CHIPS:
+        r = p["rooflines"][chip]
+        fit = "" if r["fits"] else " **does not fit**"
+        cells.append(f"{r['step_s'] * 1e3:.0f} ms, MFU ≤ {100 * r['mfu']:.0f}% ({r['bound']}){fit}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results/plans")
+    ap.add_argument("--table-only", action="store_true", help="render the table from the JSON files already there")
+    args = ap.parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for config in CONFIGS:
+        for devices in DEVICES:
+            path = out / f"{config}_{devices}.json"
+            if args.table_only or path.exists():
+                continue
+            cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", config, "--devices", str(devices),
+                   "--chip", ",".join(CHIPS), "--json", str(path)]
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+    print("| config | devices | mesh | params | params + AdamW / device (GiB) | peak / device (GiB) | "
+          "TFLOP / device / step | collectives sent / device (GiB) | H100 | TPU v5p |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for config in CONFIGS:
+        for devices in DEVICES:
+            path = out / f"{config}_{devices}.json"
+            if path.exists():
+                print(row(json.loads(path.read_text())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""`geolink-jax plan`: compile-only plans on small simulated meshes (memory, collectives, fit and suggestion),
+the HLO collective reader on known text, and the CLI end to end."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import SUBPROCESS_ENV
+
+from geolink_jax.train import plan
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checks():
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "plan_worker.py")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_plan_memory_agrees_with_the_memory_bench(checks):
+    m = checks["memory"]
+    assert abs(m["plan_state"] - m["bench_state"]) <= 0.02 * m["bench_state"]
+    assert m["plan_state"] == m["bench_shardings"]  # the same shard sizes, read the same way
+    assert m["plan_peak"] >= m["plan_arguments"] > m["plan_state"]  # the batch slice and temporaries come on top
+
+
+def test_pure_fsdp_collectives_match_the_analytic_count(checks):
+    """Weights are gathered in the forward and again in the backward pass: 2·S·(n−1)/n bytes sent per device for
+    S bytes of FSDP-sharded weights (within 10%). Gradients are reduced across the 8 devices: XLA:CPU emits
+    all-reduces there (it has no reduce-scatter creator pass; GPU and TPU turn all-reduce + slice into a
+    reduce-scatter, half the bytes), so the CPU count is 2·(S + R)·(n−1)/n with R the replicated weights."""
+    f = checks["fsdp"]
+    n, s, r = 8, f["sharded_bytes"], f["replicated_bytes"]
+    c = f["collectives"]
+    assert s > 20 * r  # the weights that matter are sharded
+    gathered = c["all-gather"]["traffic_bytes"]
+    reduced = c["all-reduce"]["traffic_bytes"] + 2 * c["reduce-scatter"]["traffic_bytes"]
+    assert abs(gathered - 2 * s * (n - 1) / n) <= 0.10 * (2 * s * (n - 1) / n), gathered
+    assert abs(reduced - 2 * (s + r) * (n - 1) / n) <= 0.10 * (2 * (s + r) * (n - 1) / n), reduced
+    assert c["all-gather"]["max_group"] == n
+
+
+def test_a_plan_that_does_not_fit_is_flagged_and_the_suggested_mesh_fits(checks):
+    s = checks["suggest"]
+    assert not s["dp_fits"] and s["f8_fits"]
+    assert s["mesh"] is not None and s["mesh"]["fsdp"] > 1 and s["suggested_peak"] <= s["limit"]
+
+
+def test_collectives_are_read_from_hlo_text():
+    hlo = "\n".join([
+        "  %all-gather.1 = f32[1024,256]{1,0} all-gather(f32[128,256]{1,0} %p), replica_groups=[4,8]<=[32], "
+        "dimensions={0}",
+        "  %ar = (f32[], bf16[64,64]{1,0}) all-reduce(%a, %b), replica_groups={{0,1},{2,3}}, to_apply=%add",
+        "  %rs = f32[16]{0} reduce-scatter(f32[128]{0} %g), replica_groups=mesh['axis_0'=4,'axis_1'=8] {'axis_1'}",
+        "  %ags = (f32[8]{0}, f32[64]{0}) all-gather-start(f32[8]{0} %x), replica_groups=mesh['axis_0'=2,"
+        "'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_1'}, dimensions={0}",
+        "  %not = f32[8]{0} add(%all-gather.1, %x)",
+    ])
+    c = plan.collectives(hlo, 32)
+    assert c["all-gather"]["count"] == 2 and c["all-gather"]["result_bytes"] == 1024 * 256 * 4 + 64 * 4
+    assert c["all-gather"]["traffic_bytes"] == 1024 * 256 * 4 * 7 / 8 + 64 * 4 * 3 / 4
+    assert c["all-reduce"]["result_bytes"] == 4 + 64 * 64 * 2 and c["all-reduce"]["max_group"] == 2
+    assert c["all-reduce"]["traffic_bytes"] == 2 * (4 + 64 * 64 * 2) * 1 / 2
+    assert c["reduce-scatter"]["traffic_bytes"] == 16 * 4 * 7 and c["reduce-scatter"]["max_group"] == 8
+
+
+def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path):
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", "mae_demo", "--devices", "4", "--mesh",
+           "data=2,fsdp=2", "--batch", "8", "--chip", "h100,v5e", "--json", str(tmp_path / "plan.json")]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "h100: step" in out.stdout and "v5e: step" in out.stdout and "all-gather" in out.stdout
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["measured"]["devices"] == 4 and set(saved["rooflines"]) == {"h100", "v5e"}
+    bad = subprocess.run(cmd[:-4] + ["--chip", "tpu9"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --chip tpu9: unknown")
+    assert "Traceback" not in bad.stderr
