@@ -378,7 +378,7 @@ def _bench_parser(sub):
     p.add_argument("action", nargs="?", choices=("run", "report"), default="run")
     p.add_argument("--suite", default="quick", help="sweep: quick | cpu | gpu | path/to/sweep.py (run)")
     p.add_argument("--only", default="", help="comma-separated suites of the sweep to run (step,mask,pipeline,"
-                                              "preprocess,memory,compile,reference)")
+                                              "input,preprocess,memory,compile,reference)")
     p.add_argument("--reference-repo", default=None,
                    help="checkout of github.com/bailubin/GeoLink_NeurIPS2025 for the side-by-side suite")
     p.add_argument("--no-recommended", action="store_true", help="GPU: do not apply jax_optimization_level O1")
@@ -402,7 +402,8 @@ def cmd_bench(args, overrides):
         base, runs = runner.load_sweep(args.suite)
         only = [s for s in args.only.split(",") if s]
         cfgs = runner.plan(base, runs, only=only, overrides=overrides, reference_repo=args.reference_repo)
-        found = runner.execute(cfgs, args.out, progress=not args.no_progress, recommended=not args.no_recommended)
+        found = runner.execute(cfgs, args.out, progress=not args.no_progress, recommended=not args.no_recommended,
+                               budget_s=float(base.get("budget_s", 0.0)))
         path = report.write_report(found, args.out, title=f"geolink_jax benchmarks: suite {args.suite}",
                                    command=command)
     print()

@@ -61,8 +61,32 @@ def test_sweeps_resolve_with_ml_collections_and_reject_unknown_fields():
     with pytest.raises(ConfigError, match=r"--config.step.nope: no such field; valid: .*config.step.repeats"):
         runner.plan(base, runs, overrides=["--config.step.nope=1"])
     _, cpu_runs = runner.load_sweep("cpu")
-    _, gpu_runs = runner.load_sweep("gpu")
-    assert len(cpu_runs) > len(runs) and any(r.get("config") == "geolink_vit_l" for r in gpu_runs)
+    assert len(cpu_runs) > len(runs)
+
+
+def test_gpu_sweep_fits_its_8_minute_budget_and_covers_the_issue():
+    """ViT-L bf16 steps (MFU target 45%) with cuDNN and XLA attention, the input cost with 15 workers, the
+    official step side by side when a checkout is given; the estimate (with a reference run) within 480 s."""
+    base, runs = runner.load_sweep("gpu")
+    cfgs = runner.plan(base, runs, reference_repo="/some/checkout")
+    steps = [c for c in cfgs if c.suite == "step"]
+    assert {c.config for c in steps} == {"geolink_vit_l"} and {c.dtype for c in steps} == {"bfloat16"}
+    assert {c.attention_impl for c in steps} == {"cudnn", "xla"} and steps[0].mfu_target == 0.45
+    assert [c.workers for c in cfgs if c.suite == "input"] == [15]
+    assert any(c.suite == "reference" for c in cfgs)
+    assert runner.estimate_s(cfgs) <= base.budget_s == 480.0
+
+
+def test_the_estimate_is_printed_first_and_the_budget_stops_the_sweep(tmp_path, capsys):
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "step", "est_s": 30.0}, {"suite": "mask", "est_s": 42.0},
+                              {"suite": "reference"}])
+    found = runner.execute(cfgs, tmp_path, progress=True, budget_s=3.0)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "estimated runtime: 3 runs, ~1.2 min (budget 0.1 min)"  # reference: no checkout, 0 s
+    assert found[0]["status"] == "error" and "time budget" in found[0]["reason"] and found[0]["wall_s"] < 30
+    assert found[1]["status"] == "skipped" and "budget" in found[1]["reason"]
+    assert found[2]["status"] == "skipped" and "checkout" in found[2]["reason"]
 
 
 def test_minimal_suite_end_to_end(tmp_path, capsys):

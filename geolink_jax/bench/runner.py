@@ -88,7 +88,7 @@ def run_one(cfg):
         return row
 
 
-def run_in_child(cfg, recommended=True):
+def run_in_child(cfg, recommended=True, timeout_s=None):
     """The run in a fresh Python process → row. Every run gets its own process: memory (compiled executables,
     model state) goes back to the OS between runs, and on a CPU backend the child gets as many simulated devices as
     the run needs (--xla_force_host_platform_device_count; only the host platform reads it)."""
@@ -103,7 +103,12 @@ def run_in_child(cfg, recommended=True):
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "row.json"
         cmd = [sys.executable, "-m", "geolink_jax.bench.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            row = rows.new_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg))
+            row.update(status="error", reason=f"stopped after {timeout_s:.0f} s: the sweep's time budget was spent")
+            return row
         if proc.returncode or not out.exists():
             row = rows.new_row(cfg.suite, cfg.get("name") or cfg.suite, rows.flatten(cfg))
             row.update(status="error", reason=f"child process exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -115,18 +120,44 @@ def needed_devices(cfg):
     return int(cfg.get("devices", 1) or 1)
 
 
-def execute(cfgs, out_dir, progress=True, recommended=True):
-    """Runs every config (each in its own process), appending rows to out_dir/rows.jsonl; returns the rows."""
+def estimate_s(cfgs):
+    """The sweep's estimated wall time: the sum of each run's `est_s` (suite defaults in sweeps/common.py, the GPU
+    sweep's own); a reference run without a checkout is skipped at once."""
+    return sum(0.0 if _no_reference(c) else float(c.get("est_s", 60.0)) for c in cfgs)
+
+
+def _no_reference(cfg):
+    return cfg.suite == "reference" and not cfg.get("reference_repo")
+
+
+def execute(cfgs, out_dir, progress=True, recommended=True, budget_s=0.0):
+    """Runs every config (each in its own process), appending rows to out_dir/rows.jsonl; returns the rows.
+
+    Prints the estimated wall time first. budget_s > 0: a run is stopped when the sweep's wall time reaches the
+    budget, and the runs left are recorded as skipped."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "rows.jsonl"
     results = []
+    est = estimate_s(cfgs)
+    if progress:
+        budget = f" (budget {budget_s / 60:.1f} min)" if budget_s else ""
+        print(f"estimated runtime: {len(cfgs)} runs, ~{est / 60:.1f} min{budget}", flush=True)
+    start = time.perf_counter()
     for i, cfg in enumerate(cfgs, 1):
         label = cfg.get("name") or f"{cfg.suite} {cfg.get('config', '')}".strip()
         if progress:
             print(f"[{i}/{len(cfgs)}] {cfg.suite}: {label} …", flush=True)
         t0 = time.perf_counter()
-        row = run_in_child(cfg, recommended)
+        left = budget_s - (t0 - start) if budget_s else None
+        if _no_reference(cfg):
+            row = rows.skipped_row(cfg.suite, label, rows.flatten(cfg),
+                                   "no reference checkout given (--reference-repo PATH)")
+        elif left is not None and left <= 0:
+            row = rows.skipped_row(cfg.suite, label, rows.flatten(cfg),
+                                   f"the sweep's time budget ({budget_s:.0f} s) was spent")
+        else:
+            row = run_in_child(cfg, recommended, timeout_s=left)
         row.setdefault("wall_s", time.perf_counter() - t0)
         try:
             rows.append(path, row)
@@ -136,7 +167,10 @@ def execute(cfgs, out_dir, progress=True, recommended=True):
         results.append(row)
         if progress:
             note = row.get("reason", "")
-            print(f"    {row['status']} in {row['wall_s']:.0f} s {note[:200]}", flush=True)
+            print(f"    {row['status']} in {row['wall_s']:.0f} s (estimated {cfg.get('est_s', 60):.0f} s) {note[:200]}",
+                  flush=True)
+    if progress:
+        print(f"sweep wall time {(time.perf_counter() - start) / 60:.1f} min (estimated {est / 60:.1f})", flush=True)
     return results
 
 

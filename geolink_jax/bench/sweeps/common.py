@@ -5,8 +5,14 @@ import ml_collections
 ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
 
 
+# Seconds one run takes, child start and compilation included, on the 2-core CPU host (the GPU sweep sets its
+# own): the runner adds them up and prints the estimate before a sweep starts.
+EST_S = dict(step=60, mask=150, pipeline=60, input=60, preprocess=60, memory=150, compile=150, reference=120)
+
+
 def base_config():
     c = ml_collections.ConfigDict()
+    c.budget_s = 0.0  # > 0: the sweep stops starting runs (and stops a run) when its wall time is spent
     model = dict(config="geolink_vit_b", batch=4, dtype="float32", mask_ratio=0.75, attention_impl="",
                  mesh=dict(ONE_DEVICE), devices=1, repeats=5)
     # train-step throughput, FLOPs (analytic vs XLA), MFU when the peak is known or given (peak_tflops > 0)
@@ -29,4 +35,6 @@ def base_config():
     c.compile = dict(model, name="", config="demo", batches=8, naive=True)
     # the official PyTorch GeoLink on the same config, data and batch (needs --reference-repo)
     c.reference = dict(model, name="", reference_repo="", target=2.0)
+    for suite, est in EST_S.items():
+        c[suite].est_s = float(est)
     return c
