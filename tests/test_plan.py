@@ -56,7 +56,8 @@ def test_collectives_are_read_from_hlo_text():
     hlo = "\n".join([
         "  %all-gather.1 = f32[1024,256]{1,0} all-gather(f32[128,256]{1,0} %p), replica_groups=[4,8]<=[32], "
         "dimensions={0}",
-        "  %ar = (f32[], bf16[64,64]{1,0}) all-reduce(%a, %b), replica_groups={{0,1},{2,3}}, to_apply=%add",
+        "  %ar = (f32[], bf16[64,64]{1,0}, f32[], f32[], f32[], /*index=5*/f32[2]{0}) all-reduce(%a, %b, %c, %d, %e, "
+        "%f), replica_groups={{0,1},{2,3}}, to_apply=%add",
         "  %rs = f32[16]{0} reduce-scatter(f32[128]{0} %g), replica_groups=mesh['axis_0'=4,'axis_1'=8] {'axis_1'}",
         "  %ags = (f32[8]{0}, f32[64]{0}) all-gather-start(f32[8]{0} %x), replica_groups=mesh['axis_0'=2,"
         "'axis_1'=4], device_ids=([4,2]T(1,0)) {'axis_1'}, dimensions={0}",
@@ -65,8 +66,8 @@ def test_collectives_are_read_from_hlo_text():
     c = plan.collectives(hlo, 32)
     assert c["all-gather"]["count"] == 2 and c["all-gather"]["result_bytes"] == 1024 * 256 * 4 + 64 * 4
     assert c["all-gather"]["traffic_bytes"] == 1024 * 256 * 4 * 7 / 8 + 64 * 4 * 3 / 4
-    assert c["all-reduce"]["result_bytes"] == 4 + 64 * 64 * 2 and c["all-reduce"]["max_group"] == 2
-    assert c["all-reduce"]["traffic_bytes"] == 2 * (4 + 64 * 64 * 2) * 1 / 2
+    assert c["all-reduce"]["result_bytes"] == 4 + 64 * 64 * 2 + 3 * 4 + 8 and c["all-reduce"]["max_group"] == 2
+    assert c["all-reduce"]["traffic_bytes"] == 2 * (4 + 64 * 64 * 2 + 3 * 4 + 8) * 1 / 2
     assert c["reduce-scatter"]["traffic_bytes"] == 16 * 4 * 7 and c["reduce-scatter"]["max_group"] == 8
 
 

@@ -132,6 +132,7 @@ def collectives(hlo_text, devices):
     per step, in the ring model of the module docstring. Async pairs are counted once (at -start)."""
     out = {k: dict(count=0, result_bytes=0, traffic_bytes=0.0, max_group=0) for k in _KINDS}
     for line in hlo_text.splitlines():
+        line = re.sub(r"/\*.*?\*/", "", line)  # tuple shapes carry /*index=5*/ comments
         m = _OP.search(line)
         if not m:
             continue
