@@ -2,8 +2,8 @@
 
     python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG [key=value …]]
         → JSON {mesh: per-step losses, param specs}; key=value: config overrides (e.g. data.augment_on_device=True)
-    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR      → saves the state after 2 steps
-    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR   → JSON: max |restored − saved| and the specs
+    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR [key=value …]     → saves the state after 2 steps
+    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR [key=value …]  → JSON: max |restored − saved|, specs
 """
 
 import json
@@ -58,7 +58,7 @@ def main():
             out[shape] = dict(losses=losses, specs=specs)
         print(json.dumps(out))
         return
-    config, mesh, s, it = setup(data_dir, mesh_shape)
+    config, mesh, s, it = setup(data_dir, mesh_shape, "demo", sys.argv[5:])
     state = s.init_state()
     if mode == "save":
         state, _ = run_steps(mesh, s, it, state, 2)

@@ -69,6 +69,22 @@ def test_collectives_are_read_from_hlo_text():
     assert c["all-reduce"]["result_bytes"] == 4 + 64 * 64 * 2 + 3 * 4 + 8 and c["all-reduce"]["max_group"] == 2
     assert c["all-reduce"]["traffic_bytes"] == 2 * (4 + 64 * 64 * 2 + 3 * 4 + 8) * 1 / 2
     assert c["reduce-scatter"]["traffic_bytes"] == 16 * 4 * 7 and c["reduce-scatter"]["max_group"] == 8
+    assert c["all-gather"]["payload"] == {8: 1024 * 256 * 4, 4: 64 * 4}
+
+
+def test_collective_time_is_hierarchical_across_gpu_nodes():
+    """An all-reduce of P bytes over 64 GPUs (8 nodes): 2·7/8·P over NVLink plus 2·7/8·P/8 over the network,
+    not 2·63/64·P over the network; on a TPU slice the ring runs over ICI."""
+    p = 1e9
+    colls = {k: dict(payload={}) for k in ("all-gather", "reduce-scatter", "all-reduce", "all-to-all",
+                                            "collective-permute")}
+    colls["all-reduce"]["payload"] = {64: p}
+    h100, v5p = plan.CHIPS["h100"], plan.CHIPS["v5p"]
+    expected = 2 * 7 / 8 * p / h100.link_bw + 2 * 7 / 8 * p / 8 / h100.network_bw
+    assert plan.collective_seconds(colls, h100) == pytest.approx(expected)
+    assert plan.collective_seconds(colls, v5p) == pytest.approx(2 * 63 / 64 * p / v5p.link_bw)
+    colls["all-reduce"]["payload"] = {8: p}  # inside one node: NVLink only
+    assert plan.collective_seconds(colls, h100) == pytest.approx(2 * 7 / 8 * p / h100.link_bw)
 
 
 def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path):

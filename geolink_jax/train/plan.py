@@ -14,7 +14,8 @@ abstract inputs (ShapeDtypeStructs: nothing is allocated or run) and reads:
   in a ring schedule (all-gather (g−1)/g·result, reduce-scatter (g−1)·result, all-reduce 2(g−1)/g·size,
   all-to-all (g−1)/g·size, permute: size);
 - a roofline for each named chip (`CHIPS`): compute time (analytic FLOPs / peak), collective time (ring bytes /
-  link bandwidth; on GPUs a group wider than a node uses the network bandwidth), step time ≥ the larger of the
+  link bandwidth; on GPUs a group wider than a node runs hierarchically: NVLink inside the node, 1/8 of the
+  payload per GPU over its network port between nodes), step time ≥ the larger of the
   two (perfect overlap) and the MFU bound that implies; and a memory time from XLA's bytes accessed / HBM
   bandwidth, reported as an upper bound only (XLA:CPU fuses far less than the GPU/TPU compilers, so its bytes
   accessed overstate HBM traffic several times);
@@ -127,10 +128,20 @@ def _group_size(line, devices):
     return 2 if m else devices  # {} = every device
 
 
+def _ring_fraction(kind, g):
+    """Bytes a device sends in a ring schedule per byte of payload (the whole, unsharded buffer) over g devices."""
+    if g <= 1:
+        return 0.0
+    return {"all-gather": (g - 1) / g, "reduce-scatter": (g - 1) / g, "all-reduce": 2 * (g - 1) / g,
+            "all-to-all": (g - 1) / g, "collective-permute": 1.0}[kind]
+
+
 def collectives(hlo_text, devices):
-    """Compiled (SPMD-partitioned) HLO text → {kind: {count, result_bytes, traffic_bytes, max_group}} per device
-    per step, in the ring model of the module docstring. Async pairs are counted once (at -start)."""
-    out = {k: dict(count=0, result_bytes=0, traffic_bytes=0.0, max_group=0) for k in _KINDS}
+    """Compiled (SPMD-partitioned) HLO text → {kind: {count, result_bytes, traffic_bytes, max_group, payload}} per
+    device per step. payload: {group size: bytes of the whole buffers} (an all-gather's result, a
+    reduce-scatter's input, an all-reduce's buffer); traffic_bytes: what a device sends in a ring schedule. Async
+    pairs are counted once (at -start)."""
+    out = {k: dict(count=0, result_bytes=0, traffic_bytes=0.0, max_group=0, payload={}) for k in _KINDS}
     for line in hlo_text.splitlines():
         line = re.sub(r"/\*.*?\*/", "", line)  # tuple shapes carry /*index=5*/ comments
         m = _OP.search(line)
@@ -140,15 +151,33 @@ def collectives(hlo_text, devices):
         if m.group("start") and kind in ("all-gather", "collective-permute") and len(sizes) > 1:
             sizes = sizes[len(sizes) // 2:]  # (operands…, results…): the results
         size, g = sum(sizes), _group_size(line, devices)
-        traffic = {"all-gather": size * (g - 1) / g, "reduce-scatter": size * (g - 1),
-                   "all-reduce": 2 * size * (g - 1) / g, "all-to-all": size * (g - 1) / g,
-                   "collective-permute": size}[kind]
+        payload = size * g if kind == "reduce-scatter" else size
         d = out[kind]
         d["count"] += 1
         d["result_bytes"] += size
-        d["traffic_bytes"] += traffic if g > 1 else 0.0
+        d["traffic_bytes"] += payload * _ring_fraction(kind, g)
         d["max_group"] = max(d["max_group"], g)
+        d["payload"][g] = d["payload"].get(g, 0) + payload
     return out
+
+
+def collective_seconds(colls, chip):
+    """Time of a step's collectives on `chip`, one after another, at full link bandwidth. A GPU group wider than a
+    node runs hierarchically (NCCL-style): the ring inside each node over NVLink, and between nodes 1/node_size of
+    the payload per GPU over its network port."""
+    total = 0.0
+    for kind, c in colls.items():
+        for g, payload in c["payload"].items():
+            g = int(g)
+            k = chip.node_size
+            if kind != "collective-permute" and k and g > k and g % k == 0:
+                m = g // k
+                total += payload * _ring_fraction(kind, k) / chip.link_bw
+                total += payload / k * _ring_fraction(kind, m) / chip.network_bw
+            else:
+                bw = chip.network_bw if (k and g > k) else chip.link_bw
+                total += payload * _ring_fraction(kind, g) / bw
+    return total
 
 
 # ------------------------------------------------------------------------------------------ compile and read
@@ -234,12 +263,7 @@ def roofline(measured, chip):
     peak = chip.peak(measured["dtype"])
     compute = measured["flops"]["analytic_per_device"] / peak
     memory = measured["flops"]["xla_bytes_accessed_per_device"] / chip.hbm_bw
-    comm = 0.0
-    for kind, c in measured["collectives"].items():
-        if not c["count"]:
-            continue
-        wide = chip.node_size and c["max_group"] > chip.node_size  # leaves the NVLink node
-        comm += c["traffic_bytes"] / (chip.network_bw if wide else chip.link_bw)
+    comm = collective_seconds(measured["collectives"], chip)
     step = max(compute, comm)
     fits = measured["memory"]["peak"] <= HEADROOM * chip.hbm_bytes
     return dict(chip=chip.name, compute_s=compute, memory_s_upper=memory, collective_s=comm, step_s=step,
