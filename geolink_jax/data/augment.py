@@ -243,9 +243,12 @@ def augment_for_device(image, rng, cfg: AugmentConfig, canvas):
 def place_on_canvas(images, canvas):
     """uint8 images [h_i, w_i, 3] (each within the canvas) → uint8 [B, Hc, Wc, 3], each at the top left, zeros
     after (the step repeats each image's last row and column over them)."""
-    out = np.zeros((len(images), *canvas, 3), np.uint8)
-    for i, im in enumerate(images):
-        out[i, :im.shape[0], :im.shape[1]] = im
+    out = np.empty((len(images), *canvas, 3), np.uint8)
+    for i, im in enumerate(images):  # each byte written once (zeroing the whole canvas first costs ~0.1 ms/sample)
+        h, w = im.shape[:2]
+        out[i, :h, :w] = im
+        out[i, :h, w:] = 0
+        out[i, h:] = 0
     return out
 
 
