@@ -424,6 +424,8 @@ def _plan_parser(sub):
     p.add_argument("--mesh", default="", help="data=N,fsdp=N,tensor=N (one may be -1); default: the config's mesh")
     p.add_argument("--batch", type=int, default=0, help="global batch (default: the config's)")
     p.add_argument("--chip", default="h100", help=f"comma-separated chips: {', '.join(CHIP_NAMES)}")
+    p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per device instead "
+                                                                 "of the chips' HBM")
     p.add_argument("--no-suggest", action="store_true", help="do not search for a mesh that fits")
     p.add_argument("--json", default="", help="also write the plan as JSON to this file")
     return p
@@ -461,7 +463,7 @@ def cmd_plan(args, overrides):
         mesh = config_lib.load([f"--config={args.config}", *overrides]).mesh.to_dict()
     plan.ensure_devices(args.devices)  # before anything starts JAX's backend
     result = plan.plan(args.config, args.devices, mesh, chips, args.batch or None, overrides,
-                       suggest=not args.no_suggest)
+                       suggest=not args.no_suggest, hbm_gib=args.hbm_gib)
     print("\n".join(plan.format_plan(result)))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))

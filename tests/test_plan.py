@@ -96,6 +96,16 @@ def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path):
     assert "h100: step" in out.stdout and "v5e: step" in out.stdout and "all-gather" in out.stdout
     saved = json.loads((tmp_path / "plan.json").read_text())
     assert saved["measured"]["devices"] == 4 and set(saved["rooflines"]) == {"h100", "v5e"}
+    # one device whose memory (5.4 MiB here: --hbm-gib) the plan does not fit: flagged, and the smallest pure-FSDP
+    # device count that fits is found and compiled (4 of them)
+    small = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", "mae_demo", "--devices", "1", "--batch",
+             "16", "--chip", "h100", "--hbm-gib", "0.0054", "--json", str(tmp_path / "small.json")]
+    out = subprocess.run(small, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "DOES NOT FIT" in out.stdout
+    suggestion = json.loads((tmp_path / "small.json").read_text())["suggestions"]["h100"]
+    assert suggestion["devices"] > 1 and suggestion["mesh"]["fsdp"] == suggestion["devices"]
+    assert suggestion["peak_bytes"] <= plan.HEADROOM * 0.0054 * 2 ** 30
     bad = subprocess.run(cmd[:-4] + ["--chip", "tpu9"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --chip tpu9: unknown")
     assert "Traceback" not in bad.stderr

@@ -294,19 +294,65 @@ def suggest_fsdp(name, devices, chip, batch=None, overrides=(), measured=None):
     return None, None
 
 
-def plan(name, devices, mesh, chips=("h100",), batch=None, overrides=(), suggest=True):
+def _child_peak(name, devices, batch, overrides):
+    """Peak bytes per device of `name` on a pure-FSDP mesh of `devices`, compiled in a fresh process (a process
+    cannot change its simulated device count)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/plan.json"
+        cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", name, "--devices", str(devices),
+               "--mesh", f"data=1,fsdp={devices},tensor=1", "--no-suggest", "--json", out, *overrides]
+        if batch:
+            cmd += ["--batch", str(batch)]
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"planning {name} on {devices} devices failed: {proc.stderr.strip()[-500:]}")
+        with open(out) as f:
+            return json.load(f)["measured"]["memory"]["peak"]
+
+
+def suggest_devices(name, measured, chip, batch=None, overrides=(), max_devices=4096, max_compiles=3):
+    """When no mesh of the planned devices fits: the smallest power-of-two multiple N of them whose pure-FSDP plan
+    fits `chip` → (N, peak bytes) or (None, None). Per-device state and batch both shrink as 1/N, so the peak is
+    first estimated as measured·n/N; a candidate that might fit is compiled (in a child process) to confirm."""
+    n0, limit = measured["devices"], HEADROOM * chip.hbm_bytes
+    n, compiles = 2 * n0, 0
+    while n <= max_devices and compiles < max_compiles and n <= measured["global_batch"]:
+        if measured["global_batch"] % n == 0 and measured["memory"]["peak"] * n0 / n <= limit:
+            peak = _child_peak(name, n, batch or measured["global_batch"], overrides)
+            compiles += 1
+            if peak <= limit:
+                return n, peak
+        n *= 2
+    return None, None
+
+
+def plan(name, devices, mesh, chips=("h100",), batch=None, overrides=(), suggest=True, hbm_gib=None):
     """Compile `name` for `devices` simulated devices on `mesh` ({'data': n, 'fsdp': n, 'tensor': n}; -1 fills) and
-    read it on each chip → dict(measured, rooflines, suggestions)."""
+    read it on each chip (hbm_gib: instead of the chips' HBM) → dict(measured, rooflines, suggestions).
+
+    A chip the plan does not fit gets a suggestion: the smallest FSDP degree on these devices that fits, else the
+    smallest pure-FSDP device count that does, each confirmed by compiling it."""
     ensure_devices(devices)
     measured = compile_step(run_config(name, mesh, batch, overrides))
     measured["config"] = name
     out = dict(measured=measured, rooflines={}, suggestions={})
     for c in chips:
-        chip = CHIPS[c]
+        chip = CHIPS[c] if hbm_gib is None else dataclasses.replace(CHIPS[c], hbm_bytes=hbm_gib * GiB)
         out["rooflines"][c] = roofline(measured, chip)
         if suggest and not out["rooflines"][c]["fits"]:
             mesh_ok, cand = suggest_fsdp(name, devices, chip, batch, overrides, measured)
-            out["suggestions"][c] = dict(mesh=mesh_ok, peak_bytes=cand["memory"]["peak"] if cand else None)
+            if mesh_ok:
+                out["suggestions"][c] = dict(devices=devices, mesh=mesh_ok, peak_bytes=cand["memory"]["peak"])
+                continue
+            n, peak = suggest_devices(name, measured, chip, batch, overrides)
+            out["suggestions"][c] = dict(devices=n, mesh=dict(data=1, fsdp=n, tensor=1) if n else None,
+                                         peak_bytes=peak)
     return out
 
 
@@ -339,6 +385,7 @@ def format_plan(p):
                      f"≤ {r['samples_per_s']:.0f} samples/s; memory {fit}")
         if name in p["suggestions"]:
             s = p["suggestions"][name]
-            lines.append(f"    smallest FSDP mesh that fits: {s['mesh']} (peak {_gib(s['peak_bytes'])})"
-                         if s["mesh"] else "    no FSDP degree fits: add tensor parallelism or shrink the batch")
+            lines.append(f"    smallest FSDP mesh that fits: {s['mesh']} on {s['devices']} devices (peak "
+                         f"{_gib(s['peak_bytes'])}, compiled)" if s["mesh"] else
+                         "    no FSDP mesh up to 4096 devices fits: add tensor parallelism or shrink the batch")
     return lines
