@@ -16,13 +16,12 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import math  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 
 from geolink_jax.bench.model_step_bench import training_config  # noqa: E402
 from geolink_jax.train import sharding, trainer  # noqa: E402
-from geolink_jax.train.plan import abstract_batch, shard_bytes  # noqa: E402
+from geolink_jax.train.plan import compiled_step, shard_bytes  # noqa: E402
 
 
 def measure(config_name, mesh_shape, batch_size, dtype=""):
@@ -34,14 +33,8 @@ def measure(config_name, mesh_shape, batch_size, dtype=""):
     config = training_config(ml_collections.ConfigDict(bench))
     mesh = sharding.make_mesh(config.mesh.to_dict())
     setup = trainer.Setup(config, mesh)
-    batch, batch_bytes = abstract_batch(setup, batch_size)
-    state = setup.abstract_state()  # ShapeDtypeStructs carrying the state's shardings: nothing is allocated
+    compiled, state, batch_bytes, compile_s = compiled_step(setup, batch_size)  # abstract: nothing is allocated
     params = state["params"]
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
-    t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
-        compiled = setup.step_fn.lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params))
     return dict(

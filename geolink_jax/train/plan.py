@@ -201,6 +201,20 @@ def abstract_batch(setup, batch_size, manifest=None):
     return jax.tree.map(spec, host), per_device
 
 
+def compiled_step(setup, batch_size):
+    """A trainer Setup's step compiled for abstract inputs (the state's shardings, the batch over the batch axes;
+    nothing allocated) → (compiled, abstract state, batch bytes per device, compile seconds)."""
+    import jax
+
+    state = setup.abstract_state()
+    batch, batch_bytes = abstract_batch(setup, batch_size)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
+    t0 = time.perf_counter()
+    with jax.set_mesh(setup.mesh):
+        compiled = setup.step_fn.lower(state, batch, key).compile()
+    return compiled, state, batch_bytes, time.perf_counter() - t0
+
+
 def run_config(name, mesh, batch=None, overrides=()):
     """A named config or file + `--config.` overrides + the mesh (and batch) → the resolved run config (no data:
     default graph budgets; on-device augmentation gets a 448 px canvas unless data.canvas_size says)."""
@@ -231,13 +245,7 @@ def compile_step(config):
     except ValueError as e:
         raise ConfigError(f"{e}: plan with --batch") from None
     setup = trainer.Setup(config, mesh)
-    state = setup.abstract_state()
-    batch, batch_bytes = abstract_batch(setup, config.batch_size)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
-    t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
-        compiled = setup.step_fn.lower(state, batch, key).compile()
-    compile_s = time.perf_counter() - t0
+    compiled, state, batch_bytes, compile_s = compiled_step(setup, config.batch_size)
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
