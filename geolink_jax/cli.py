@@ -403,7 +403,7 @@ def cmd_bench(args, overrides):
         only = [s for s in args.only.split(",") if s]
         cfgs = runner.plan(base, runs, only=only, overrides=overrides, reference_repo=args.reference_repo)
         found = runner.execute(cfgs, args.out, progress=not args.no_progress, recommended=not args.no_recommended,
-                               budget_s=float(base.get("budget_s", 0.0)))
+                               budget_s=runner.budget_s(base, overrides))
         path = report.write_report(found, args.out, title=f"geolink_jax benchmarks: suite {args.suite}",
                                    command=command)
     print()

@@ -74,7 +74,8 @@ def test_gpu_sweep_fits_its_8_minute_budget_and_covers_the_issue():
     assert {c.attention_impl for c in steps} == {"cudnn", "xla"} and steps[0].mfu_target == 0.45
     assert [c.workers for c in cfgs if c.suite == "input"] == [15]
     assert any(c.suite == "reference" for c in cfgs)
-    assert runner.estimate_s(cfgs) <= base.budget_s == 480.0
+    assert runner.estimate_s(cfgs) <= runner.budget_s(base) == 480.0
+    assert runner.budget_s(base, ["--config.budget_s=600"]) == 600.0
 
 
 def test_the_estimate_is_printed_first_and_the_budget_stops_the_sweep(tmp_path, capsys):

@@ -70,6 +70,13 @@ def plan(base, runs, only=None, overrides=(), reference_repo=None):
     return cfgs
 
 
+def budget_s(base, overrides=()):
+    """The sweep's wall-time budget (`budget_s`, after `--config.budget_s=…`; 0: none)."""
+    from geolink_jax import config as config_lib
+
+    return float(config_lib.load(list(overrides), base=base.copy_and_resolve_references()).get("budget_s", 0.0))
+
+
 def run_one(cfg):
     """One run in this process → row (errors become an "error" row)."""
     import jax
