@@ -1,14 +1,17 @@
-"""The pixel half of spec §5.2 augmentation, inside the jitted train step (`data.augment_on_device`).
+"""Spec §5.2 augmentation inside the jitted train step (`data.augment_on_device`): the graph crop and the pixels.
 
 The host draws every random choice (`augment.draw`: the same draws in the same order as the host path) and sends
-the decoded image on a fixed uint8 canvas with them; here each image is cropped and resized (bilinear, antialiased
-when shrinking, as PIL's resize), flipped, colour-jittered (PIL's brightness/contrast/saturation blends and its
-uint8 HSV hue shift, in the drawn order) and ImageNet-normalised. Every op rounds to 8-bit levels as PIL does, so
-the result matches the host path to within resampling and rounding differences (tests/test_device_augment.py).
+the decoded image on a fixed uint8 canvas and the whole padded graph with them. Here each sample's graph is cropped
+to the nodes inside the drawn box (compacted, edges renumbered, positions renormalised, flipped) exactly as the
+host path does, and its image is cropped to the resulting bbox and resized (bilinear, antialiased when shrinking,
+as PIL's resize), flipped, colour-jittered (PIL's brightness/contrast/saturation blends and its uint8 HSV hue
+shift, in the drawn order) and ImageNet-normalised. Every op rounds to 8-bit levels as PIL does, so the pixels
+match the host path to within resampling (tests/test_device_augment.py).
 
-Batch fields (leading B): image uint8 [B, Hc, Wc, 3] (the decoded image at the top left, zeros after); augment =
-{size int32 [B, 2] (the decoded image's height, width), box float32 [B, 4] (left, top, right, bottom pixels), flip bool [B], jitter float32 [B, 4] (brightness, contrast, saturation, hue
-factors), jitter_order int32 [B, 4]}.
+Batch fields (leading B): image uint8 [B, Hc, Wc, 3] (the decoded image at the top left, zeros after); graph (the
+GraphBatch fields, uncropped); augment = {size int32 [B, 2] (the decoded image's height, width), box float32 [B, 4]
+(the drawn crop x0, y0, w, h, normalised), flip bool [B], jitter float32 [B, 4] (brightness, contrast, saturation,
+hue factors; identity 1, 1, 1, 0), jitter_order int32 [B, 4]}.
 """
 
 import jax
