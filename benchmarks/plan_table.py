@@ -3,7 +3,8 @@ config's own mesh, pure FSDP for L/H, data parallel for B; global batch 1024), r
 
     python benchmarks/plan_table.py [--out benchmarks/results/plans]   # ~20 min on 2 cores; one process per plan
 
-Writes one JSON per plan and prints the markdown table.
+Writes one JSON per plan, a picture of the MFU bound against the device count (plans/mfu_bound_vs_devices.png)
+and prints the markdown table.
 """
 
 import argparse
@@ -34,6 +35,31 @@ def row(p):
     return "| " + " | ".join(cells) + " |"
 
 
+def picture(out):
+    """MFU bound (roofline) against devices, one line per config and chip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for config in CONFIGS:
+        for chip, style in zip(CHIPS, ("-o", "--s")):
+            points = [(d, json.loads((out / f"{config}_{d}.json").read_text())["rooflines"][chip]["mfu"])
+                      for d in DEVICES if (out / f"{config}_{d}.json").exists()]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{config.removeprefix('geolink_')} {chip}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(DEVICES, [str(d) for d in DEVICES])
+    ax.set_xlabel("devices (global batch 1024, the config's own mesh)")
+    ax.set_ylabel("MFU bound (roofline)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title("compile-only plans: compute vs collectives")
+    fig.tight_layout()
+    fig.savefig(out / "mfu_bound_vs_devices.png", dpi=120)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/plans")
@@ -50,6 +76,7 @@ def main():
                    "--chip", ",".join(CHIPS), "--json", str(path)]
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
+    picture(out)
     print("| config | devices | mesh | params | params + AdamW / device (GiB) | peak / device (GiB) | "
           "TFLOP / device / step | collectives sent / device (GiB) | H100 | TPU v5p |")
     print("|---|---|---|---|---|---|---|---|---|---|")
