@@ -121,3 +121,17 @@ def test_large_images_are_decoded_to_fit_the_canvas():
     expected = aug.draw(np.random.default_rng(5), aug.AugmentConfig())
     np.testing.assert_allclose(params["box"], expected.box, rtol=1e-6)
     assert bool(params["flip"]) == expected.flip
+
+
+def test_end_of_run_pictures_show_the_augmented_batch(ufz, tmp_path):
+    """The family's pictures take an on-device batch: the step's augmented images and cropped graphs are drawn."""
+    from model_helpers import tiny_model
+
+    from geolink_jax.geolink import family
+
+    paths, manifest = ufz
+    batch = next(iter(pipeline.make_dataset(paths, _pipeline_cfg(manifest, True, size=64))))
+    family.pictures(tiny_model(osm_in_features=512), batch, tmp_path, count=2)
+    for name in ("reconstructions.png", "osm_graph.png"):
+        with Image.open(tmp_path / name) as im:
+            assert im.size[0] > 64 and np.asarray(im).std() > 0
