@@ -5,9 +5,10 @@ import ml_collections
 ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
 
 
-# Seconds one run takes, child start and compilation included, on the 2-core CPU host (the GPU sweep sets its
-# own): the runner adds them up and prints the estimate before a sweep starts.
-EST_S = dict(step=60, mask=150, pipeline=60, input=60, preprocess=60, memory=150, compile=150, reference=120)
+# Seconds one run takes, child start and compilation included, on the 2-core CPU host (the cpu sweep's recorded
+# wall times in benchmarks/results/rows.jsonl; the GPU sweep sets its own): the runner adds them up and prints the
+# estimate before a sweep starts.
+EST_S = dict(step=55, mask=330, pipeline=100, input=55, preprocess=40, memory=200, compile=250, reference=90)
 
 
 def base_config():

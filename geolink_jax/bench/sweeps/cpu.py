@@ -1,4 +1,4 @@
-"""The CPU suite: the real ViT-B model and the issue-6 targets that apply on a CPU host (about an hour on 2 cores).
+"""The CPU suite: the real ViT-B model and the issue-6 targets that apply on a CPU host (~35 min on 2 cores).
 
     geolink-jax bench --suite cpu --reference-repo PATH
 """
