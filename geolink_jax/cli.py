@@ -423,15 +423,14 @@ def _plan_parser(sub):
     p.add_argument("--devices", type=int, required=True, help="number of devices to plan for")
     p.add_argument("--mesh", default="", help="data=N,fsdp=N,tensor=N (one may be -1); default: the config's mesh")
     p.add_argument("--batch", type=int, default=0, help="global batch (default: the config's)")
-    p.add_argument("--chip", default="h100", help=f"comma-separated chips: {', '.join(CHIP_NAMES)}")
+    from geolink_jax.train.plan import CHIPS  # a light module: jax is imported inside its functions
+
+    p.add_argument("--chip", default="h100", help=f"comma-separated chips: {', '.join(CHIPS)}")
     p.add_argument("--hbm-gib", type=float, default=None, help="plan against this much memory per device instead "
                                                                  "of the chips' HBM")
     p.add_argument("--no-suggest", action="store_true", help="do not search for a mesh that fits")
     p.add_argument("--json", default="", help="also write the plan as JSON to this file")
     return p
-
-
-CHIP_NAMES = ("h100", "h200", "a100", "v4", "v5e", "v5p", "v6e")
 
 
 def _parse_mesh(text):

@@ -135,3 +135,12 @@ def test_end_of_run_pictures_show_the_augmented_batch(ufz, tmp_path):
     for name in ("reconstructions.png", "osm_graph.png"):
         with Image.open(tmp_path / name) as im:
             assert im.size[0] > 64 and np.asarray(im).std() > 0
+
+
+def test_a_manifest_without_image_sizes_is_one_clear_data_error():
+    """Shards made before on-device augmentation: the error names the manifest and the two ways out."""
+    from geolink_jax.data.shards import DataError
+
+    with pytest.raises(DataError, match=r"^old/manifest.json: records no image sizes .*canvas_size"):
+        pipeline.canvas_size({"num_records": 3}, source="old/manifest.json")
+    assert pipeline.canvas_size({}, size=300) == (300, 300)

@@ -84,9 +84,6 @@ def flip_graph(graph):
     return dataclasses.replace(graph, positions=positions)
 
 
-JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-
-
 def draw_jitter(rng, strength):
     """torchvision ColorJitter's draws: a factor per enabled op (in the order brightness, contrast, saturation, hue),
     then a random order of the enabled ops. Returns (factors float32 [4], order int32 [4]): the disabled ops have
@@ -220,7 +217,7 @@ def augment_for_device(image, rng, cfg: AugmentConfig, canvas):
     a fixed canvas (`place_on_canvas`); the graph crop and flip and every pixel op run in the train step
     (`device_augment`).
 
-    canvas: (height, width). Returns (uint8 [h, w, 3] with h, w ≤ canvas, params: dict of `device_augment.PARAMS`)."""
+    canvas: (height, width). Returns (uint8 [h, w, 3] with h, w ≤ canvas, params: the `augment` fields of a batch, see `device_augment`)."""
     pil = as_rgb_pil(image)
     d = draw(rng, cfg)
     hc, wc = canvas

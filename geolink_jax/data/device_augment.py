@@ -21,9 +21,6 @@ import numpy as np
 from geolink_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 
-PARAMS = ("size", "box", "flip", "jitter", "jitter_order")
-
-
 def _u8(x):
     """Rounded to an 8-bit level (PIL's resize and HSV conversion)."""
     return jnp.clip(jnp.round(x), 0.0, 255.0)
@@ -179,6 +176,23 @@ def step_inputs(batch, size):
         return batch["image"], batch.get("graph")
     x, graph = levels(batch, size)
     return (x / 255.0 - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD), graph
+
+
+def abstract_images(vit, batch_size, manifest=None, data=None):
+    """The image part of a batch as ShapeDtypeStructs (compile-ahead, planning): {image float32 [B, S, S, C]}, or,
+    with on-device augmentation in the `data` block, {image uint8 canvas, augment}."""
+    if data is not None and data.augment_on_device:
+        from geolink_jax.data import pipeline
+
+        return abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size))
+    return dict(image=jax.ShapeDtypeStruct((batch_size, vit.image_size, vit.image_size, vit.in_channels), np.float32))
+
+
+def host_step_inputs(host_batch, size, count):
+    """The first `count` samples of a host batch as the step sees them → numpy (images normalised, graph fields or
+    None): end-of-run pictures."""
+    first = jax.tree.map(lambda x: np.asarray(x)[:count], {k: v for k, v in host_batch.items() if k != "stats"})
+    return jax.device_get(jax.jit(step_inputs, static_argnums=1)(first, size))
 
 
 def abstract_inputs(batch_size, canvas):

@@ -19,7 +19,8 @@ import numpy as np
 from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATION_NAMES
 
 
-def _round_up(x, multiple=8):
+def round_up(x, multiple=8):
+    """x (≥ 1, ceiled) rounded up to a multiple."""
     return int(-(-max(int(np.ceil(x)), 1) // multiple) * multiple)
 
 
@@ -43,15 +44,15 @@ class GraphBudget:
     def from_manifest(cls, manifest, stat="max", multiple=8):
         """Budgets from a preprocessing manifest's per-type/per-relation count statistics ('max', 'p99', …),
         rounded up to `multiple`. Tiles above a percentile budget lose random nodes in the pipeline (counted)."""
-        nodes = {t: _round_up(manifest["node_counts"][t][stat], multiple) for t in NODE_TYPES}
-        edges = {r: _round_up(manifest["edge_counts"][r][stat], multiple) for r in RELATION_NAMES}
+        nodes = {t: round_up(manifest["node_counts"][t][stat], multiple) for t in NODE_TYPES}
+        edges = {r: round_up(manifest["edge_counts"][r][stat], multiple) for r in RELATION_NAMES}
         return cls(nodes, edges)
 
     @classmethod
     def covering(cls, graphs, multiple=8):
         """The smallest budgets (rounded up to `multiple`) that hold every graph in `graphs`."""
-        nodes = {t: _round_up(max(g.num_nodes(t) for g in graphs), multiple) for t in NODE_TYPES}
-        edges = {r: _round_up(max(g.num_edges(r) for g in graphs), multiple) for r in RELATION_NAMES}
+        nodes = {t: round_up(max(g.num_nodes(t) for g in graphs), multiple) for t in NODE_TYPES}
+        edges = {r: round_up(max(g.num_edges(r) for g in graphs), multiple) for r in RELATION_NAMES}
         return cls(nodes, edges)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from geolink_jax.data import record_format, shards
 from geolink_jax.data.augment import AugmentConfig, augment, augment_for_device, place_on_canvas, resize_only
-from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, fit_to_budget, pad_fitted
+from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, fit_to_budget, pad_fitted, round_up
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
 from geolink_jax.osm.osm_graph import TileGraph
 
@@ -52,19 +52,16 @@ class PipelineConfig:
     canvas: tuple = (0, 0)  # (height, width) of the uint8 canvas of on-device augmentation
 
 
-def canvas_size(manifest, size=0, multiple=32):
+def canvas_size(manifest, size=0, multiple=32, source="the data's manifest.json"):
     """The on-device augmentation canvas (height, width): `size` (square) if given, else the manifest's largest
-    decoded image, rounded up to `multiple`. Larger images are decoded at a reduced scale to fit."""
+    decoded image, rounded up to `multiple`. Larger images are decoded at a reduced scale to fit. A manifest without
+    image sizes (made before on-device augmentation) is a DataError naming `source`."""
     if size:
         return int(size), int(size)
     if not manifest or "image_size" not in manifest:
-        raise ValueError("the manifest records no image sizes (made before on-device augmentation): preprocess the "
-                         "tiles again, or set --config.data.canvas_size")
-    return tuple(_round_up(manifest["image_size"][k]["max"], multiple) for k in ("height", "width"))
-
-
-def _round_up(x, multiple):
-    return int(-(-max(int(x), 1) // multiple) * multiple)
+        raise shards.DataError(f"{source}: records no image sizes (made before on-device augmentation): preprocess "
+                               "the tiles again, or set --config.data.canvas_size")
+    return tuple(round_up(manifest["image_size"][k]["max"], multiple) for k in ("height", "width"))
 
 
 class DecodeAugmentPad(grain.transforms.RandomMap):
@@ -122,11 +119,13 @@ def pipeline_config(config, manifest, image_size, graphs=True):
 
     d = config.data
     budget = GraphBudget.from_manifest(manifest, d.budget_stat) if graphs else GraphBudget.default()
+    manifest_file = f"{d.path or 'the bundled data'}/manifest.json"
     return PipelineConfig(batch_size=config.batch_size // jax.process_count(), budget=budget, seed=config.seed,
                           worker_count=d.worker_count, read_threads=d.read_threads, graphs=graphs,
                           augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
                                                 draft_decode=d.draft_decode, on_device=d.augment_on_device),
-                          canvas=canvas_size(manifest, d.canvas_size) if d.augment_on_device else (0, 0))
+                          canvas=canvas_size(manifest, d.canvas_size, source=manifest_file)
+                          if d.augment_on_device else (0, 0))
 
 
 class ProcessRows(grain.MapDataset):

@@ -51,11 +51,7 @@ def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     graph = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype), dataclasses.asdict(one))
     for t, x in graph["nodes"].items():  # an empty batch has no feature width: the model's
         graph["nodes"][t] = jax.ShapeDtypeStruct((batch_size, x.shape[1], model_cfg.osm_in_features), x.dtype)
-    if data is not None and data.augment_on_device:
-        return dict(**device_augment.abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size)),
-                    graph=graph)
-    return dict(image=jax.ShapeDtypeStruct((batch_size, v.image_size, v.image_size, v.in_channels), np.float32),
-                graph=graph)
+    return dict(**device_augment.abstract_images(v, batch_size, manifest, data), graph=graph)
 
 
 def varied_graphs(graphs, count, rng):
@@ -107,8 +103,7 @@ def pictures(model, host_batch, workdir, count=4):
 
     n = min(count, len(host_batch["image"]))
     cfg = model.cfg
-    first = jax.tree.map(lambda x: np.asarray(x)[:n], {k: v for k, v in host_batch.items() if k != "stats"})
-    images, graph = jax.device_get(jax.jit(device_augment.step_inputs, static_argnums=1)(first, cfg.vit.image_size))
+    images, graph = device_augment.host_step_inputs(host_batch, cfg.vit.image_size, n)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -165,7 +160,8 @@ FAMILY = family_lib.Family(
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
     configs={"demo": "geolink_jax.geolink.configs.demo", "geolink_vit_b": "geolink_jax.geolink.configs.vit_b",
-             "geolink_vit_l": "geolink_jax.geolink.configs.vit_l", "geolink_vit_h": "geolink_jax.geolink.configs.vit_h"},
+             "geolink_vit_l": "geolink_jax.geolink.configs.vit_l",
+             "geolink_vit_h": "geolink_jax.geolink.configs.vit_h"},
     converters=CONVERTERS,
     embed=_embed,
     pictures=pictures,

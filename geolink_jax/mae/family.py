@@ -31,10 +31,7 @@ def default_data(config, workdir):
 
 
 def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
-    v = model_cfg.vit
-    if data is not None and data.augment_on_device:
-        return device_augment.abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size))
-    return dict(image=jax.ShapeDtypeStruct((batch_size, v.image_size, v.image_size, v.in_channels), np.float32))
+    return device_augment.abstract_images(model_cfg.vit, batch_size, manifest, data)
 
 
 def example_batch(model_cfg, batch_size, seed=0):
@@ -58,8 +55,7 @@ def pictures(model, host_batch, workdir, count=4):
 
     from geolink_jax import pictures as pics
 
-    first = jax.tree.map(lambda x: np.asarray(x)[:count], {k: v for k, v in host_batch.items() if k != "stats"})
-    images = np.asarray(jax.jit(device_augment.step_inputs, static_argnums=1)(first, model.cfg.vit.image_size)[0])
+    images = device_augment.host_step_inputs(host_batch, model.cfg.vit.image_size, count)[0]
     graphdef, state = nnx.split(model)
 
     @jax.jit
