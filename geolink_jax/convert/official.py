@@ -142,40 +142,53 @@ def _hetero_key_format(state_dict):
 
 
 # ------------------------------------------------------------------ multimodal
+def params_from_named(state_dict, target, name_fn, unused=(), source="state_dict"):
+    """A state_dict {key: array} → params shaped like `target` (a nested dict of arrays or ShapeDtypeStructs), each
+    path mapped by `name_fn(path) -> (key, rule)`; a key may be a tuple of keys whose arrays are concatenated along
+    axis 0 (separate q, k, v weights read as one packed qkv). Strict: a missing key, a wrong shape or a key left over
+    that is not in `unused` is a ConversionError naming it. Returns (params, the keys converted)."""
+    tried, out, problems = set(), [], []
+    for path, leaf in traverse_util.flatten_dict(target).items():
+        key, rule = name_fn(path)
+        keys = key if isinstance(key, tuple) else (key,)
+        missing = [k for k in keys if k not in state_dict]
+        if missing:
+            problems += [f"missing key {k!r} (for {'.'.join(map(str, path))})" for k in missing]
+            continue
+        tried.update(keys)  # reported once, as wrong-shaped, not again as unused
+        raw = (np.concatenate([np.asarray(state_dict[k], np.float32) for k in keys]) if len(keys) > 1
+               else state_dict[key])
+        # the shape this key must have in the file, in the file's layout
+        expected = np.shape(_to_official(rule, np.zeros(leaf.shape, np.float32), (1, 1, -1)))
+        try:
+            value = _to_ours(rule, raw, tuple(leaf.shape))
+        except ValueError:
+            value = None
+        if value is None or value.shape != tuple(leaf.shape):
+            problems.append(f"{'+'.join(keys)}: shape {tuple(np.shape(raw))}, expected {tuple(expected)} "
+                            f"(for {'.'.join(map(str, path))})")
+            continue
+        out.append((path, value))
+    leftover = sorted(set(state_dict) - tried - set(unused))
+    problems += [f"unused key {k!r} {tuple(np.shape(state_dict[k]))}" for k in leftover]
+    if problems:
+        raise ConversionError(f"{source}: " + "; ".join(problems))
+    return traverse_util.unflatten_dict(dict(out)), tried
+
+
 def params_from_official(state_dict, target, source="state_dict"):
     """Official GeoLink state_dict {key: array} → geolink_jax params shaped like `target` (a nested dict of
     arrays or ShapeDtypeStructs, e.g. nnx.to_pure_dict of the model's Params). Returns (params, report)."""
     fmt = _hetero_key_format(state_dict)
-    used, tried, out, problems = set(), set(), [], []
-    for path, leaf in traverse_util.flatten_dict(target).items():
-        key, rule = official_name(path, fmt)
-        if key not in state_dict:
-            problems.append(f"missing key {key!r} (for {'.'.join(map(str, path))})")
-            continue
-        tried.add(key)  # reported once, as wrong-shaped, not again as unused
-        # the shape this key must have in the file, in the file's layout
-        expected = np.shape(_to_official(rule, np.zeros(leaf.shape, np.float32), (1, 1, -1)))
-        try:
-            value = _to_ours(rule, state_dict[key], tuple(leaf.shape))
-        except ValueError:
-            value = None
-        if value is None or value.shape != tuple(leaf.shape):
-            problems.append(f"{key}: shape {tuple(np.shape(state_dict[key]))}, expected {tuple(expected)} "
-                            f"(for {'.'.join(map(str, path))})")
-            continue
-        used.add(key)
-        out.append((path, value))
-    leftover = sorted(set(state_dict) - tried - set(OFFICIAL_UNUSED))
-    problems += [f"unused key {k!r} {tuple(np.shape(state_dict[k]))}" for k in leftover]
-    if problems:
-        raise ConversionError(f"{source}: " + "; ".join(problems))
+    params, used = params_from_named(state_dict, target, lambda path: official_name(path, fmt), OFFICIAL_UNUSED,
+                                     source)
     dup = [k for k in ("patch_embed.proj.weight", "patch_embed.proj.bias") if k in state_dict]
     for k in dup:  # registered twice in the reference: must be the very same values
         if not np.array_equal(np.asarray(state_dict[k]), np.asarray(state_dict["img_encoder." + k])):
             raise ConversionError(f"{source}: {k} differs from img_encoder.{k}")
     report = dict(converted=len(used), unused_listed=sorted(set(OFFICIAL_UNUSED) & set(state_dict)),
                   hetero_key_format=fmt)
-    return traverse_util.unflatten_dict(dict(out)), report
+    return params, report
 
 
 def official_state_dict(params, cfg, hetero_key="<{s}___to___{d}>"):

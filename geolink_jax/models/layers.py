@@ -152,14 +152,14 @@ class MultiHeadAttention(nnx.Module):
     """
 
     def __init__(self, dim, num_heads, *, rngs, qkv_init, out_init, dtype=jnp.float32, dropout=0.0,
-                 implementation=None):
+                 implementation=None, qkv_bias=True):
         head_dim = dim // num_heads
         assert head_dim * num_heads == dim, (dim, num_heads)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.in_proj = nnx.Dict(
-            kernel=param(rngs, qkv_init, (dim, 3, num_heads, head_dim), ("embed", "qkv", "heads", "head_dim")),
-            bias=param(rngs, zeros, (3, num_heads, head_dim), ("qkv", "heads", "head_dim")),
-        )
+            kernel=param(rngs, qkv_init, (dim, 3, num_heads, head_dim), ("embed", "qkv", "heads", "head_dim")))
+        if qkv_bias:  # CROMA's to_qkv has none
+            self.in_proj["bias"] = param(rngs, zeros, (3, num_heads, head_dim), ("qkv", "heads", "head_dim"))
         self.out_proj = nnx.Dict(
             kernel=param(rngs, out_init, (num_heads, head_dim, dim), ("heads", "head_dim", "embed")),
             bias=param(rngs, zeros, (dim,), ("embed",)),
@@ -168,19 +168,26 @@ class MultiHeadAttention(nnx.Module):
         self.dropout = dropout
         self.implementation = implementation
 
+    def _in_bias(self):
+        return self.in_proj["bias"][...].astype(self.dtype) if "bias" in self.in_proj else 0.0
+
     def _project(self, x, i):
         w = self.in_proj["kernel"][:, i].astype(self.dtype)
-        return jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), w) + self.in_proj["bias"][i].astype(self.dtype)
+        b = self._in_bias()
+        return jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), w) + (b[i] if "bias" in self.in_proj else b)
 
-    def __call__(self, q_in, k_in=None, v_in=None, *, key_mask=None, dropout_key=None, return_weights=False):
-        """q_in: [B, Tq, E]; k_in, v_in: [B, Tk, E] (default q_in); key_mask: bool [B, Tk], True = attend.
+    def __call__(self, q_in, k_in=None, v_in=None, *, key_mask=None, bias=None, dropout_key=None,
+                 return_weights=False):
+        """q_in: [B, Tq, E]; k_in, v_in: [B, Tk, E] (default q_in); key_mask: bool [B, Tk], True = attend;
+        bias: float [H, Tq, Tk] (or broadcastable to [B, H, Tq, Tk]) added to the attention logits (ALiBi).
 
         Returns out [B, Tq, E] (and head-averaged weights float32 [B, Tq, Tk] if return_weights)."""
         if k_in is None and v_in is None:
             # self-attention: one [E, 3·H·Dh] matmul (the kernel reshape is free) instead of three strided slices,
             # which XLA would copy out in the forward and backward passes
             w = self.in_proj["kernel"][...].astype(self.dtype).reshape(q_in.shape[-1], -1)
-            qkv = linear(q_in.astype(self.dtype), w) + self.in_proj["bias"][...].astype(self.dtype).reshape(-1)
+            b = self._in_bias()
+            qkv = linear(q_in.astype(self.dtype), w) + (b.reshape(-1) if "bias" in self.in_proj else b)
             q, k, v = jnp.unstack(qkv.reshape(*qkv.shape[:-1], 3, self.num_heads, self.head_dim), axis=-3)
         else:
             k_in = q_in if k_in is None else k_in
@@ -190,12 +197,16 @@ class MultiHeadAttention(nnx.Module):
         weights = None
         if not use_dropout and not return_weights:
             mask = None if key_mask is None else key_mask[:, None, None, :]
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
+            if bias is not None:
+                bias = jnp.asarray(bias, q.dtype).reshape((-1, self.num_heads, q.shape[1], k.shape[1]))
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=self.implementation)
             if key_mask is not None:  # fully masked rows: zero instead of a uniform average of padding
                 out = jnp.where(key_mask.any(-1)[:, None, None, None], out, 0)
         else:
             logits = jnp.einsum("bqhk,bthk->bhqt", q, k, preferred_element_type=jnp.float32)
             logits = logits / math.sqrt(self.head_dim)
+            if bias is not None:
+                logits = logits + bias
             mask = True if key_mask is None else key_mask[:, None, None, :]
             probs = masked_softmax(logits, mask)
             if return_weights:
@@ -227,17 +238,19 @@ class Block(nnx.Module):
     `eps` is 1e-6 in the ViT encoder (timm) and 1e-5 in GeoLink's decoder (nn.LayerNorm default). `init` is
     timm's trunc_normal(0.02) for encoder blocks and xavier_uniform for decoder blocks (spec §3.10)."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, *, rngs, eps, init, dtype=jnp.float32, attention_impl=None):
+    def __init__(self, dim, num_heads, mlp_ratio, *, rngs, eps, init, dtype=jnp.float32, attention_impl=None,
+                 qkv_bias=True):
         self.norm1 = LayerNorm(dim, eps=eps, axes=("embed",), dtype=dtype)
         # timm's qkv is one Linear(dim, 3*dim): fan-in dim, fan-out 3*dim for xavier; trunc-normal ignores fans.
         qkv_init = init if init is not None else xavier_uniform((0,), (1, 2, 3))
         self.attn = MultiHeadAttention(dim, num_heads, rngs=rngs, qkv_init=qkv_init,
-                                       out_init=_flat_out_init(init), dtype=dtype, implementation=attention_impl)
+                                       out_init=_flat_out_init(init), dtype=dtype, implementation=attention_impl,
+                                       qkv_bias=qkv_bias)
         self.norm2 = LayerNorm(dim, eps=eps, axes=("embed",), dtype=dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, init=init or xavier_uniform(), dtype=dtype)
 
-    def __call__(self, x):
-        x = x + self.attn(self.norm1(x))
+    def __call__(self, x, attn_bias=None):
+        x = x + self.attn(self.norm1(x), bias=attn_bias)
         return x + self.mlp(self.norm2(x))
 
 

@@ -20,7 +20,7 @@ def image_reconstruction_loss(pred, target, mask, norm_pix=True):
     return (per_patch * mask).sum() / jnp.maximum(mask.sum(), 1.0)
 
 
-def _l2_normalize(x):
+def l2_normalize(x):
     # max inside the sqrt: a zero vector (a sample without nodes) gets a finite gradient, not 0·inf = NaN.
     return x * jax.lax.rsqrt(jnp.maximum(jnp.square(x).sum(-1, keepdims=True), 1e-24))
 
@@ -35,8 +35,8 @@ def contrastive_loss(z_img, z_graph, valid, temperature=0.2, groups=1):
     b = z_img.shape[0]
     if b % groups:
         raise ValueError(f"batch {b} is not divisible into {groups} contrastive groups")
-    zi = _l2_normalize(z_img.astype(jnp.float32)).reshape(groups, b // groups, -1)
-    zg = _l2_normalize(z_graph.astype(jnp.float32)).reshape(groups, b // groups, -1)
+    zi = l2_normalize(z_img.astype(jnp.float32)).reshape(groups, b // groups, -1)
+    zg = l2_normalize(z_graph.astype(jnp.float32)).reshape(groups, b // groups, -1)
     v = valid.reshape(groups, b // groups)
     pair_ok = v[:, :, None] & v[:, None, :]
     logits = jnp.einsum("gid,gjd->gij", zi, zg) / temperature
