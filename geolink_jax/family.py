@@ -98,6 +98,7 @@ class Converter:
 FAMILIES = {
     "geolink": "geolink_jax.geolink.family",
     "mae": "geolink_jax.mae.family",
+    "gair": "geolink_jax.gair.family",
 }
 
 

@@ -1,6 +1,6 @@
-"""Paths to the real sample data bundled with the package (from the official GeoLink repository, MIT).
-
-The license notice travels with the data: ``sample_data/LICENSE``.
+"""Paths to the sample data bundled with the package: GeoLink's real tiles (from the official GeoLink repository,
+MIT; ``sample_data/LICENSE``) and GAIR's demo (real Sentinel-2 patches with stand-in street views,
+``sample_data/gair/README.md`` and its LICENSE).
 """
 import pathlib
 
@@ -8,6 +8,7 @@ SAMPLE_DIR = pathlib.Path(__file__).parent / "sample_data"
 OSM_TILES_DIR = SAMPLE_DIR / "osm_tiles"
 UFZ_DIR = SAMPLE_DIR / "ufz"
 TAG_FREQUENCY_PATH = SAMPLE_DIR / "tag_key_frequency.json"
+GAIR_DIR = SAMPLE_DIR / "gair"
 
 
 def osm_tile_names():

@@ -342,6 +342,13 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
     or interrupted run leaves `out_dir` as it was, and an output is never a mix of two runs. An existing non-empty
     `out_dir` needs overwrite=True.
     """
+    return staged_output(out_dir, overwrite, lambda staging: _run_local(specs, staging, cfg, workers, strict,
+                                                                         progress))
+
+
+def staged_output(out_dir, overwrite, write):
+    """`write(staging_dir)` into a staging directory beside `out_dir`, which replaces `out_dir` only when `write`
+    returned: a failed or interrupted run leaves `out_dir` as it was. Returns what `write` returned."""
     final = pathlib.Path(out_dir)
     check_output(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -349,7 +356,7 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        manifest = _run_local(specs, staging, cfg, workers, strict, progress)
+        result = write(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -360,7 +367,7 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(staging, final)  # onto a missing or empty directory
-    return manifest
+    return result
 
 
 def _run_local(specs, out_dir, cfg, workers, strict, progress):

@@ -65,21 +65,22 @@ def _ext_hook(code, data):
     return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)  # read-only views of the record's bytes
 
 
-def encode(record):
-    """dict → bytes. Adds format and version."""
-    return msgpack.packb({"format": FORMAT, "version": VERSION, **record}, default=_default, use_bin_type=True)
+def encode(record, fmt=FORMAT, version=VERSION):
+    """dict → bytes. Adds format and version (other families' records name their own format)."""
+    return msgpack.packb({"format": fmt, "version": version, **record}, default=_default, use_bin_type=True)
 
 
-def decode(data):
+def decode(data, fmt=FORMAT, version=VERSION):
     """bytes → dict of numpy arrays / python values. Raises RecordFormatError for foreign or newer records."""
     try:
         record = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except (msgpack.exceptions.ExtraData, ValueError) as e:
-        raise RecordFormatError(f"not a msgpack tile record: {e}") from e
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise RecordFormatError("not a geolink_jax tile record")
-    if record.get("version") != VERSION:
-        raise RecordFormatError(f"tile record version {record.get('version')} is not supported (expected {VERSION})")
+        raise RecordFormatError(f"not a msgpack {fmt} record: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise RecordFormatError(f"not a {fmt} record" + (f" (a {found} record)" if found else ""))
+    if record.get("version") != version:
+        raise RecordFormatError(f"{fmt} record version {record.get('version')} is not supported (expected {version})")
     return record
 
 

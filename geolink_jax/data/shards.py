@@ -38,11 +38,11 @@ def write_shard(path, records):
     return count
 
 
-def read_shard(path):
-    """All records of one shard, decoded, in order."""
+def read_shard(path, decode=record_format.decode):
+    """All records of one shard, decoded (by `decode`: another family's record format), in order."""
     reader = array_record_module.ArrayRecordReader(str(path), READER_OPTIONS)
     try:
-        return [record_format.decode(r) for r in reader.read_all()]
+        return [decode(r) for r in reader.read_all()]
     finally:
         reader.close()
 

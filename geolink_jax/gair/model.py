@@ -25,6 +25,7 @@ import optax
 from flax import nnx
 
 from geolink_jax.gair import nili
+from geolink_jax.gair.augment import S2_MEAN, S2_STD
 from geolink_jax.gair.encoders import RSEncoder, RSEncoderConfig, SVEncoder, SVEncoderConfig
 from geolink_jax.gair.location import FrozenParam, LocationEncoder, LocationEncoderConfig
 from geolink_jax.models import layers, losses
@@ -44,6 +45,8 @@ class GAIRConfig:
     distill_weight: float = 0.2
     teachers: bool = True  # frozen teacher copies for the distillation terms
     sv_budget: int = 32  # SV photos per RS patch (padded, with a validity mask)
+    band_mean: tuple = S2_MEAN  # per-band statistics of the RS normalisation (the research code's, GAIR_BANDS order)
+    band_std: tuple = S2_STD
     dtype: str = "float32"
     attention_impl: str | None = None
 

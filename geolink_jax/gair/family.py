@@ -1,0 +1,150 @@
+"""The GAIR family (Sentinel-2 patches + street-view photos + their locations; the model is gair/model.py).
+
+Batch: see gair/pipeline.py (host) and gair/model.py (what the loss takes after `pipeline.step_inputs`). The
+location queue is model state: the trainer carries it out of every step and checkpoints it.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geolink_jax import family as family_lib
+from geolink_jax.gair import convert as gair_convert
+from geolink_jax.gair import pipeline, preprocess
+from geolink_jax.gair.model import GAIR, GAIRConfig, trainable
+
+
+def build(cfg, rngs):
+    return GAIR(cfg, rngs=rngs)
+
+
+def loss(model, batch, key, ctx):
+    return model.loss(pipeline.step_inputs(batch), ctx.batch_groups)
+
+
+def pipeline_config(config, model_cfg, train=True):
+    d = config.data
+    return pipeline.GAIRPipelineConfig(
+        batch_size=config.batch_size // jax.process_count(), sv_budget=model_cfg.sv_budget,
+        rs_size=model_cfg.rs.image_size, sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
+        band_std=tuple(model_cfg.band_std), train=train, seed=config.seed, worker_count=d.worker_count,
+        read_threads=d.read_threads)
+
+
+def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
+    return pipeline.make_dataset(paths, pipeline_config(config, model_cfg), process_index, process_count)
+
+
+def default_data(config, workdir):
+    return preprocess.bundled(f"{workdir}/data")
+
+
+def model_fields_from_data(manifest):
+    if "bands" not in manifest:
+        return {}
+    return {"rs": {"in_channels": len(manifest["bands"])}}
+
+
+def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
+    b, s, r, v = batch_size, model_cfg.sv_budget, model_cfg.rs.image_size, model_cfg.sv.image_size
+    f32, i32 = jnp.float32, jnp.int32
+    sds = jax.ShapeDtypeStruct
+    return dict(rs=sds((b, r, r, model_cfg.rs.in_channels), f32), sv=sds((b, s, v, v, 3), jnp.uint8),
+                sv_valid=sds((b, s), jnp.bool_), sv_lonlat=sds((b, s, 2), f32), sv_rel=sds((b, s, 2), f32),
+                rs_jitter_apply=sds((b,), jnp.bool_), rs_jitter_factors=sds((b, 4), f32),
+                rs_jitter_order=sds((b, 4), i32), sv_jitter_apply=sds((b, s), jnp.bool_),
+                sv_jitter_factors=sds((b, s, 4), f32), sv_jitter_order=sds((b, s, 4), i32))
+
+
+def example_batch(model_cfg, batch_size, seed=0):
+    """The bundled demo patches through the evaluation pipeline (no augmentation), cycled to batch_size."""
+    import tempfile
+
+    import ml_collections
+
+    from geolink_jax.data import shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = preprocess.bundled(f"{tmp}/data")
+        manifest = preprocess.common.load_manifest(out)
+        config = ml_collections.ConfigDict(dict(batch_size=1, seed=seed, data=dict(worker_count=0, read_threads=0)))
+        cfg = pipeline_config(config, model_cfg, train=False)
+        samples = [pipeline.PatchToSample(cfg).random_map(r, np.random.default_rng(seed))
+                   for r in _raw_records(shards.manifest_shards(out, manifest))]
+    samples = (samples * batch_size)[:batch_size]
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def _raw_records(paths):
+    from geolink_jax.data import shards
+
+    source = shards.ShardSource(paths)
+    return [source[i] for i in range(len(source))]
+
+
+def _vit_forward(tokens, width, depth, mlp_dim):
+    """Matmul FLOPs of a pre-norm ViT on `tokens` tokens (qkv, out, QKᵀ, AV, MLP)."""
+    return depth * (2 * tokens * (4 * width * width + 2 * width * mlp_dim) + 4 * tokens * tokens * width)
+
+
+def step_flops(cfg: GAIRConfig):
+    """Analytic matmul FLOPs of one train step per RS patch (with its sv_budget photos), by part: trained parts
+    3× forward (forward + backward), teachers 1× forward."""
+    rs, sv, loc = cfg.rs, cfg.sv, cfg.location
+    t_rs = (rs.image_size // rs.patch_size) ** 2
+    t_sv = (sv.image_size // sv.patch_size) ** 2 + 1
+    rs_f = 2 * t_rs * rs.patch_size ** 2 * rs.in_channels * rs.width + _vit_forward(t_rs, rs.width, rs.depth,
+                                                                                     4 * rs.width)
+    sv_f = cfg.sv_budget * (2 * (t_sv - 1) * sv.patch_size ** 2 * 3 * sv.width
+                            + _vit_forward(t_sv, sv.width, sv.depth, sv.mlp_dim) + 2 * 2 * sv.width * sv.width)
+    nili_f = 2 * t_rs * 9 * rs.width * rs.width
+    return dict(rs=3 * rs_f, sv=3 * sv_f, location=3 * cfg.sv_budget * location_forward(loc), nili=3 * nili_f,
+                teachers=(rs_f + sv_f) if cfg.teachers else 0)
+
+
+def location_forward(loc):
+    """Matmul FLOPs of the location encoder on one coordinate."""
+    return len(loc.sigmas) * 2 * (2 * loc.frequencies * loc.hidden + 2 * loc.hidden ** 2 + loc.hidden * loc.out_dim)
+
+
+def queue_flops(cfg: GAIRConfig):
+    """Per step, shared by the batch: the queue's coordinates re-encoded with gradients (3× forward)."""
+    return 3 * cfg.queue_size * location_forward(cfg.location)
+
+
+def flops_per_sample(model_cfg, manifest=None):
+    """Per RS patch, without the batch-shared queue encoding (`queue_flops`, per step)."""
+    return sum(step_flops(model_cfg).values())
+
+
+# ------------------------------------------------------------------ weights
+def _gair_import(state_dict, cfg, source, **_):
+    cfg = cfg or GAIRConfig()
+    params, _queue, report = gair_convert.params_from_gair(state_dict, family_lib.abstract_params(FAMILY, cfg),
+                                                           source)
+    return params, cfg, report
+
+
+CONVERTERS = {
+    "gair": family_lib.Converter(lambda params, cfg: gair_convert.gair_state_dict(params), _gair_import,
+                                 "GAIR's checkpoint.pth layout (research code; `module.` prefix and the `model` "
+                                 "entry accepted)"),
+}
+
+
+FAMILY = family_lib.Family(
+    name="gair",
+    config_cls=GAIRConfig,
+    build=build,
+    loss=loss,
+    dataset=dataset,
+    default_data=default_data,
+    model_fields_from_data=model_fields_from_data,
+    abstract_batch=abstract_batch,
+    example_batch=example_batch,
+    flops_per_sample=flops_per_sample,
+    configs={"gair_demo": "geolink_jax.gair.configs.demo", "gair_vit_b": "geolink_jax.gair.configs.vit_b"},
+    converters=CONVERTERS,
+    trainable=trainable,
+    log_keys=("loss", "clip", "loc_sv", "loc_rs"),
+)

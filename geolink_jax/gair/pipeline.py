@@ -1,0 +1,118 @@
+"""GAIR's grain pipeline over its patch shards: one element per RS patch with up to `sv_budget` of its street views
+(a random subset when it has more, padded with a validity mask when fewer), deterministic per element and
+checkpointable like GeoLink's (the same source → shuffle → map → batch chain of data/pipeline.py).
+
+Host batch (leading B):
+  rs float32 [B, S_rs, S_rs, C] (normalised to [0, 1] in 8-bit steps, resized), sv uint8 [B, S, 224, 224, 3]
+  (resized, flipped), sv_valid bool [B, S], sv_lonlat float32 [B, S, 2], sv_rel float32 [B, S, 2],
+  jitter draws: rs_jitter_{apply [B], factors [B, 4], order [B, 4]}, sv_jitter_{apply [B, S], factors [B, S, 4],
+  order [B, S, 4]}.
+The step (`step_inputs`) normalises the photos and applies the jitters (gair/augment.py).
+"""
+
+import dataclasses
+import io
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from geolink_jax.data import shards
+from geolink_jax.data.pipeline import MIN_SHUFFLE_SIZE
+from geolink_jax.gair import augment
+from geolink_jax.gair.preprocess import decode
+
+
+@dataclasses.dataclass(frozen=True)
+class GAIRPipelineConfig:
+    batch_size: int  # per host
+    sv_budget: int
+    rs_size: int
+    sv_size: int
+    band_mean: tuple = augment.S2_MEAN
+    band_std: tuple = augment.S2_STD
+    train: bool = True
+    seed: int = 0
+    worker_count: int = 0
+    read_threads: int = 2
+
+
+def resize_bands(x, size):
+    """float [H, W, C] → [size, size, C], bicubic per band (PIL float images)."""
+    if x.shape[0] == size and x.shape[1] == size:
+        return x.astype(np.float32)
+    return np.stack([np.asarray(Image.fromarray(x[..., c].astype(np.float32), "F").resize((size, size),
+                                                                                           Image.BICUBIC))
+                     for c in range(x.shape[-1])], -1)
+
+
+class PatchToSample(grain.transforms.RandomMap):
+    def __init__(self, cfg: GAIRPipelineConfig):
+        self.cfg = cfg
+
+    def random_map(self, data, rng):
+        cfg = self.cfg
+        record = decode(data)
+        if len(cfg.band_mean) != record["rs"].shape[-1]:
+            raise shards.DataError(f"patch {record['patch_id']}: {record['rs'].shape[-1]} bands but "
+                                   f"{len(cfg.band_mean)} band statistics (set model band_mean/band_std)")
+        rs = resize_bands(augment.normalize_rs(record["rs"], cfg.band_mean, cfg.band_std), cfg.rs_size)
+        n, s = len(record["sv_images"]), cfg.sv_budget
+        chosen = np.sort(rng.choice(n, s, replace=False)) if n > s else np.arange(n)
+        sv = np.zeros((s, cfg.sv_size, cfg.sv_size, 3), np.uint8)
+        jit_apply, jit_f, jit_o = np.zeros(s, bool), np.tile([1, 1, 1, 0], (s, 1)).astype(np.float32), \
+            np.tile(np.arange(4), (s, 1)).astype(np.int32)
+        for j, i in enumerate(chosen):
+            pil = Image.open(io.BytesIO(record["sv_images"][i])).convert("RGB").resize(
+                (cfg.sv_size, cfg.sv_size), Image.BICUBIC)
+            if cfg.train:
+                if rng.random() < 0.5:
+                    pil = pil.transpose(Image.FLIP_LEFT_RIGHT)
+                jit_apply[j], jit_f[j], jit_o[j] = augment.draw(rng, augment.SV_JITTER)
+            sv[j] = np.asarray(pil)
+        valid = np.arange(s) < len(chosen)
+        pad = lambda a: np.concatenate([a, np.zeros((s - len(a), *a.shape[1:]), a.dtype)])  # noqa: E731
+        rs_apply, rs_f, rs_o = (augment.draw(rng, augment.RS_JITTER) if cfg.train else
+                                (np.bool_(False), np.array([1, 1, 1, 0], np.float32), np.arange(4, dtype=np.int32)))
+        return dict(rs=rs, sv=sv, sv_valid=valid,
+                    sv_lonlat=pad(np.asarray(record["sv_lonlat"], np.float32)[chosen]),
+                    sv_rel=pad(np.asarray(record["sv_rel"], np.float32)[chosen]),
+                    rs_jitter_apply=rs_apply, rs_jitter_factors=rs_f, rs_jitter_order=rs_o,
+                    sv_jitter_apply=jit_apply, sv_jitter_factors=jit_f, sv_jitter_order=jit_o)
+
+
+def make_dataset(paths, cfg: GAIRPipelineConfig, process_index=0, process_count=1):
+    from geolink_jax.data.pipeline import ProcessRows
+
+    ds = grain.MapDataset.source(shards.ShardSource(paths))
+    if cfg.train:
+        if len(ds) < MIN_SHUFFLE_SIZE:
+            ds = ds.repeat(-(-MIN_SHUFFLE_SIZE // max(len(ds), 1)))
+        ds = ds.seed(cfg.seed).shuffle().repeat().random_map(PatchToSample(cfg))
+        if process_count > 1:
+            ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
+    else:
+        ds = ds[process_index::process_count].seed(cfg.seed).random_map(PatchToSample(cfg))
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                              prefetch_buffer_size=max(2 * cfg.read_threads, 1)))
+    if cfg.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.worker_count))
+    return it
+
+
+def step_inputs(batch):
+    """Host batch (on device) → the model's inputs: photos normalised, both jitters applied (see augment.py)."""
+    mean, std = jnp.asarray(augment.SV_MEAN), jnp.asarray(augment.SV_STD)
+    sv = (batch["sv"].astype(jnp.float32) - mean) / std
+    sv = augment.jitter(sv, batch["sv_jitter_factors"], batch["sv_jitter_order"], batch["sv_jitter_apply"])
+    rs = batch["rs"].astype(jnp.float32)
+    ch = list(augment.RS_JITTER["channels"])
+    rgb = augment.jitter(rs[..., ch], batch["rs_jitter_factors"], batch["rs_jitter_order"], batch["rs_jitter_apply"])
+    rs = rs.at[..., ch].set(rgb)
+    return dict(rs=rs, sv=sv, sv_valid=batch["sv_valid"], sv_lonlat=batch["sv_lonlat"], sv_rel=batch["sv_rel"])
