@@ -40,10 +40,55 @@ def _preprocess_parser(sub):
                         "--runner=… is given)")
     p.add_argument("--beam-option", action="append", default=[], help="extra Beam pipeline option, repeatable")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("GAIR (--family gair): Sentinel-2 patches + a street-view table")
+    g.add_argument("--family", choices=("geolink", "gair"), default="geolink",
+                   help="which family's records to make (default geolink)")
+    g.add_argument("--patches", default=None,
+                   help="directory of patch GeoTIFFs (bands by name) or .npy + <stem>.json bbox sidecars; default: "
+                        "the bundled GAIR demo")
+    g.add_argument("--table", default=None,
+                   help="CSV or GeoParquet of photos: sv_path, lon, lat, time, patch; default: the bundled demo's")
+    g.add_argument("--coords", choices=("degrees", "crs"), default="degrees",
+                   help="photo positions in their patch: linear in degrees (GAIR) or in the patch's own CRS")
+    g.add_argument("--sv-bands", default=",".join(("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11",
+                                                    "B12")), help="bands to keep, by name (default GAIR's ten)")
     return p
 
 
+def cmd_preprocess_gair(args):
+    from geolink_jax.gair import preprocess as gair_pre
+
+    patches = args.patches or str(samples.GAIR_DIR / "patches")
+    table = args.table or str(samples.GAIR_DIR / "street_view.csv")
+    problem = _output_dir_problem(args.out) if "://" not in args.out else None
+    if not pathlib.Path(patches).is_dir():
+        problem = f"--patches {patches}: no such directory"
+    elif not pathlib.Path(table).is_file():
+        problem = f"--table {table}: no such file"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    cfg = gair_pre.GAIRPreprocessConfig(bands=tuple(b.strip().upper() for b in args.sv_bands.split(",") if b.strip()),
+                                        coords=args.coords)
+    if args.runner == "beam":
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        manifest = gair_pre.run_beam(patches, table, args.out, cfg, PipelineOptions(args.beam_option))
+    else:
+        manifest = gair_pre.run_local(patches, table, args.out, cfg, progress=not args.no_progress,
+                                      overwrite=args.overwrite)
+    print(f"\nwrote {args.out}/manifest.json: {manifest['num_records']} of {manifest['num_patches']} patches, "
+          f"{manifest['num_sv']} photos; {manifest['problems']['error']} problem(s) in {args.out}/"
+          f"{manifest['errors_file']}")
+    if not manifest["num_records"]:
+        print(f"error: no patch was written (reasons in {args.out}/{manifest['errors_file']})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_preprocess(args):
+    if args.family == "gair":
+        return cmd_preprocess_gair(args)
     from geolink_jax.data import preprocess
     from geolink_jax.data import tile_sources
 
@@ -251,6 +296,9 @@ def _embed_parser(sub):
                                                      "tiles (default: the bundled OSM tiles)")
     p.add_argument("--out", default="out/embeddings.parquet")
     p.add_argument("--maps", default=None, help="also write the [N, h, w, D] maps to this .npz")
+    p.add_argument("--queries", default=None,
+                   help="GAIR models: CSV of extra points (patch, lon, lat) to get localized RS embeddings at; "
+                        "--tiles is then a GAIR preprocessed directory")
     return p
 
 
@@ -262,6 +310,8 @@ def cmd_embed(args):
     from geolink_jax import family as family_lib
 
     family, model = _load_model(args)
+    if family == "gair":
+        return cmd_embed_gair(args, model)
     tile_list = tiles.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
     width = getattr(model.cfg, "osm_in_features", None)
     if width and tile_list and tile_list[0].graph.features["polygon"].shape[1] != width:
@@ -276,6 +326,27 @@ def cmd_embed(args):
     if args.maps:
         np.savez(args.maps, **maps)
         print(f"wrote maps {', '.join(f'{k} {v.shape}' for k, v in maps.items() if k != 'tile_id')} → {args.maps}")
+    return 0
+
+
+def cmd_embed_gair(args, model):
+    import csv
+
+    from geolink_jax.gair import embed as gair_embed
+
+    queries = {}
+    if args.queries:
+        with open(args.queries, newline="") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                try:
+                    queries.setdefault(row["patch"], []).append((float(row["lon"]), float(row["lat"])))
+                except (KeyError, ValueError) as e:
+                    raise ValueError(f"{args.queries}: row {i + 2}: needs patch, lon, lat ({e})") from None
+    rows = gair_embed.embed_patches(model, args.tiles, queries)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    gair_embed.write_geoparquet(rows, args.out)
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in ("rs", "sv", "query")}
+    print(f"wrote {kinds['rs']} patches, {kinds['sv']} photos, {kinds['query']} query points → {args.out}")
     return 0
 
 

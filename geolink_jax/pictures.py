@@ -133,17 +133,23 @@ def attention_figure(image, attention, grid, node_xy, node_label="", size=448):
 
     image float [H, W, 3] normalised; attention float [L] over the gh·gw image tokens (row-major); grid (gh, gw);
     node_xy (x, y) in [0, 1] (y down), marked with a ring. Returns a PIL RGB image."""
-    gh, gw = grid
-    att = np.asarray(attention, np.float32).reshape(gh, gw)
-    att = (att - att.min()) / max(float(att.max() - att.min()), 1e-12)
-    heat = Image.fromarray((att * 255).astype(np.uint8), "L").resize((size, size), Image.BILINEAR)
+    return heat_figure(to_uint8(image), np.asarray(attention, np.float32).reshape(grid), node_xy, node_label, size)
+
+
+def heat_figure(base, values, point_xy=None, label="", size=448):
+    """A heat map of `values` [gh, gw] (min → max: dark → orange-yellow) over an 8-bit RGB picture `base`
+    [H, W, 3], a ring at point_xy (x, y) in [0, 1] (y down) if given, and a label. Returns a PIL RGB image."""
+    v = np.asarray(values, np.float32)
+    v = (v - v.min()) / max(float(v.max() - v.min()), 1e-12)
+    heat = Image.fromarray((v * 255).astype(np.uint8), "L").resize((size, size), Image.BILINEAR)
     h = np.asarray(heat, np.float32)[..., None] / 255.0
     hot = np.concatenate([h * 255, h * 120, (1 - h) * 40], axis=-1)  # dark → orange-yellow
-    base = np.asarray(Image.fromarray(to_uint8(image)).resize((size, size), Image.BILINEAR), np.float32)
+    base = np.asarray(Image.fromarray(np.asarray(base, np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
     pic = Image.fromarray((0.45 * base + 0.55 * hot).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pic)
-    x, y = node_xy[0] * size, node_xy[1] * size
-    draw.ellipse([x - 7, y - 7, x + 7, y + 7], outline=(0, 255, 255), width=3)
-    if node_label:
-        draw.text((6, 6), node_label, fill=(255, 255, 255))
+    if point_xy is not None:
+        x, y = point_xy[0] * size, point_xy[1] * size
+        draw.ellipse([x - 7, y - 7, x + 7, y + 7], outline=(0, 255, 255), width=3)
+    if label:
+        draw.text((6, 6), label, fill=(255, 255, 255))
     return pic

@@ -2,8 +2,11 @@
 
     python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG [key=value …]]
         → JSON {mesh: per-step losses, param specs}; key=value: config overrides (e.g. data.augment_on_device=True)
-    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR [key=value …]     → saves the state after 2 steps
-    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR [key=value …]  → JSON: max |restored − saved|, specs
+    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR [CONFIG [key=value …]]     → saves the state after 2
+        steps
+    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR [CONFIG [key=value …]]  → JSON: max |restored −
+        saved|, specs, the next step's loss
+CONFIG: a named config (default demo); a first argument with '=' is an override, not a config.
 """
 
 import json
@@ -22,7 +25,8 @@ def setup(data_dir, mesh_shape, config_name="demo", overrides=()):
     config.data.path = data_dir
     config.batch_size = 8
     config.faithful_batch_groups = False  # compare meshes with the same (global) batch statistics
-    config.model.vit.depth = 1
+    if "vit" in config.model:
+        config.model.vit.depth = 1
     data, fsdp, tensor = (int(x) for x in mesh_shape.split(","))
     config.mesh = dict(data=data, fsdp=fsdp, tensor=tensor)
     paths, manifest = trainer.prepare_data(config, None)
@@ -58,7 +62,9 @@ def main():
             out[shape] = dict(losses=losses, specs=specs)
         print(json.dumps(out))
         return
-    config, mesh, s, it = setup(data_dir, mesh_shape, "demo", sys.argv[5:])
+    rest = sys.argv[5:]
+    name = rest.pop(0) if rest and "=" not in rest[0] else "demo"
+    config, mesh, s, it = setup(data_dir, mesh_shape, name, rest)
     state = s.init_state()
     if mode == "save":
         state, _ = run_steps(mesh, s, it, state, 2)

@@ -117,6 +117,24 @@ def flops_per_sample(model_cfg, manifest=None):
     return sum(step_flops(model_cfg).values())
 
 
+def pictures(model, host_batch, workdir, count=4):
+    """workdir/sv_similarity.png: for the first photo of up to `count` patches, its similarity to NILI queries over
+    its patch (where would this photo be?), side by side."""
+    import pathlib
+
+    from PIL import Image
+
+    from geolink_jax.gair import embed
+
+    n = min(count, len(host_batch["rs"]))
+    figs = [embed.similarity_figure(model, {k: np.asarray(v)[i] for k, v in host_batch.items()}, 0, size=256)
+            for i in range(n)]
+    out = Image.new("RGB", (256 * n, 256))
+    for i, f in enumerate(figs):
+        out.paste(f, (256 * i, 0))
+    out.save(pathlib.Path(workdir) / "sv_similarity.png")
+
+
 # ------------------------------------------------------------------ weights
 def _gair_import(state_dict, cfg, source, **_):
     cfg = cfg or GAIRConfig()
@@ -146,5 +164,6 @@ FAMILY = family_lib.Family(
     configs={"gair_demo": "geolink_jax.gair.configs.demo", "gair_vit_b": "geolink_jax.gair.configs.vit_b"},
     converters=CONVERTERS,
     trainable=trainable,
+    pictures=pictures,
     log_keys=("loss", "clip", "loc_sv", "loc_rs"),
 )

