@@ -203,3 +203,52 @@ def test_gair_same_loss_on_1_and_8_devices_and_the_queue_resumes_exactly(gair_sh
     assert restored["step"] == 2 and restored["max_abs_diff"] == 0.0  # params, optimizer and the queue, exactly
     # the resumed run's third step is the uninterrupted run's third step: same batch, same queue
     np.testing.assert_allclose(restored["next_loss"], one[2], rtol=2e-5, atol=2e-5)
+
+
+def test_cli_embed_gair_with_query_points_and_the_similarity_picture(gair_shards, tmp_path, capsys):
+    import geopandas as gpd
+    import jax
+    from flax import nnx
+
+    from geolink_jax.convert import params_store
+    from geolink_jax.gair import family as gair_family
+    from geolink_jax.gair.encoders import RSEncoderConfig, SVEncoderConfig
+    from geolink_jax.gair.location import LocationEncoderConfig
+    from geolink_jax.gair.model import GAIR, GAIRConfig
+
+    cfg = GAIRConfig(rs=RSEncoderConfig(width=32, depth=1, num_heads=4, image_size=64),
+                     sv=SVEncoderConfig(width=32, depth=1, num_heads=4, mlp_dim=64, image_size=32),
+                     location=LocationEncoderConfig(hidden=32, out_dim=32), sv_budget=2, queue_size=32)
+    model = GAIR(cfg, rngs=nnx.Rngs(0))
+    params_store.save_params(tmp_path / "w", nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg)
+    rec = records(gair_shards)[1]
+    lon, lat = (float(v) for v in rec["sv_lonlat"][2])  # a query exactly at a photo: its localized embedding is that photo's
+    (tmp_path / "q.csv").write_text(f"patch,lon,lat\n{rec['patch_id']},{lon!r},{lat!r}\n")
+    out = tmp_path / "emb.parquet"
+    assert cli.main(["embed", "--params", str(tmp_path / "w"), "--tiles", str(gair_shards), "--out", str(out),
+                     "--queries", str(tmp_path / "q.csv")]) == 0
+    assert "wrote 6 patches, 30 photos, 1 query points" in capsys.readouterr().out
+    gdf = gpd.read_parquet(out)
+    assert gdf.crs.to_epsg() == 4326 and gdf.kind.value_counts().to_dict() == {"sv": 30, "rs": 6, "query": 1}
+    assert set(gdf[gdf.kind == "rs"].geom_type) == {"Polygon"} and set(gdf[gdf.kind == "sv"].geom_type) == {"Point"}
+    query = gdf[gdf.kind == "query"].iloc[0]
+    photo = gdf[(gdf.kind == "sv") & (gdf.patch_id == rec["patch_id"])].iloc[2]
+    np.testing.assert_allclose(query.localized_rs, photo.localized_rs, atol=1e-4)
+    np.testing.assert_allclose(query["loc"], photo["loc"], atol=1e-4)
+    assert gdf[gdf.kind == "rs"].iloc[1].geometry.contains(photo.geometry)
+    (tmp_path / "far.csv").write_text(f"patch,lon,lat\n{rec['patch_id']},0.0,0.0\n")
+    assert cli.main(["embed", "--params", str(tmp_path / "w"), "--tiles", str(gair_shards), "--out", str(out),
+                     "--queries", str(tmp_path / "far.csv")]) == 1
+    assert "outside patch" in capsys.readouterr().err
+    # the picture: a similarity heat map per patch over its true colour
+    batch = gair_family.example_batch(cfg, 2)
+    gair_family.pictures(model, batch, tmp_path)
+    from PIL import Image
+
+    pic = np.asarray(Image.open(tmp_path / "sv_similarity.png"))
+    assert pic.shape == (256, 512, 3) and pic.std() > 10
+    from geolink_jax.gair import embed as gair_embed
+
+    sim = gair_embed.similarity_map(model, {k: v[0] for k, v in batch.items()}, 0, grid=8)
+    assert sim.shape == (8, 8) and np.isfinite(sim).all() and np.abs(sim).max() <= 1 + 1e-5 and sim.std() > 0
+    jax.clear_caches()

@@ -27,7 +27,8 @@ def _samples(shard_dir, model_cfg):
     if manifest.get("format") != preprocess.FORMAT:
         raise shards.DataError(f"{shard_dir}: not GAIR patch shards (format {manifest.get('format')!r}); make them "
                                "with `geolink-jax preprocess --family gair`")
-    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=model_cfg.sv_budget, rs_size=model_cfg.rs.image_size,
+    # every photo of every patch (not the training budget), one static shape for all patches
+    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=int(manifest["sv_per_patch"]["max"]), rs_size=model_cfg.rs.image_size,
                                       sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
                                       band_std=tuple(model_cfg.band_std), train=False)
     to_sample = pipeline.PatchToSample(cfg)
@@ -64,6 +65,7 @@ def embed_patches(model, shard_dir, queries=None, progress=True):
     from tqdm import tqdm
 
     queries = {k: list(v) for k, v in (queries or {}).items()}
+    n_query = -(-max([len(v) for v in queries.values()] + [1]) // 8) * 8  # one static query count: one compile
     run = _encoder(model)
     rows, seen = [], set()
     for record, sample in tqdm(list(_samples(shard_dir, model.cfg)), unit="patch", desc="embed", disable=not progress):
@@ -74,9 +76,11 @@ def embed_patches(model, shard_dir, queries=None, progress=True):
         rel = np.asarray(nili.relative_coords(bbox, pts), np.float32) if len(pts) else np.zeros((0, 2), np.float32)
         outside = ~((rel >= 0) & (rel <= 1)).all(-1)
         if outside.any():
-            raise ValueError(f"query point {tuple(pts[outside][0])} is outside patch {pid} (bbox {tuple(bbox)})")
+            lon, lat = pts[outside][0]
+            raise ValueError(f"query point ({lon:.6f}, {lat:.6f}) is outside patch {pid} (lon {bbox[0]:.6f}.."
+                             f"{bbox[2]:.6f}, lat {bbox[3]:.6f}..{bbox[1]:.6f})")
         batch = {k: np.asarray(v)[None] for k, v in sample.items()}
-        out = run(batch, np.concatenate([rel, np.zeros((1, 2), np.float32)])[None])  # ≥ 1 query: static rank
+        out = run(batch, np.concatenate([rel, np.zeros((n_query - len(rel), 2), np.float32)])[None])
         rows.append(dict(kind="rs", patch_id=pid, geometry=shapely.box(bbox[0], bbox[3], bbox[2], bbox[1]),
                          rs=out["rs"][0]))
         for j in np.flatnonzero(sample["sv_valid"]):
