@@ -118,29 +118,36 @@ def test_location_encoder_reproduces_geoclip_real_weights():
 
 
 # ------------------------------------------------------------------ NILI and the interpolation baselines
-def _torch_nili(grid, pos, kernel, bias):
-    """The research code's local ensemble, written with torch primitives (unfold, grid_sample nearest) over the
-    research convention's grid positions (p_row, p_col); an independent check of our conv formulation."""
+def _torch_nili(grid, rel_xy, kernel, bias, convention):
+    """The local ensemble of GAIR's research code ("research": positions (x, y) in [0, 1] read as (row, col)) or of
+    its inference package ("head": (2x − 1, 2y − 1) read as (col, row), offsets to imnet in (x, y) order), written
+    with torch primitives (unfold, grid_sample nearest) from the relative coordinates: an independent check of our
+    conv formulation and of the conventions."""
     F = torch.nn.functional
     feat = torch.from_numpy(grid).permute(0, 3, 1, 2)  # B, D, h, w
     b, d, h, w = feat.shape
     feat = F.unfold(feat, 3, padding=1).view(b, d * 9, h, w)
-    coord = torch.from_numpy(pos)  # B, S, 2 (row, col)
     centres = [(-1 + (2 * torch.arange(n) + 1) / n) for n in (h, w)]
-    feat_coord = torch.stack(torch.meshgrid(*centres, indexing="ij"), -1).permute(2, 0, 1)[None].expand(b, 2, h, w)
+    rowcol = torch.stack(torch.meshgrid(*centres, indexing="ij"), -1)
+    coord = torch.from_numpy(rel_xy.copy())
+    if convention == "research":
+        feat_coord, extent, flip = rowcol, (h, w), True  # coord axis 0 indexes rows
+    else:
+        coord, feat_coord, extent, flip = coord * 2 - 1, rowcol[..., [1, 0]], (w, h), False  # axis 0: columns
+    feat_coord = feat_coord.permute(2, 0, 1)[None].expand(b, 2, h, w).float()
     preds, areas = [], []
-    for vx in (-1, 1):
-        for vy in (-1, 1):
+    for v0 in (-1, 1):
+        for v1 in (-1, 1):
             c = coord.clone()
-            c[..., 0] += vx / h + 1e-6
-            c[..., 1] += vy / w + 1e-6
+            c[..., 0] += v0 / extent[0] + 1e-6
+            c[..., 1] += v1 / extent[1] + 1e-6
             c.clamp_(-1 + 1e-6, 1 - 1e-6)
-            g = c.flip(-1).unsqueeze(1)  # grid_sample wants (x = col, y = row)
+            g = (c.flip(-1) if flip else c).unsqueeze(1)  # grid_sample wants (x = col, y = row)
             q_feat = F.grid_sample(feat, g, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
-            q_coord = F.grid_sample(feat_coord.float(), g, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
+            q_coord = F.grid_sample(feat_coord, g, mode="nearest", align_corners=False)[:, :, 0].permute(0, 2, 1)
             rel = coord - q_coord
-            rel[..., 0] *= h
-            rel[..., 1] *= w
+            rel[..., 0] *= extent[0]
+            rel[..., 1] *= extent[1]
             preds.append(torch.cat([q_feat, rel], -1) @ torch.from_numpy(kernel) + torch.from_numpy(bias))
             areas.append(torch.abs(rel[..., 0] * rel[..., 1]) + 1e-9)
     total = sum(areas)
@@ -156,8 +163,9 @@ def test_nili_matches_unfold_grid_sample(convention):
     bias = rng.normal(size=7).astype(np.float32)
     rel = rng.uniform(-0.05, 1.05, size=(b, s, 2)).astype(np.float32)  # a few outside the patch: clamped
     pos = np.asarray(nili.grid_position(jnp.asarray(rel), convention))
-    got = np.asarray(nili.nili(jnp.asarray(grid), jnp.asarray(pos), jnp.asarray(kernel), jnp.asarray(bias)))
-    np.testing.assert_allclose(got, _torch_nili(grid, pos, kernel, bias), atol=1e-4, rtol=1e-5)
+    got = np.asarray(nili.nili(jnp.asarray(grid), jnp.asarray(pos), jnp.asarray(kernel), jnp.asarray(bias),
+                               offsets_col_first=convention == "head"))
+    np.testing.assert_allclose(got, _torch_nili(grid, rel, kernel, bias, convention), atol=1e-4, rtol=1e-5)
 
 
 def test_grid_position_conventions():

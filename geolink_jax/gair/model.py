@@ -92,7 +92,8 @@ class GAIR(nnx.Module):
         mode = mode or self.cfg.query_mode
         pos = nili.grid_position(rel.astype(jnp.float32), self.cfg.nili_convention)
         if mode == "nili":
-            return nili.nili(grid, pos, self.imnet.kernel[...], self.imnet.bias[...])
+            return nili.nili(grid, pos, self.imnet.kernel[...], self.imnet.bias[...],
+                             offsets_col_first=self.cfg.nili_convention == "head")
         return nili.interpolate(grid, pos, mode)
 
     def sv_embed(self, sv):

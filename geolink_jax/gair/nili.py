@@ -8,7 +8,8 @@ in degrees (a projected patch gets CRS-aware relative coordinates from preproces
 −1 + (2i + 1)/n). How relative coordinates become grid positions is the `convention`:
 - "research" (default; what GAIR's released weights were trained with): p = (x, y) unchanged, so x (from lon)
   indexes rows, y (from lat) columns, and positions stay in [0, 1] (the lower-right quarter of the grid);
-- "head" (GAIR's later inference package): p = (2y − 1, 2x − 1), rows from north to south, columns west to east.
+- "head" (GAIR's later inference package): p = (2y − 1, 2x − 1), rows from north to south, columns west to east;
+  its imnet takes the relative offsets in (column, row) order.
 
 NILI (LIIF's local ensemble). The tokens [B, h, w, D] are unfolded 3 × 3 (zero padded; features channel-major,
 9D wide). For each of the 4 corners (±1/h, ±1/w shifts, + 1e-6, clamped to ±(1 − 1e-6)) the nearest cell is looked
@@ -57,9 +58,10 @@ def _gather(grid, rows, cols):
     return jnp.take_along_axis(flat, (rows * w + cols)[..., None], axis=1)
 
 
-def nili(grid, pos, kernel, bias):
+def nili(grid, pos, kernel, bias, offsets_col_first=False):
     """grid [B, h, w, D] tokens, pos [B, S, 2] grid positions, imnet kernel [9D + 2, Do] (rows: unfolded features
-    channel-major (c, ki, kj), then the two relative offsets), bias [Do] → [B, S, Do]."""
+    channel-major (c, ki, kj), then the two relative offsets: (row, col), or (col, row) with offsets_col_first as
+    the "head" convention's imnet takes them), bias [Do] → [B, S, Do]."""
     b, h, w, d = grid.shape
     conv_kernel = kernel[:9 * d].reshape(d, 3, 3, -1).transpose(1, 2, 0, 3)  # HWIO
     cells = jax.lax.conv_general_dilated(grid, conv_kernel.astype(grid.dtype), (1, 1), "SAME",
@@ -73,7 +75,8 @@ def nili(grid, pos, kernel, bias):
             rows, cols = _nearest(q[..., 0], h), _nearest(q[..., 1], w)
             centre = jnp.stack([cell_centres(h)[rows], cell_centres(w)[cols]], -1)
             rel = (pos - centre) * jnp.array([h, w], pos.dtype)
-            preds.append(_gather(cells, rows, cols) + rel.astype(cells.dtype) @ w_rel.astype(cells.dtype) + bias)
+            offsets = rel[..., ::-1] if offsets_col_first else rel
+            preds.append(_gather(cells, rows, cols) + offsets.astype(cells.dtype) @ w_rel.astype(cells.dtype) + bias)
             areas.append(jnp.abs(rel[..., 0] * rel[..., 1]) + 1e-9)
     total = sum(areas)
     # each corner is weighted by the area of the rectangle opposite it (corner k ↔ 3 − k)
