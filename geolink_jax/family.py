@@ -56,6 +56,8 @@ class Family:
         planning); `data` (the config's data block) decides the input layout (e.g. on-device augmentation).
     example_batch(model_cfg, batch_size) -> host batch of real bundled data (benchmarks, tests).
     flops_per_sample(model_cfg, manifest) -> analytic matmul FLOPs of one train step per sample.
+    flops_shared(model_cfg) -> analytic FLOPs of one train step that the whole batch shares (GAIR's location queue);
+        `step_flops` adds them.
     configs: {name: "module.path"} of named run configs (files with get_config()).
     converters: {format: Converter} weight formats this family reads and writes.
     embed(model, tiles, batch_size, progress) -> (rows, maps): per-tile embeddings (see downstream/embed.py).
@@ -77,6 +79,7 @@ class Family:
     converters: dict = dataclasses.field(default_factory=dict)
     embed: Callable | None = None
     model_fields_from_data: Callable = lambda manifest: {}
+    flops_shared: Callable = lambda model_cfg: 0
     trainable: object = nnx.Param
     pictures: Callable | None = None
     log_keys: tuple = ("loss",)
@@ -118,6 +121,12 @@ def family_of(model_cfg):
         if type(model_cfg) is get_family(name).config_cls:
             return name
     raise ValueError(f"{type(model_cfg).__name__} is no family's model config")
+
+
+def step_flops(family, model_cfg, batch_size, manifest=None):
+    """Analytic matmul FLOPs of one train step of `batch_size` samples (per-sample work + batch-shared work)."""
+    family = get_family(family)
+    return family.flops_per_sample(model_cfg, manifest) * batch_size + family.flops_shared(model_cfg)
 
 
 # ------------------------------------------------------------------ model config dataclass <-> plain dicts

@@ -7,7 +7,7 @@ clipping, AdamW, non-finite guard, donated state) on the family's example batch 
 real OSM, 512-d CLIP tag features, padded to the default budget — and random images at the config's size), after
 compilation.
 
-step: analytic FLOPs (the family's flops_per_sample) cross-checked with XLA's cost analysis of the compiled step;
+step: analytic FLOPs (the family's flops_per_sample × batch + flops_shared) cross-checked with XLA's cost analysis of the compiled step;
 achieved FLOP/s per device; MFU against the device's peak (known GPUs/TPUs, or `peak_tflops` given); and, always,
 the fraction of this device's measured matmul rate (`roof`: a large matmul at the same dtype), which is the
 meaningful ceiling on a CPU.
@@ -20,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from geolink_jax import family as family_lib
 from geolink_jax.bench import rows
 from geolink_jax.models import flops
 from geolink_jax.train import sharding, trainer
@@ -35,7 +36,7 @@ def training_config(cfg, mask_ratio=None):
     config.model.dtype = cfg.get("dtype") or config.model.dtype
     config.model.attention_impl = cfg.get("attention_impl") or None
     mask_ratio = cfg.get("mask_ratio") if mask_ratio is None else mask_ratio
-    if mask_ratio is not None:
+    if mask_ratio is not None and "img_mask_ratio" in config.model:  # families with a masked image encoder
         config.model.img_mask_ratio = mask_ratio
     config.mesh = dict(cfg.mesh)
     config.total_steps = 1000
@@ -73,7 +74,7 @@ class StepRunner:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))  # per device (the SPMD program)
-        self.model_flops = self.setup.family.flops_per_sample(self.setup.model_cfg) * cfg.batch
+        self.model_flops = family_lib.step_flops(self.setup.family, self.setup.model_cfg, cfg.batch)
         self._calls = 0
         self.step()  # first run: allocations, autotuning
 

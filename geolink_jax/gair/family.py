@@ -161,6 +161,7 @@ FAMILY = family_lib.Family(
     abstract_batch=abstract_batch,
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
+    flops_shared=queue_flops,
     configs={"gair_demo": "geolink_jax.gair.configs.demo", "gair_vit_b": "geolink_jax.gair.configs.vit_b"},
     converters=CONVERTERS,
     trainable=trainable,

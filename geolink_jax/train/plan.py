@@ -235,6 +235,7 @@ def compile_step(config):
     """Compile the train step of a resolved config on its mesh over this process's devices → measurements."""
     import jax
 
+    from geolink_jax import family as family_lib
     from geolink_jax.train import sharding, trainer
 
     from geolink_jax.config import ConfigError
@@ -250,7 +251,7 @@ def compile_step(config):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     devices = mesh.size
-    analytic = setup.family.flops_per_sample(setup.model_cfg) * config.batch_size
+    analytic = family_lib.step_flops(setup.family, setup.model_cfg, config.batch_size)
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     return dict(
         config=config.get("name", ""), family=config.family, mesh=dict(mesh.shape), devices=devices,

@@ -235,7 +235,7 @@ def train(config, workdir, progress=True):
     bar = _progress(start, total_steps, progress and lead)
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
-    flops_per_sample = fam.flops_per_sample(setup.model_cfg, manifest)
+    flops_per_step = family_lib.step_flops(fam, setup.model_cfg, config.batch_size, manifest)
     peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.get("dtype", "float32"))
     try:
         with jax.set_mesh(mesh):
@@ -256,7 +256,8 @@ def train(config, workdir, progress=True):
                     now = time.perf_counter()
                     row.update(step=done, samples_per_s=seen / (now - t_last))
                     row.update({k: int(np.sum(v)) for k, v in stats.items()})
-                    row["tflops_per_s_per_device"] = row["samples_per_s"] * flops_per_sample / mesh.size / 1e12
+                    row["tflops_per_s_per_device"] = (row["samples_per_s"] / config.batch_size * flops_per_step
+                                                      / mesh.size / 1e12)
                     if peak:
                         row["mfu"] = row["tflops_per_s_per_device"] * 1e12 / peak
                     t_last, seen = now, 0
