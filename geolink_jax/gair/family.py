@@ -136,8 +136,22 @@ def pictures(model, host_batch, workdir, count=4):
 
 
 # ------------------------------------------------------------------ weights
+def infer_config(state_dict):
+    """The model config a GAIR state_dict implies (ViT-B encoders as released): teachers present or not, the RS
+    final norm (research code) or not (inference package), the band count, the RS grid from nothing (any size)."""
+    import dataclasses
+
+    sd = gair_convert.strip_module(state_dict)
+    rs_in = np.shape(sd.get("rs_encoder.s2_encoder.linear_input.weight", np.zeros((0, 640))))[1]
+    base = GAIRConfig()
+    rs = dataclasses.replace(base.rs, in_channels=int(rs_in) // base.rs.patch_size ** 2,
+                             final_norm="rs_encoder.s2_encoder.transformer.norm_out.weight" in sd)
+    return dataclasses.replace(base, rs=rs, teachers=any(k.startswith("rs_encoder_teacher.") for k in sd),
+                               nili_convention=base.nili_convention if rs.final_norm else "head")
+
+
 def _gair_import(state_dict, cfg, source, **_):
-    cfg = cfg or GAIRConfig()
+    cfg = cfg or infer_config(state_dict)
     params, _queue, report = gair_convert.params_from_gair(state_dict, family_lib.abstract_params(FAMILY, cfg),
                                                            source)
     return params, cfg, report
