@@ -355,3 +355,27 @@ def test_cli_converts_a_gair_checkpoint_both_ways(tmp_path, capsys):
     assert set(back) == set(sd)
     for k in sd:
         np.testing.assert_array_equal(back[k], sd[k])
+
+
+def test_gair_vit_b_is_the_released_size():
+    """The named config's encoders have exactly the parameters of their references at full size: torchgeo's CROMA
+    ViT-B with 10 bands, HF's ViT-B/16 (with pooler), geoclip's location encoder with 768-wide heads."""
+    croma = pytest.importorskip("torchgeo.models.croma")
+    transformers = pytest.importorskip("transformers")
+    geoclip = pytest.importorskip("geoclip")
+    from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
+    from geolink_jax.train import trainer
+
+    config = trainer.resolve(config_lib.load_file("gair_vit_b"), {"bands": list(range(10)), "num_records": 10_000})
+    cfg = family_lib.model_config("gair", config)
+    model = nnx.eval_shape(lambda: GAIR(cfg, rngs=nnx.Rngs(0)))
+    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    count = lambda top: sum(int(np.prod(v.shape)) for p, v in flat if p[0] == top)  # noqa: E731
+    n_torch = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count("rs_encoder") == n_torch(croma.ViT(dim=768, depth=12, in_channels=10))
+    assert count("sv_encoder") == n_torch(transformers.ViTModel(transformers.ViTConfig()))
+    heads_delta = 3 * (1024 + 1) * (768 - 512)
+    assert count("location_encoder") == n_torch(geoclip.LocationEncoder(from_pretrained=False)) + heads_delta
+    assert count("teacher_rs") == count("rs_encoder") and count("imnet") == (9 * 768 + 2) * 768 + 768
+    assert cfg.sv_budget == 32 and cfg.queue_size == 4096 and config.batch_size * cfg.sv_budget <= cfg.queue_size

@@ -26,6 +26,9 @@ def get_sweep():
         product(fixed(suite="input"), sweep("workers", [1, 2])),
         fixed(suite="preprocess"),
         fixed(suite="memory"),
+        # GAIR: the step of the demo (analytic FLOPs vs XLA, queue included) and the released size's memory per mesh
+        product(fixed(suite="step", config="gair_demo"), sweep("batch", [4, 8])),
+        fixed(suite="memory", config="gair_vit_b", meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]]),
         fixed(suite="compile"),
         fixed(suite="reference"),
         fixed(suite="reference", config="demo", target=0.0),  # informative: the target is for ViT-B
