@@ -379,3 +379,60 @@ def test_gair_vit_b_is_the_released_size():
     assert count("location_encoder") == n_torch(geoclip.LocationEncoder(from_pretrained=False)) + heads_delta
     assert count("teacher_rs") == count("rs_encoder") and count("imnet") == (9 * 768 + 2) * 768 + 768
     assert cfg.sv_budget == 32 and cfg.queue_size == 4096 and config.batch_size * cfg.sv_budget <= cfg.queue_size
+
+
+def test_single_encoder_layouts_round_trip_through_the_references():
+    """Our RS / SV / location encoders exported to torchgeo / HF / geoclip layouts load strictly into those
+    modules, and give the same outputs there."""
+    croma = pytest.importorskip("torchgeo.models.croma")
+    transformers = pytest.importorskip("transformers")
+    geoclip = pytest.importorskip("geoclip")
+    rs = RSEncoder(RSEncoderConfig(width=64, depth=1, image_size=16), rngs=nnx.Rngs(1))
+    ref = croma.ViT(dim=64, depth=1, in_channels=10).eval()
+    ref.load_state_dict({k: torch.from_numpy(v) for k, v in gair_convert.rs_to_torchgeo(params_of(rs)).items()},
+                        strict=True)
+    x = np.random.default_rng(0).normal(size=(1, 10, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x), croma.get_2dalibi(16, 4)).numpy()
+    np.testing.assert_allclose(np.asarray(rs(jnp.asarray(x.transpose(0, 2, 3, 1)))), want, atol=1e-4)
+    sv = SVEncoder(SVEncoderConfig(width=32, depth=1, num_heads=4, mlp_dim=64, image_size=32), rngs=nnx.Rngs(2))
+    hf = transformers.ViTModel(transformers.ViTConfig(image_size=32, hidden_size=32, num_hidden_layers=1,
+                                                      num_attention_heads=4, intermediate_size=64)).eval()
+    sd = gair_convert.sv_to_hf(params_of(sv))
+    assert "encoder.layer.0.attention.attention.query.weight" in sd  # the Hub's (transformers 4) names
+    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+    if missing or unexpected:  # transformers 5 renamed the keys: load through its own names instead
+        back = gair_convert.hf_vit_names({k: k for k in hf.state_dict()})  # 4 name → 5 name
+        hf.load_state_dict({back[k]: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    img = np.random.default_rng(1).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = hf(pixel_values=torch.from_numpy(img)).pooler_output.numpy()
+    np.testing.assert_allclose(np.asarray(sv(jnp.asarray(img.transpose(0, 2, 3, 1)))[0]), want, atol=1e-4)
+    loc = LocationEncoder(LocationEncoderConfig(out_dim=512, lat_first=True), rngs=nnx.Rngs(3))
+    g = geoclip.LocationEncoder(from_pretrained=False).eval()
+    g.load_state_dict({k: torch.from_numpy(v) for k, v in gair_convert.location_to_geoclip(params_of(loc)).items()},
+                      strict=True)
+    c = np.array([[37.6, -75.6], [-33.9, 151.2]], np.float32)
+    with torch.no_grad():
+        want = g(torch.from_numpy(c)).numpy()
+    np.testing.assert_allclose(np.asarray(loc(jnp.asarray(c))), want, rtol=2e-3, atol=1e-4)
+
+
+def test_location_encoder_initialised_from_geoclip():
+    geoclip = pytest.importorskip("geoclip")
+    from geolink_jax.gair import family as gair_family
+
+    ref = geoclip.LocationEncoder().eval()
+    as_geoclip = dataclasses.replace(tiny_config(location_init="geoclip"),
+                                     location=LocationEncoderConfig(out_dim=512, lat_first=True))
+    model = gair_family.build(as_geoclip, nnx.Rngs(0))
+    c = np.array([[37.6, -75.6], [48.1, 11.6]], np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(c)).numpy()
+    np.testing.assert_allclose(np.asarray(model.location_embed(jnp.asarray(c))), want, rtol=2e-3, atol=1e-4)
+    gair = gair_family.build(tiny_config(location_init="geoclip", location=LocationEncoderConfig()), nnx.Rngs(0))
+    fresh = GAIR(tiny_config(location=LocationEncoderConfig()), rngs=nnx.Rngs(0))
+    ours, init = params_of(gair)["location_encoder"]["branches"], params_of(fresh)["location_encoder"]["branches"]
+    np.testing.assert_array_equal(ours[0]["mlp"][1]["kernel"], ref.state_dict()["LocEnc0.capsule.3.weight"].numpy().T)
+    np.testing.assert_array_equal(ours[2]["b"], ref.state_dict()["LocEnc2.capsule.0.b"].numpy())
+    np.testing.assert_array_equal(ours[1]["head"]["kernel"], init[1]["head"]["kernel"])  # 768 wide: fresh

@@ -20,7 +20,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from geolink_jax.convert.official import ConversionError, _generic, _to_official, params_from_named
+from geolink_jax.convert.official import ConversionError, _generic, _to_official, params_from_named  # noqa: F401
 
 GAIR_UNUSED_PREFIXES = (
     "radar_proj.", "location_proj.", "nerf_fn.", "rs_student_projector.", "sv_student_projector.",
@@ -192,5 +192,20 @@ def location_from_geoclip(state_dict, target, source="geoclip LocationEncoder"):
     return params_from_named(state_dict, target, lambda p: _geoclip(tuple(map(str, p))), (), source)[0]
 
 
-__all__ = ["ConversionError", "gair_name", "gair_state_dict", "location_from_geoclip", "params_from_gair",
-           "rs_from_torchgeo", "strip_module", "sv_from_hf"]
+def rs_to_torchgeo(params):
+    """Our RS encoder params → a torchgeo `croma.ViT` state_dict."""
+    return state_dict_from_named(params, lambda p: _croma(tuple(map(str, p))))
+
+
+def sv_to_hf(params):
+    """Our SV encoder params → a `transformers` ViTModel state_dict (transformers 4 key names, as the Hub's files)."""
+    return state_dict_from_named(params, lambda p: _hf_vit(tuple(map(str, p))))
+
+
+def location_to_geoclip(params):
+    """Our location encoder params → a geoclip `LocationEncoder` state_dict."""
+    return state_dict_from_named(params, lambda p: _geoclip(tuple(map(str, p))))
+
+
+__all__ = ["ConversionError", "gair_name", "gair_state_dict", "location_from_geoclip", "location_to_geoclip",
+           "params_from_gair", "rs_from_torchgeo", "rs_to_torchgeo", "strip_module", "sv_from_hf", "sv_to_hf"]

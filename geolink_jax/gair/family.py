@@ -15,7 +15,42 @@ from geolink_jax.gair.model import GAIR, GAIRConfig, trainable
 
 
 def build(cfg, rngs):
-    return GAIR(cfg, rngs=rngs)
+    model = GAIR(cfg, rngs=rngs)
+    if cfg.location_init:
+        from flax import nnx
+
+        state = nnx.state(model.location_encoder, nnx.Param)
+        target = nnx.to_pure_dict(state)
+        nnx.replace_by_pure_dict(state, geoclip_location_params(cfg.location_init, target, cfg.location.out_dim))
+        nnx.update(model.location_encoder, state)
+    return model
+
+
+def geoclip_location_params(source, target, out_dim):
+    """GeoCLIP location-encoder weights ("geoclip": the file its wheel ships; else a path) → our location encoder
+    params like `target`, the heads kept from `target` unless they are GeoCLIP's width (512)."""
+    import pathlib
+
+    from geolink_jax.convert import load_weights
+
+    if source == "geoclip":
+        import importlib.util
+
+        spec = importlib.util.find_spec("geoclip")
+        if spec is None:
+            raise FileNotFoundError("model.location_init='geoclip' needs the geoclip package (pip install "
+                                    "--no-deps geoclip==1.3.0) or a path to its location_encoder_weights.pth")
+        source = pathlib.Path(spec.origin).parent / "model" / "weights" / "location_encoder_weights.pth"
+    sd, _ = load_weights(source)
+    keep_heads = out_dim != 512
+    heads = {k for k in sd if ".head." in k} if keep_heads else set()
+    sub = {i: {k: v for k, v in b.items() if not (keep_heads and k == "head")} for i, b in target["branches"].items()}
+    loaded, _ = gair_convert.params_from_named(
+        {k: v for k, v in sd.items()}, {"branches": sub},
+        lambda p: gair_convert._geoclip(tuple(map(str, p))), heads, str(source))
+    for i, branch in loaded["branches"].items():
+        target["branches"][i].update(branch)
+    return target
 
 
 def loss(model, batch, key, ctx):
@@ -157,10 +192,30 @@ def _gair_import(state_dict, cfg, source, **_):
     return params, cfg, report
 
 
+def _encoder_import(part, from_fn):
+    """One encoder from its reference layout into a fresh GAIR (every other parameter its initialisation)."""
+    def imp(state_dict, cfg, source, **_):
+        from flax import nnx
+
+        cfg = cfg or GAIRConfig()
+        target = nnx.to_pure_dict(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
+        target[part] = from_fn(state_dict, target[part], source)
+        if cfg.teachers and f"teacher_{part[:2]}" in target:  # the teachers start as copies of the encoders
+            target[f"teacher_{part[:2]}"] = target[part]
+        return target, cfg, dict(converted=len(state_dict))
+    return imp
+
+
 CONVERTERS = {
     "gair": family_lib.Converter(lambda params, cfg: gair_convert.gair_state_dict(params), _gair_import,
                                  "GAIR's checkpoint.pth layout (research code; `module.` prefix and the `model` "
                                  "entry accepted)"),
+    "torchgeo_croma": family_lib.Converter(lambda params, cfg: gair_convert.rs_to_torchgeo(params["rs_encoder"]),
+                                           _encoder_import("rs_encoder", gair_convert.rs_from_torchgeo),
+                                           "the RS encoder as torchgeo's croma.ViT"),
+    "hf_vit": family_lib.Converter(lambda params, cfg: gair_convert.sv_to_hf(params["sv_encoder"]),
+                                   _encoder_import("sv_encoder", gair_convert.sv_from_hf),
+                                   "the SV encoder as a transformers ViTModel"),
 }
 
 

@@ -44,6 +44,9 @@ class GAIRConfig:
     queue_size: int = 4096
     distill_weight: float = 0.2
     teachers: bool = True  # frozen teacher copies for the distillation terms
+    # "": a fresh location encoder (GAIR's research model); "geoclip": GeoCLIP's pretrained weights as its wheel ships
+    # them, or a path to such a location_encoder_weights.pth: every weight but the heads (768 vs GeoCLIP's 512 wide)
+    location_init: str = ""
     sv_budget: int = 32  # SV photos per RS patch (padded, with a validity mask)
     band_mean: tuple = S2_MEAN  # per-band statistics of the RS normalisation (the research code's, GAIR_BANDS order)
     band_std: tuple = S2_STD
