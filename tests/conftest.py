@@ -66,3 +66,17 @@ SUBPROCESS_ENV = dict(
     os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
     JAX_COMPILATION_CACHE_DIR=str(pathlib.Path(tempfile.gettempdir()) / "geolink_jax_tests_xla_cache"),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+EIGHT_DEVICES_ENV = dict(SUBPROCESS_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+
+
+def mesh_worker(*args, timeout=900):
+    """tests/mesh_worker.py in a subprocess with 8 simulated devices → its last output line as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "tests" / "mesh_worker.py"), *args], env=EIGHT_DEVICES_ENV,
+                         cwd=root, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,13 +5,11 @@ location queue checkpointed and resumed."""
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV
+from conftest import mesh_worker as _worker
 
 from geolink_jax import cli, samples
 from geolink_jax.data import shards
@@ -178,16 +176,6 @@ def test_cli_preprocess_gair_and_one_line_errors(tmp_path, capsys):
                      str(tmp_path / "q")]) == 1
     err = capsys.readouterr().err.strip()
     assert "no column(s) patch" in err and len(err.splitlines()) == 1
-
-
-EIGHT = dict(SUBPROCESS_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-
-
-def _worker(*args):
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "mesh_worker.py"), *args], env=EIGHT, cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_gair_same_loss_on_1_and_8_devices_and_the_queue_resumes_exactly(gair_shards, tmp_path):

@@ -15,18 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from conftest import SUBPROCESS_ENV
+from conftest import mesh_worker as _worker
 
 from geolink_jax.train import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EIGHT = dict(SUBPROCESS_ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-
-
-def _worker(*args):
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "mesh_worker.py"), *args], env=EIGHT, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data_dir, tmp_path):

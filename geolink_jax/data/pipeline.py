@@ -152,33 +152,41 @@ class ProcessRows(grain.MapDataset):
 
 
 def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
-    """A grain IterDataset of per-host batches from ArrayRecord shard paths.
+    """A grain IterDataset of per-host batches of tile samples from ArrayRecord shard paths (see `batched`)."""
+    return batched(paths, DecodeAugmentPad(cfg), Collate(cfg.budget, cfg.canvas), cfg.batch_size, train=cfg.train,
+                   seed=cfg.seed, read_threads=cfg.read_threads, worker_count=cfg.worker_count,
+                   process_index=process_index, process_count=process_count)
 
-    Training: one global stream (seeded shuffle, repeated, augmented with per-element seeds) that every process
-    builds alike; each process takes its rows of every global batch (`ProcessRows`). So the run is the same on any
-    number of processes, and the iterator's position is the step count. Evaluation: each process reads every n-th
-    record."""
+
+def batched(paths, transform, batch_fn, batch_size, *, train, seed, read_threads, worker_count, process_index=0,
+            process_count=1):
+    """The chain every family's pipeline runs: records → `transform` (a grain RandomMap) → per-host batches
+    (`batch_fn`, None: stacked) → iterator (reader threads, optional worker processes).
+
+    Training: one global stream (seeded shuffle, repeated, per-element seeds) that every process builds alike; each
+    process takes its rows of every global batch (`ProcessRows`). So the run is the same on any number of
+    processes, and the iterator's position is the step count. Evaluation: each process reads every n-th record."""
     ds = grain.MapDataset.source(shards.ShardSource(paths))
-    if cfg.train:
+    if train:
         if len(ds) < MIN_SHUFFLE_SIZE:
             # grain's index_shuffle costs ~1/n per read (4 ms at n=5, 42 us at 1024, 11 us from 65536 on): shuffle
             # small sets k epochs at a time instead (each record still appears exactly k times per k epochs).
             ds = ds.repeat(-(-MIN_SHUFFLE_SIZE // max(len(ds), 1)))
-        ds = ds.seed(cfg.seed).shuffle().repeat().random_map(DecodeAugmentPad(cfg))
+        ds = ds.seed(seed).shuffle().repeat().random_map(transform)
         if process_count > 1:
-            ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
+            ds = ProcessRows(ds, process_index, process_count, batch_size)
     else:
-        ds = ds[process_index::process_count].seed(cfg.seed).random_map(DecodeAugmentPad(cfg))
-    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train, batch_fn=Collate(cfg.budget, cfg.canvas))
+        ds = ds[process_index::process_count].seed(seed).random_map(transform)
+    ds = ds.batch(batch_size, drop_remainder=train, batch_fn=batch_fn)
     # Reader threads overlap JPEG decoding and resizing (which release the GIL); the per-sample graph work holds it.
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=max(
-        2 * cfg.read_threads, 1)))
-    if cfg.worker_count > 0:
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(
+        2 * read_threads, 1)))
+    if worker_count > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; as a library we may run outside absl.app
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.worker_count))
+        it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=worker_count))
     return it_ds
 
 

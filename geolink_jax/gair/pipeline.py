@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from geolink_jax.data import shards
-from geolink_jax.data.pipeline import MIN_SHUFFLE_SIZE
+from geolink_jax.data.pipeline import batched
 from geolink_jax.gair import augment
 from geolink_jax.gair.preprocess import decode
 
@@ -83,27 +83,9 @@ class PatchToSample(grain.transforms.RandomMap):
 
 
 def make_dataset(paths, cfg: GAIRPipelineConfig, process_index=0, process_count=1):
-    from geolink_jax.data.pipeline import ProcessRows
-
-    ds = grain.MapDataset.source(shards.ShardSource(paths))
-    if cfg.train:
-        if len(ds) < MIN_SHUFFLE_SIZE:
-            ds = ds.repeat(-(-MIN_SHUFFLE_SIZE // max(len(ds), 1)))
-        ds = ds.seed(cfg.seed).shuffle().repeat().random_map(PatchToSample(cfg))
-        if process_count > 1:
-            ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
-    else:
-        ds = ds[process_index::process_count].seed(cfg.seed).random_map(PatchToSample(cfg))
-    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.train)
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                              prefetch_buffer_size=max(2 * cfg.read_threads, 1)))
-    if cfg.worker_count > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.worker_count))
-    return it
+    return batched(paths, PatchToSample(cfg), None, cfg.batch_size, train=cfg.train, seed=cfg.seed,
+                   read_threads=cfg.read_threads, worker_count=cfg.worker_count, process_index=process_index,
+                   process_count=process_count)
 
 
 def step_inputs(batch):
