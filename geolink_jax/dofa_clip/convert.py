@@ -32,3 +32,33 @@ def patch_embed_from_torch(state_dict, target, source="DOFAEmbedding"):
 
 def patch_embed_to_torch(params):
     return state_dict_from_named(params, patch_embed_name)
+
+
+def image_tower_name(path):
+    """A path of our ImageTower → (timm VisionTransformer key as open_clip's `visual.trunk.*` holds it, rule)."""
+    from geolink_jax.convert.official import _vit_block_rule
+
+    path = tuple(str(p) for p in path)
+    top, rest = path[0], path[1:]
+    if top == "patch_embed":
+        if rest[0] == "proj":  # the stock RGB convolution
+            return ("patch_embed.proj." + ("weight" if rest[-1] == "kernel" else "bias"),
+                    "conv" if rest[-1] == "kernel" else "copy")
+        key, rule = patch_embed_name(rest)
+        return "patch_embed." + key, rule
+    if top == "blocks":
+        key, rule = _vit_block_rule(rest[1:])
+        return f"blocks.{rest[0]}.{key}", rule
+    if top == "attn_pool" and rest == ("latent",):
+        return "attn_pool.latent", "copy"
+    return _generic(path)
+
+
+def image_tower_from_open_clip(state_dict, target, prefix="visual.trunk.", source="open_clip visual"):
+    """The `prefix` part of an open_clip (or DOFA-CLIP) state_dict → our ImageTower params like `target`."""
+    sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return params_from_named(sub, target, image_tower_name, (), source)[0]
+
+
+def image_tower_to_open_clip(params, prefix="visual.trunk."):
+    return {prefix + k: v for k, v in state_dict_from_named(params, image_tower_name).items()}

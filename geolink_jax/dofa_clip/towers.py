@@ -1,0 +1,116 @@
+"""DOFA-CLIP's image tower: a SigLIP ViT (timm `VisionTransformer` as siglip_224 / so400m_patch14_siglip_384: no
+CLS token, learned position embeddings, pre-LN blocks with LayerNorm eps 1e-6, qkv bias, exact GELU, a final
+LayerNorm, and a MAP (multi-head attention pooling) head) whose patch embedding is DOFA's dynamic one, or the stock
+RGB convolution (`patch_embed="rgb"`, SigLIP as released).
+
+Images NHWC [B, H, W, C]; a size that is not a multiple of the patch loses its last pixels (384 px at patch 14:
+27 × 27 tokens, 6 px unused), as the strided convolution does. `__call__` returns (pooled [B, D], {block index:
+tokens [B, T, D]} of the blocks in `taps`, the intermediate features MaKA's translators read).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from geolink_jax.dofa_clip.patch_embed import DynamicPatchEmbed, PatchEmbedConfig
+from geolink_jax.models import layers
+from geolink_jax.train import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTowerConfig:
+    """Defaults: ViT-B/16 SigLIP at 224 (open_clip `ViT-B-16-SigLIP`)."""
+
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_dim: int = 3072
+    patch_size: int = 16
+    image_size: int = 224
+    patch_embed: str = "dynamic"  # or "rgb": the stock SigLIP convolution on 3 channels
+    taps: tuple = (11,)  # blocks whose outputs are returned (DOFA-CLIP: 11, 15, 23, depth − 1 where they exist)
+    dtype: str = "float32"
+    attention_impl: str | None = None
+
+    @property
+    def grid(self):
+        return self.image_size // self.patch_size
+
+
+SO400M_384 = ImageTowerConfig(width=1152, depth=27, heads=16, mlp_dim=4304, patch_size=14, image_size=384,
+                              taps=(11, 15, 23, 26))
+
+
+class RGBPatchEmbed(nnx.Module):
+    """timm PatchEmbed: Conv2d(3, D, k, stride k) with bias. kernel [k, k, 3, D] (HWIO)."""
+
+    def __init__(self, patch_size, width, *, rngs):
+        self.patch_size = patch_size
+        self.proj = nnx.Dict(
+            kernel=layers.param(rngs, layers.xavier_uniform((0, 1, 2), (3,)), (patch_size, patch_size, 3, width),
+                                (None, None, None, "embed")),
+            bias=layers.param(rngs, layers.zeros, (width,), ("embed",)))
+
+    def __call__(self, images, wavelengths_um=None):
+        k = self.patch_size
+        y = jax.lax.conv_general_dilated(images, self.proj["kernel"][...].astype(images.dtype), (k, k), "VALID",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = y + self.proj["bias"][...].astype(y.dtype)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
+class MAPHead(nnx.Module):
+    """timm AttentionPoolLatent (one latent query): tokens [B, T, D] → [B, D]."""
+
+    def __init__(self, width, heads, mlp_dim, *, rngs, dtype=jnp.float32):
+        init = layers.trunc_normal(0.02)
+        self.heads = heads
+        self.latent = layers.param(rngs, layers.trunc_normal(width ** -0.5), (1, 1, width), (None, None, "embed"))
+        self.q = layers.Dense(width, width, rngs=rngs, axes=("embed", "embed_out"), kernel_init=init, dtype=dtype)
+        self.kv = layers.Dense(width, 2 * width, rngs=rngs, axes=("embed", "embed_out"), kernel_init=init, dtype=dtype)
+        self.proj = layers.Dense(width, width, rngs=rngs, axes=("embed_out", "embed"), kernel_init=init, dtype=dtype)
+        self.norm = layers.LayerNorm(width, eps=1e-6, axes=("embed",), dtype=dtype)
+        self.mlp = layers.Mlp(width, mlp_dim, rngs=rngs, init=init, dtype=dtype)
+
+    def __call__(self, x):
+        b, t, d = x.shape
+        h = self.heads
+        q = self.q(jnp.broadcast_to(self.latent[...].astype(x.dtype), (b, 1, d))).reshape(b, 1, h, d // h)
+        k, v = jnp.unstack(self.kv(x).reshape(b, t, 2, h, d // h), axis=2)
+        y = jax.nn.dot_product_attention(q, k, v).reshape(b, 1, d)
+        y = self.proj(y)
+        y = y + self.mlp(self.norm(y))
+        return y[:, 0]
+
+
+class ImageTower(nnx.Module):
+    def __init__(self, cfg: ImageTowerConfig, *, rngs, patch_cfg: PatchEmbedConfig | None = None):
+        self.cfg = cfg
+        dt = jnp.dtype(cfg.dtype)
+        if cfg.patch_embed == "rgb":
+            self.patch_embed = RGBPatchEmbed(cfg.patch_size, cfg.width, rngs=rngs)
+        elif cfg.patch_embed == "dynamic":
+            patch_cfg = patch_cfg or PatchEmbedConfig(width=cfg.width, patch_size=cfg.patch_size)
+            self.patch_embed = DynamicPatchEmbed(patch_cfg, rngs=rngs)
+        else:
+            raise ValueError(f"patch_embed {cfg.patch_embed!r}: 'dynamic' or 'rgb'")
+        self.pos_embed = layers.param(rngs, layers.trunc_normal(0.02), (1, cfg.grid ** 2, cfg.width),
+                                      (None, None, "embed"))
+        self.blocks = nnx.List([
+            layers.Block(cfg.width, cfg.heads, cfg.mlp_dim / cfg.width, rngs=rngs, eps=1e-6,
+                         init=layers.trunc_normal(0.02), dtype=dt, attention_impl=cfg.attention_impl)
+            for _ in range(cfg.depth)])
+        self.norm = layers.LayerNorm(cfg.width, eps=1e-6, axes=("embed",), dtype=dt)
+        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dt)
+
+    def __call__(self, images, wavelengths_um=None):
+        x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um)
+        x = x + self.pos_embed[...].astype(x.dtype)
+        taps = {}
+        for i, block in enumerate(self.blocks):
+            x = block(sharding.constrain_batch(x))
+            if i in self.cfg.taps:
+                taps[i] = x
+        return self.attn_pool(self.norm(x)), taps
