@@ -7,6 +7,7 @@ rounding of the phase is ~10^-4).
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,19 @@ def tiny_config(**kw):
         rs=RSEncoderConfig(width=32, depth=2, num_heads=4, image_size=32, in_channels=10),
         sv=SVEncoderConfig(width=32, depth=2, num_heads=4, mlp_dim=64, image_size=32),
         location=LocationEncoderConfig(hidden=64, out_dim=32), queue_size=64, sv_budget=3), **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(cfg, seed):
+    return GAIR(cfg, rngs=nnx.Rngs(seed))
+
+
+def tiny_model(seed=0, **kw):
+    """A fresh copy of the tiny GAIR (built once per config: building initialises ~100 arrays eagerly)."""
+    return nnx.clone(_built(tiny_config(**kw), seed))
+
+
+_loss = nnx.jit(lambda model, batch: model.loss(batch))  # one compile per batch shape; updates the queue in place
 
 
 def params_of(module):
@@ -244,12 +258,12 @@ def _pad(batch, s_new, seed=9):
 
 def test_loss_padding_invariance_and_queue_fifo():
     cfg = tiny_config()
-    model = GAIR(cfg, rngs=nnx.Rngs(0))
+    model = tiny_model()
     batch = _batch(cfg, 4, 2, n_valid=[2, 1, 2, 1])
 
     def run(batch):
         m = nnx.clone(model)  # the loss updates the queue in place
-        loss, metrics = m.loss(jax.tree.map(jnp.asarray, batch))
+        loss, metrics = _loss(m, jax.tree.map(jnp.asarray, batch))
         return float(loss), metrics, np.asarray(m.queue[...]), int(m.queue_ptr[...])
 
     loss2, metrics, queue, ptr = run(batch)
@@ -266,23 +280,22 @@ def test_loss_padding_invariance_and_queue_fifo():
 
 def test_queue_wraps_and_is_used_as_negatives():
     cfg = tiny_config(queue_size=8)
-    model = GAIR(cfg, rngs=nnx.Rngs(0))
+    model = tiny_model(queue_size=8)
     batch = jax.tree.map(jnp.asarray, _batch(cfg, 2, 3))
-    model.loss(batch)
-    model.loss(batch)  # 2 × 6 coordinates f0..f5 through a queue of 8: the second batch wraps around
+    _loss(model, batch)
+    _loss(model, batch)  # 2 × 6 coordinates f0..f5 through a queue of 8: the second batch wraps around
     assert int(model.queue_ptr[...]) == 4
     f = np.asarray(batch["sv_lonlat"]).reshape(-1, 2)
     np.testing.assert_array_equal(np.asarray(model.queue[...]), f[[2, 3, 4, 5, 4, 5, 0, 1]])
     # a different queue changes the location terms only
-    _, m1 = model.loss(batch)
+    _, m1 = _loss(model, batch)
     model.queue[...] = model.queue[...] + 30.0
-    _, m2 = model.loss(batch)
+    _, m2 = _loss(model, batch)
     assert m1["loc_sv"] != m2["loc_sv"] and abs(float(m1["clip"]) - float(m2["clip"])) < 1e-6
 
 
 def test_frozen_parameters_get_no_gradient():
-    cfg = tiny_config()
-    model = GAIR(cfg, rngs=nnx.Rngs(0))
+    model = tiny_model()
     graphdef, params, rest = nnx.split(model, trainable, ...)
     paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(params)]
     assert paths and not any(p.startswith("teacher_") or p.endswith("/b") for p in paths)
@@ -292,8 +305,7 @@ def test_frozen_parameters_get_no_gradient():
 
 # ------------------------------------------------------------------ the checkpoint converter
 def test_gair_checkpoint_round_trip_and_strict_keys():
-    cfg = tiny_config()
-    model = GAIR(cfg, rngs=nnx.Rngs(0))
+    model = tiny_model()
     params = params_of(model)
     queue = dict(queue=np.asarray(model.queue[...]), queue_ptr=5)
     sd = gair_convert.gair_state_dict(params, queue)
@@ -326,7 +338,7 @@ def test_cli_converts_a_gair_checkpoint_both_ways(tmp_path, capsys):
     from geolink_jax.convert import params_store
 
     cfg = tiny_config()
-    model = GAIR(cfg, rngs=nnx.Rngs(3))
+    model = tiny_model(seed=3)
     sd = gair_convert.gair_state_dict(params_of(model))
     torch.save({"model": {"module." + k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
                 "epoch": 3}, tmp_path / "checkpoint.pth")
@@ -431,7 +443,7 @@ def test_location_encoder_initialised_from_geoclip():
         want = ref(torch.from_numpy(c)).numpy()
     np.testing.assert_allclose(np.asarray(model.location_embed(jnp.asarray(c))), want, rtol=2e-3, atol=1e-4)
     gair = gair_family.build(tiny_config(location_init="geoclip", location=LocationEncoderConfig()), nnx.Rngs(0))
-    fresh = GAIR(tiny_config(location=LocationEncoderConfig()), rngs=nnx.Rngs(0))
+    fresh = tiny_model(location=LocationEncoderConfig())
     ours, init = params_of(gair)["location_encoder"]["branches"], params_of(fresh)["location_encoder"]["branches"]
     np.testing.assert_array_equal(ours[0]["mlp"][1]["kernel"], ref.state_dict()["LocEnc0.capsule.3.weight"].numpy().T)
     np.testing.assert_array_equal(ours[2]["b"], ref.state_dict()["LocEnc2.capsule.0.b"].numpy())
