@@ -11,6 +11,7 @@ GAIR_OFFICIAL_REPO points at one; skipped with the reason otherwise.
 Tolerances: 2e-4 absolute on embeddings of O(1) (12-layer float32 encoders), 1e-5 relative on losses.
 """
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -46,7 +47,7 @@ def test_inference_package_embeddings_equal_ours(official_path):
     torch.manual_seed(0)
     ref = GAIRModel().eval()
     sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
-    cfg = GAIRConfig(teachers=False, nili_convention="head", rs=dataclass_replace(GAIRConfig().rs, final_norm=False))
+    cfg = GAIRConfig(teachers=False, nili_convention="head", rs=dataclasses.replace(GAIRConfig().rs, final_norm=False))
     model = GAIR(cfg, rngs=nnx.Rngs(0))
     target = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     params, queue, report = gair_convert.params_from_gair(sd, target, "GAIRModel state_dict")
@@ -74,12 +75,6 @@ def test_inference_package_embeddings_equal_ours(official_path):
     for mode in nili.MODES:
         got = np.asarray(model.query(grid, rel, mode))[:, 0]
         np.testing.assert_allclose(got, want_q[mode], atol=2e-4, err_msg=mode)
-
-
-def dataclass_replace(obj, **kw):
-    import dataclasses
-
-    return dataclasses.replace(obj, **kw)
 
 
 class _Self:

@@ -46,7 +46,7 @@ def geoclip_location_params(source, target, out_dim):
     heads = {k for k in sd if ".head." in k} if keep_heads else set()
     sub = {i: {k: v for k, v in b.items() if not (keep_heads and k == "head")} for i, b in target["branches"].items()}
     loaded, _ = gair_convert.params_from_named(
-        {k: v for k, v in sd.items()}, {"branches": sub},
+        sd, {"branches": sub},
         lambda p: gair_convert._geoclip(tuple(map(str, p))), heads, str(source))
     for i, branch in loaded["branches"].items():
         target["branches"][i].update(branch)
