@@ -21,11 +21,11 @@ def _is_remote(path):
     return "://" in str(path)
 
 
-def _join(out_dir, name):
+def join_path(out_dir, name):
     return f"{str(out_dir).rstrip('/')}/{name}"
 
 
-def _write_bytes(path, data):
+def write_bytes(path, data):
     if not _is_remote(path):
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
@@ -48,9 +48,9 @@ def write_shard(item, out_dir, n_shards):
             local = os.path.join(tmp, name)
             count = shards.write_shard(local, records)
             with open(local, "rb") as f:
-                _write_bytes(_join(out_dir, name), f.read())
+                write_bytes(join_path(out_dir, name), f.read())
     else:
-        count = shards.write_shard(_join(out_dir, name), records)
+        count = shards.write_shard(join_path(out_dir, name), records)
     return {"path": name, "num_records": count}
 
 
@@ -60,8 +60,8 @@ def finalize(summaries, shard_infos, out_dir, cfg, n_tiles, seconds_since):
                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     errors = "".join(json.dumps(p, sort_keys=True) + "\n"
                      for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"])
-    _write_bytes(_join(out_dir, preprocess.ERRORS), errors.encode())
-    _write_bytes(_join(out_dir, preprocess.MANIFEST),
+    write_bytes(join_path(out_dir, preprocess.ERRORS), errors.encode())
+    write_bytes(join_path(out_dir, preprocess.MANIFEST),
                  (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return manifest
 
@@ -122,6 +122,6 @@ def run_beam(specs, out_dir, cfg=preprocess.PreprocessConfig(), strict=False, be
     if _is_remote(out_dir):
         from apache_beam.io.filesystems import FileSystems
 
-        with FileSystems.open(_join(out_dir, preprocess.MANIFEST)) as f:
+        with FileSystems.open(join_path(out_dir, preprocess.MANIFEST)) as f:
             return json.loads(f.read())
     return preprocess.load_manifest(out_dir)

@@ -93,13 +93,27 @@ def to_rgb8(array, names=None, rule=ImageRule(), nodata=None):
         array = array[..., None]
     names = list(names) if names is not None else [None] * array.shape[-1]
     chosen, indices = select_bands(array, names, rule)
-    kind, numbers = rule.stretch_spec()
+    out, meta = stretch_to_uint8(chosen, rule.stretch_spec(), nodata, indices)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return out, meta
+
+
+def stretch_to_uint8(array, spec, nodata=None, band_ids=None):
+    """Every band of [H, W, C] (any dtype) → (uint8 [H, W, C], meta {dtype, bands, stretch, bounds}) by the stretch
+    `spec` (`ImageRule.stretch_spec()`; a `range` gives one MIN,MAX for every band or one per band)."""
+    array = np.asarray(array)
+    band_ids = list(band_ids) if band_ids is not None else list(range(1, array.shape[-1] + 1))
+    kind, numbers = spec
     if kind == "auto":
         kind, numbers = ("none", ()) if array.dtype == np.uint8 else ("percentile", (2.0, 98.0))
-    values = chosen.astype(np.float64)
+    if kind == "range" and len(numbers) not in (2, 2 * array.shape[-1]):
+        raise ImageRuleError(f"stretch range gives {len(numbers) // 2} MIN,MAX pairs for {array.shape[-1]} bands "
+                             "(give one pair for every band or one per band)")
+    values = array.astype(np.float64)
     invalid = ~np.isfinite(values)
     if nodata is not None and np.isfinite(nodata):
-        invalid |= chosen == nodata
+        invalid |= array == nodata
     bounds = []
     out = np.zeros(values.shape, np.uint8)
     for c in range(values.shape[-1]):
@@ -112,14 +126,11 @@ def to_rgb8(array, names=None, rule=ImageRule(), nodata=None):
         elif kind == "percentile":
             good = band[~bad]
             if good.size == 0:
-                raise ImageRuleError(f"band {indices[c]} holds only nodata/NaN")
+                raise ImageRuleError(f"band {band_ids[c]} holds only nodata/NaN")
             lo, hi = (float(v) for v in np.percentile(good, numbers))
         else:
             lo, hi = (numbers[:2] if len(numbers) == 2 else numbers[2 * c:2 * c + 2])
         scaled = (band - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(band)
         out[..., c] = np.where(bad, 0, np.clip(np.round(scaled), 0, 255)).astype(np.uint8)
         bounds.append([float(lo), float(hi)])
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    meta = dict(dtype=str(array.dtype), bands=list(indices), stretch=kind, bounds=bounds)
-    return out, meta
+    return out, dict(dtype=str(array.dtype), bands=[int(b) for b in band_ids], stretch=kind, bounds=bounds)

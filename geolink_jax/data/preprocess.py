@@ -208,7 +208,7 @@ def num_shards(num_tiles, cfg):
     return max(1, math.ceil(num_tiles / cfg.tiles_per_shard))
 
 
-def _stats(values):
+def stats(values):
     v = np.asarray(values, np.float64)
     if v.size == 0:
         return {**{f"p{q}": 0 for q in PERCENTILES}, "max": 0, "mean": 0.0}
@@ -239,10 +239,10 @@ def make_manifest(summaries, shard_infos, cfg, num_tiles):
         "feature_dim": int(encoder["dim"]),
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,
-        "node_counts": {t: _stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
-        "edge_counts": {r: _stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
+        "node_counts": {t: stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
+        "edge_counts": {r: stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
         # decoded image sizes: the canvas of on-device augmentation (data.augment_on_device)
-        "image_size": {k: _stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
+        "image_size": {k: stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
         "errors_file": ERRORS,
         "config": dataclasses.asdict(cfg),
     }

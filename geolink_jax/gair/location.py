@@ -21,10 +21,6 @@ A1, A2, A3, A4 = 1.340264, -0.081106, 0.000893, 0.003796
 SF = 66.50336
 
 
-class FrozenParam(nnx.Param):
-    """A parameter that is loaded and checkpointed but never trained (no gradient, no optimizer state)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class LocationEncoderConfig:
     sigmas: tuple = (1.0, 16.0, 256.0)
@@ -49,7 +45,7 @@ class Branch(nnx.Module):
 
     def __init__(self, cfg: LocationEncoderConfig, sigma, *, rngs):
         # B ~ N(0, σ²) as GeoCLIP samples it; frozen from here on
-        self.b = FrozenParam(sigma * jax.random.normal(rngs.params(), (cfg.frequencies, 2), jnp.float32),
+        self.b = layers.FrozenParam(sigma * jax.random.normal(rngs.params(), (cfg.frequencies, 2), jnp.float32),
                              logical_axes=(None, None))
         widths = (2 * cfg.frequencies, cfg.hidden, cfg.hidden, cfg.hidden)
         self.mlp = nnx.List([layers.Dense(a, b, rngs=rngs, axes=(None, "mlp") if i == 0 else ("mlp", None),

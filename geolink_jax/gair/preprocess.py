@@ -20,15 +20,15 @@ left without photos.
 """
 
 import dataclasses
+import functools
 import io
 import json
 import pathlib
-import time
 
 import numpy as np
 
 from geolink_jax.data import preprocess as common
-from geolink_jax.data import record_format, shards
+from geolink_jax.data import item_job, record_format, shards
 
 FORMAT, VERSION = "geolink_jax.gair_patch", 1
 GAIR_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -207,7 +207,7 @@ def decode(data):
     return record_format.decode(data, FORMAT, VERSION)
 
 
-def make_manifest(summaries, shard_infos, cfg, num_patches, extra_problems=()):
+def make_manifest(summaries, shard_infos, extra_problems, cfg, num_patches):
     written = [s for s in summaries if s["written"]]
     problems = [p for s in summaries for p in s["problems"]] + list(extra_problems)
     return {
@@ -218,8 +218,8 @@ def make_manifest(summaries, shard_infos, cfg, num_patches, extra_problems=()):
         "num_dropped_rows": len(problems) - sum(not s["written"] for s in summaries),
         "problems": {k: sum(p["severity"] == k for p in problems) for k in ("error", "warning", "note")},
         "bands": list(cfg.bands),
-        "sv_per_patch": common._stats([s["counts"]["sv"] for s in written]),
-        "rs_size": {k: common._stats([s["counts"][k] for s in written]) for k in ("height", "width")},
+        "sv_per_patch": common.stats([s["counts"]["sv"] for s in written]),
+        "rs_size": {k: common.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,
         "errors_file": common.ERRORS,
@@ -227,71 +227,22 @@ def make_manifest(summaries, shard_infos, cfg, num_patches, extra_problems=()):
     }
 
 
-def _write_outputs(out_dir, summaries, shard_infos, cfg, n, extra_problems, runner):
-    """errors.jsonl and manifest.json (local paths or any Beam filesystem URL)."""
-    from geolink_jax.data.beam import _join, _write_bytes
-
-    manifest = make_manifest(summaries, shard_infos, cfg, n, extra_problems)
-    manifest["runner"] = runner
-    problems = list(extra_problems) + [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]]
-    _write_bytes(_join(out_dir, common.ERRORS), "".join(json.dumps(p, sort_keys=True) + "\n"
-                                                        for p in problems).encode())
-    _write_bytes(_join(out_dir, common.MANIFEST), (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    return manifest
+def _job(patches_dir, table, cfg):
+    specs, extra = discover(patches_dir, table)
+    return dict(specs=specs, process=functools.partial(process_patch, cfg=cfg),
+                manifest=functools.partial(make_manifest, cfg=cfg, num_patches=len(specs)),
+                items_per_shard=cfg.patches_per_shard, extra_problems=extra)
 
 
 def run_local(patches_dir, table, out_dir, cfg=GAIRPreprocessConfig(), progress=True, overwrite=False):
     """Preprocess into out_dir (staged: appears whole or not at all). Returns the manifest."""
-    from tqdm import tqdm
-
-    specs, extra = discover(patches_dir, table)
-
-    def write(staging):
-        start = time.perf_counter()
-        n_shards = max(1, -(-len(specs) // cfg.patches_per_shard))
-        pending = {k: [] for k in range(n_shards)}
-        summaries = []
-        for spec in tqdm(specs, unit="patch", desc="preprocess", disable=not progress):
-            record, summary = process_patch(spec, cfg)
-            summaries.append(summary)
-            if record is not None:
-                pending[shards.shard_of(spec.index, len(specs), n_shards)].append(record)
-        infos = []
-        for k in range(n_shards):
-            name = shards.shard_name(k, n_shards)
-            infos.append({"path": name, "num_records": shards.write_shard(str(staging / name), pending[k])})
-        return _write_outputs(staging, summaries, infos, cfg, len(specs), extra,
-                              {"name": "local", "seconds": time.perf_counter() - start})
-
-    return common.staged_output(out_dir, overwrite, write)
+    return item_job.run_local(out_dir=out_dir, progress=progress, overwrite=overwrite, unit="patch",
+                              **_job(patches_dir, table, cfg))
 
 
 def run_beam(patches_dir, table, out_dir, cfg=GAIRPreprocessConfig(), pipeline_options=None):
-    """The same job as an Apache Beam pipeline (DirectRunner locally; Dataflow/Flink/Spark on a cluster): patches
-    in parallel, one ArrayRecord file per shard, the same manifest."""
-    import apache_beam as beam
-
-    from geolink_jax.data import beam as common_beam
-
-    specs, extra = discover(patches_dir, table)
-    n_shards = max(1, -(-len(specs) // cfg.patches_per_shard))
-    start = time.time()
-    if "://" not in str(out_dir):
-        pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with beam.Pipeline(options=pipeline_options) as p:
-        results = (p | "specs" >> beam.Create(specs)
-                   | "patch" >> beam.Map(lambda s: (s.index, process_patch(s, cfg))))
-        infos = (results
-                 | "by shard" >> beam.Map(lambda r: (shards.shard_of(r[0], len(specs), n_shards),
-                                                     (r[0], r[1][0]) if r[1][0] is not None else None))
-                 | "group" >> beam.GroupByKey()
-                 | "write shards" >> beam.Map(common_beam.write_shard, out_dir, n_shards))
-        summaries = results | "summaries" >> beam.Map(lambda r: r[1][1])
-        _ = (p | "once" >> beam.Create([None])
-             | "manifest" >> beam.Map(lambda _, s, i: _write_outputs(out_dir, s, i, cfg, len(specs), extra,
-                                                                     {"name": "beam", "seconds": time.time() - start}),
-                                      beam.pvalue.AsList(summaries), beam.pvalue.AsList(infos)))
-    return common.load_manifest(out_dir)
+    """The same job as an Apache Beam pipeline: patches in parallel, the same shards and manifest."""
+    return item_job.run_beam(out_dir=out_dir, pipeline_options=pipeline_options, **_job(patches_dir, table, cfg))
 
 
 def bundled(out_dir):

@@ -29,6 +29,26 @@ def param(rngs, init, shape, axes, dtype=jnp.float32):
     return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=tuple(axes))
 
 
+class FrozenParam(nnx.Param):
+    """A parameter that is loaded and checkpointed but never trained (no gradient, no optimizer state): GAIR's
+    fixed random Fourier features, a locked text tower."""
+
+
+def freeze(module):
+    """Turn every Param of `module` into a FrozenParam in place (same value, same logical axes); returns it."""
+    for path, var in list(nnx.iter_graph(module)):
+        if isinstance(var, nnx.Param) and not isinstance(var, FrozenParam):
+            parent = module
+            for p in path[:-1]:
+                parent = parent[p] if isinstance(parent, (nnx.Dict, nnx.List)) else getattr(parent, p)
+            new = FrozenParam(var.get_value(), logical_axes=var.get_metadata().get("logical_axes"))
+            if isinstance(parent, (nnx.Dict, nnx.List)):
+                parent[path[-1]] = new
+            else:
+                setattr(parent, path[-1], new)
+    return module
+
+
 def xavier_uniform(fan_in_axes=(0,), fan_out_axes=(-1,)):
     """Glorot uniform over an N-d kernel whose fan-in/fan-out are products of the given axes.
 
