@@ -102,6 +102,7 @@ FAMILIES = {
     "geolink": "geolink_jax.geolink.family",
     "mae": "geolink_jax.mae.family",
     "gair": "geolink_jax.gair.family",
+    "dofa_clip": "geolink_jax.dofa_clip.family",
 }
 
 

@@ -1,6 +1,7 @@
 """Paths to the sample data bundled with the package: GeoLink's real tiles (from the official GeoLink repository,
-MIT; ``sample_data/LICENSE``) and GAIR's demo (real Sentinel-2 patches with stand-in street views,
-``sample_data/gair/README.md`` and its LICENSE).
+MIT; ``sample_data/LICENSE``), GAIR's demo (real Sentinel-2 patches with stand-in street views,
+``sample_data/gair/README.md`` and its LICENSE) and DOFA-CLIP's (real Sentinel-2 and Landsat 8 patches with
+captions derived from their bands, the CLIP BPE vocabulary; ``sample_data/dofa_clip/README.md``).
 """
 import pathlib
 
@@ -9,6 +10,7 @@ OSM_TILES_DIR = SAMPLE_DIR / "osm_tiles"
 UFZ_DIR = SAMPLE_DIR / "ufz"
 TAG_FREQUENCY_PATH = SAMPLE_DIR / "tag_key_frequency.json"
 GAIR_DIR = SAMPLE_DIR / "gair"
+DOFA_CLIP_DIR = SAMPLE_DIR / "dofa_clip"
 
 
 def osm_tile_names():

@@ -53,6 +53,8 @@ def _to_ours(rule, x, shape):
         out = x.transpose(2, 3, 1, 0)
     elif rule == "att":
         out = x.reshape(shape)
+    elif rule == "chw":  # a [C, H, W] per-position map (torch) ↔ [H, W, C] (ours)
+        out = x.transpose(1, 2, 0)
     else:
         raise AssertionError(rule)
     return out
@@ -72,6 +74,8 @@ def _to_official(rule, x, source_shape):
         return x.transpose(3, 2, 0, 1)
     if rule == "att":
         return x.reshape(source_shape)
+    if rule == "chw":
+        return x.transpose(2, 0, 1)
     raise AssertionError(rule)
 
 

@@ -62,3 +62,79 @@ def image_tower_from_open_clip(state_dict, target, prefix="visual.trunk.", sourc
 
 def image_tower_to_open_clip(params, prefix="visual.trunk."):
     return {prefix + k: v for k, v in state_dict_from_named(params, image_tower_name).items()}
+
+
+def text_tower_name(path):
+    """A path of our TextTower → (open_clip TextTransformer key, rule)."""
+    from geolink_jax.convert.official import _mha_rule
+
+    path = tuple(str(p) for p in path)
+    top, rest = path[0], path[1:]
+    if top in ("token_embedding",):
+        return "token_embedding.weight", "copy"
+    if top == "positional_embedding":
+        return "positional_embedding", "copy"
+    if top == "blocks":
+        pre = f"transformer.resblocks.{rest[0]}."
+        part, sub = rest[1], rest[2:]
+        if part == "attn":
+            key, rule = _mha_rule(sub)
+            return pre + "attn." + key, rule
+        names = {"norm1": "ln_1", "norm2": "ln_2"}
+        if part in names:
+            key, rule = _generic((names[part], *sub))
+            return pre + key, rule
+        if part == "mlp":
+            key, rule = _generic(({"fc1": "c_fc", "fc2": "c_proj"}[sub[0]], *sub[1:]))
+            return pre + "mlp." + key, rule
+    return _generic(path)
+
+
+def translator_name(path):
+    """A path of our maka.Translator → (DOFA-CLIP `Translator` key, rule)."""
+    path = tuple(str(p) for p in path)
+    table = {("norm_scale",): ("norm1.layer_norm.weight", "chw"), ("norm_bias",): ("norm1.layer_norm.bias", "chw"),
+             ("conv", "kernel"): ("conv1.weight", "conv"), ("conv", "bias"): ("conv1.bias", "copy")}
+    if path in table:
+        return table[path]
+    head = {"wave_proj": "wave_encoder.proj", "prompt_fc": "norm1.modality_prompt_fc"}[path[0]]
+    return _generic((head, *path[1:]))
+
+
+def model_name(path):
+    """A path of our DOFACLIP → (DOFA-CLIP / open_clip CustomTextCLIP key, rule). Online teachers have no key (they
+    are not part of the student's checkpoint): None."""
+    path = tuple(str(p) for p in path)
+    top, rest = path[0], path[1:]
+    if top == "image":
+        key, rule = image_tower_name(rest)
+        return "visual.trunk." + key, rule
+    if top == "text":
+        key, rule = text_tower_name(rest)
+        return "text." + key, rule
+    if top in ("logit_scale", "logit_bias"):
+        return top, "copy"
+    if top == "translators":
+        key, rule = translator_name(rest[1:])
+        return f"translators.{rest[0]}.{key}", rule
+    raise KeyError(path)
+
+
+def student_params(params):
+    """Our params without the online teachers (the part a DOFA-CLIP checkpoint holds)."""
+    return {k: v for k, v in params.items() if k != "teachers"}
+
+
+def params_from_dofa_clip(state_dict, target, source="DOFA-CLIP checkpoint"):
+    """A DOFA-CLIP or open_clip (CustomTextCLIP, SigLIP) state_dict → our params like `target`; strict key coverage.
+    The online teachers of `target` are kept as they are. `module.` prefixes (DDP) are dropped."""
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    student = student_params(target)
+    params, used = params_from_named(sd, student, model_name, (), source)
+    if "teachers" in target:
+        params["teachers"] = target["teachers"]
+    return params, dict(converted=len(used))
+
+
+def dofa_clip_state_dict(params):
+    return state_dict_from_named(student_params(params), model_name)

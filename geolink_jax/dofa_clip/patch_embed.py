@@ -8,7 +8,7 @@ learnable weight tokens, the C wavelength tokens, one bias token] → per band a
 convolves without padding; torchgeo with padding 1 (`padding`). Token counts agree either way, so only values tell
 them apart.
 
-Images NHWC [B, H, W, C]; wavelengths float [C] in µm; output tokens [B, (H/k)·(W/k), D] row-major.
+Images NHWC [B, H, W, C]; wavelengths float [C] in µm (band_valid bool [C]: False for padding bands); output tokens [B, (H/k)·(W/k), D] row-major.
 """
 
 import dataclasses
@@ -32,10 +32,11 @@ class PatchEmbedConfig:
     scale: float = 0.01
 
 
-def wavelength_code(wavelengths_um, dim):
-    """float [C] µm → [C, dim]: sin-cos of µm × 1000, sines first."""
+def wavelength_code(wavelengths_um, dim, scale=1000.0):
+    """float [C] µm → [C, dim]: sin-cos of µm × `scale` (1000 here; MaKA's translators use µm as is), sines
+    first."""
     omega = 1.0 / 10000 ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim / 2.0))
-    out = (wavelengths_um.astype(jnp.float32) * 1000.0)[:, None] * omega[None]
+    out = (wavelengths_um.astype(jnp.float32) * scale)[:, None] * omega[None]
     return jnp.concatenate([jnp.sin(out), jnp.cos(out)], -1)
 
 
@@ -51,8 +52,9 @@ class PostNormEncoderLayer(nnx.Module):
         self.norm1 = layers.LayerNorm(dim, eps=1e-5)
         self.norm2 = layers.LayerNorm(dim, eps=1e-5)
 
-    def __call__(self, x):
-        x = self.norm1(x + self.self_attn(x[None])[0])
+    def __call__(self, x, key_mask=None):
+        """x [T, E]; key_mask bool [T] (False: a padding token no other token attends to)."""
+        x = self.norm1(x + self.self_attn(x[None], key_mask=None if key_mask is None else key_mask[None])[0])
         return self.norm2(x + self.linear2(jax.nn.gelu(self.linear1(x), approximate=False)))
 
 
@@ -72,21 +74,28 @@ class DynamicPatchEmbed(nnx.Module):
         self.weight_tokens = layers.param(rngs, layers.normal(0.02), (cfg.weight_tokens, e), (None, None))
         self.bias_token = layers.param(rngs, layers.normal(0.02), (1, e), (None, None))
 
-    def kernel(self, wavelengths_um):
-        """float [C] µm → (conv kernel [k, k, C, D] (HWIO), bias [D]), both scaled."""
+    def kernel(self, wavelengths_um, band_valid=None):
+        """float [C] µm → (conv kernel [k, k, C, D] (HWIO), bias [D]), both scaled. `band_valid` bool [C] marks
+        padding bands (False): no token attends to them and their kernels are zero, so padding a band set to a
+        bucket size leaves the embedding of the real bands exactly as it was."""
         cfg = self.cfg
         code = wavelength_code(wavelengths_um, cfg.code_dim)
         code = code + jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(code))))
         tokens = jnp.concatenate([self.weight_tokens[...], code, self.bias_token[...]], 0)
-        out = self.encoder(tokens)
         n = cfg.weight_tokens
+        key_mask = None
+        if band_valid is not None:
+            key_mask = jnp.concatenate([jnp.ones(n, bool), band_valid, jnp.ones(1, bool)])
+        out = self.encoder(tokens, key_mask)
         w = self.fc_weight(out[n:-1] + code)  # [C, k·k·D]
+        if band_valid is not None:
+            w = jnp.where(band_valid[:, None], w, 0.0)
         c, k = code.shape[0], cfg.patch_size
         kernel = w.reshape(c, k, k, cfg.width).transpose(1, 2, 0, 3) * cfg.scale
         return kernel, self.fc_bias(out[-1]) * cfg.scale
 
-    def __call__(self, images, wavelengths_um):
-        kernel, bias = self.kernel(wavelengths_um)
+    def __call__(self, images, wavelengths_um, band_valid=None):
+        kernel, bias = self.kernel(wavelengths_um, band_valid)
         k, p = self.cfg.patch_size, self.cfg.padding
         y = jax.lax.conv_general_dilated(images, kernel.astype(images.dtype), (k, k), [(p, p), (p, p)],
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))

@@ -5,7 +5,7 @@ RGB convolution (`patch_embed="rgb"`, SigLIP as released).
 
 Images NHWC [B, H, W, C]; a size that is not a multiple of the patch loses its last pixels (384 px at patch 14:
 27 × 27 tokens, 6 px unused), as the strided convolution does. `__call__` returns (pooled [B, D], {block index:
-tokens [B, T, D]} of the blocks in `taps`, the intermediate features MaKA's translators read).
+tokens [B, T, D]} of the blocks in `taps` (-1: after the final LayerNorm), the features MaKA's translators read).
 """
 
 import dataclasses
@@ -30,7 +30,9 @@ class ImageTowerConfig:
     patch_size: int = 16
     image_size: int = 224
     patch_embed: str = "dynamic"  # or "rgb": the stock SigLIP convolution on 3 channels
-    taps: tuple = (11,)  # blocks whose outputs are returned (DOFA-CLIP: 11, 15, 23, depth − 1 where they exist)
+    # blocks whose outputs are returned (DOFA-CLIP HEAD: 11, 15, 23, depth − 1 where they exist); -1: the final
+    # LayerNorm's output (the tokens the MAP head pools)
+    taps: tuple = (11,)
     dtype: str = "float32"
     attention_impl: str | None = None
 
@@ -53,7 +55,7 @@ class RGBPatchEmbed(nnx.Module):
                                 (None, None, None, "embed")),
             bias=layers.param(rngs, layers.zeros, (width,), ("embed",)))
 
-    def __call__(self, images, wavelengths_um=None):
+    def __call__(self, images, wavelengths_um=None, band_valid=None):
         k = self.patch_size
         y = jax.lax.conv_general_dilated(images, self.proj["kernel"][...].astype(images.dtype), (k, k), "VALID",
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -105,12 +107,15 @@ class ImageTower(nnx.Module):
         self.norm = layers.LayerNorm(cfg.width, eps=1e-6, axes=("embed",), dtype=dt)
         self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dt)
 
-    def __call__(self, images, wavelengths_um=None):
-        x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um)
+    def __call__(self, images, wavelengths_um=None, band_valid=None):
+        x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um, band_valid)
         x = x + self.pos_embed[...].astype(x.dtype)
         taps = {}
         for i, block in enumerate(self.blocks):
             x = block(sharding.constrain_batch(x))
             if i in self.cfg.taps:
                 taps[i] = x
-        return self.attn_pool(self.norm(x)), taps
+        x = self.norm(x)
+        if -1 in self.cfg.taps:
+            taps[-1] = x
+        return self.attn_pool(x), taps

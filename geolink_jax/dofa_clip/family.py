@@ -1,0 +1,271 @@
+"""The DOFA-CLIP family (GeoLangBind): any-channel image–text pairs; the model is dofa_clip/model.py, the batches
+dofa_clip/pipeline.py."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geolink_jax import family as family_lib
+from geolink_jax.dofa_clip import convert as dofa_convert
+from geolink_jax.dofa_clip import pipeline, preprocess
+from geolink_jax.dofa_clip.model import DOFACLIP, DOFACLIPConfig
+from geolink_jax.models.layers import FrozenParam
+
+
+def trainable(path, var):
+    """nnx filter: every Param but the frozen ones (a locked text tower, online teachers)."""
+    from flax import nnx
+
+    return isinstance(var, nnx.Param) and not isinstance(var, FrozenParam)
+
+
+def build(cfg, rngs):
+    model = DOFACLIP(cfg, rngs=rngs)
+    for t in cfg.teachers:
+        if t.online and t.weights:
+            from flax import nnx
+
+            from geolink_jax.convert import load_weights
+
+            tower = model.teachers[t.name]
+            state = nnx.state(tower, nnx.Param)
+            sd, _ = load_weights(t.weights)
+            prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
+            nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dofa_convert.image_tower_from_open_clip(
+                sd, nnx.to_pure_dict(state), prefix, t.weights)))
+            nnx.update(tower, state)
+    return model
+
+
+def loss(model, batch, key, ctx):
+    return model.loss(batch, ctx)
+
+
+def pipeline_config(config, model_cfg, train=True):
+    d = config.data
+    return pipeline.DOFACLIPPipelineConfig(
+        batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.image.image_size,
+        context_length=model_cfg.text.context_length, tokenizer=model_cfg.tokenizer,
+        band_buckets=tuple(model_cfg.band_buckets),
+        teachers=tuple(t.name for t in model_cfg.teachers if not t.online),
+        teacher_band_rule=model_cfg.teacher_band_rule,
+        source_weights=tuple(sorted(dict(d.get("source_weights", {}) or {}).items())), train=train,
+        seed=config.seed, worker_count=d.worker_count, read_threads=d.read_threads)
+
+
+def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
+    check_data(manifest, model_cfg)
+    return pipeline.make_dataset(paths, manifest, pipeline_config(config, model_cfg), process_index, process_count)
+
+
+def check_data(manifest, model_cfg):
+    """The shards hold every cached teacher the model distils from, with its shape; the band counts fit a bucket."""
+    from geolink_jax.data.shards import DataError
+
+    have = manifest.get("teachers", {})
+    for t in model_cfg.teachers:
+        if t.online:
+            continue
+        if t.name not in have:
+            raise DataError(f"the data hold no cached features of teacher {t.name!r} (cached: "
+                            f"{', '.join(have) or 'none'}); run `geolink-jax dofa-teachers` on them")
+        shape = tuple(have[t.name]["shape"])
+        if shape != (t.tokens, t.width):
+            raise DataError(f"teacher {t.name}: the cached features are {shape}, the model expects "
+                            f"{(t.tokens, t.width)}")
+    model_cfg.bucket(int(manifest.get("max_bands", 3)))
+
+
+def default_data(config, workdir):
+    """The bundled demo pairs; with cached teachers in the model, their features are cached into a copy."""
+    from geolink_jax.dofa_clip import teachers
+
+    model_cfg = family_lib.model_config(FAMILY, config)
+    out = preprocess.bundled(f"{workdir}/data")
+    cached = [t for t in model_cfg.teachers if not t.online]
+    return teachers.bundled_with_features(out, f"{workdir}/data_teachers", cached) if cached else out
+
+
+def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
+    b, s, l = batch_size, model_cfg.image.image_size, model_cfg.text.context_length
+    c = model_cfg.bucket(int((manifest or {}).get("max_bands", 3)))
+    sds = jax.ShapeDtypeStruct
+    out = dict(image=sds((b, s, s, c), jnp.float32), wavelengths=sds((b, c), jnp.float32),
+               band_valid=sds((b, c), jnp.bool_), tokens=sds((b, l), jnp.int32),
+               teacher_bands=sds((b, 3), jnp.int32))
+    for t in model_cfg.teachers:
+        if not t.online:
+            out[f"teacher_{t.name}"] = sds((b, t.tokens, t.width), jnp.float16)
+    return out
+
+
+def example_batch(model_cfg, batch_size, seed=0, group=None):
+    """Bundled demo pairs through the evaluation transform, cycled to batch_size: those of `group` (an index into
+    the manifest's groups; default the largest, the OSM-captioned RGB tiles)."""
+    import tempfile
+
+    from geolink_jax.data import shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = preprocess.bundled(f"{tmp}/data")
+        manifest = preprocess.common.load_manifest(out)
+        source = shards.ShardSource(shards.manifest_shards(out, manifest))
+        groups = pipeline.record_groups(manifest)
+        idx = np.flatnonzero(groups == (0 if group is None else group))
+        cfg = pipeline.DOFACLIPPipelineConfig(
+            batch_size=batch_size, image_size=model_cfg.image.image_size,
+            context_length=model_cfg.text.context_length, tokenizer=model_cfg.tokenizer,
+            band_buckets=tuple(model_cfg.band_buckets), teacher_band_rule=model_cfg.teacher_band_rule, train=False)
+        t = pipeline.PairToSample(cfg)
+        samples = [t.random_map(source[int(i)], np.random.default_rng(seed)) for i in idx]
+    samples = (samples * batch_size)[:batch_size]
+    batch = {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+    rng = np.random.default_rng(seed)
+    for te in model_cfg.teachers:  # stand-in cached features (benchmarks): random, of the right shape
+        if not te.online:
+            batch[f"teacher_{te.name}"] = rng.normal(size=(batch_size, te.tokens, te.width)).astype(np.float16)
+    return batch
+
+
+def _vit(tokens, width, depth, mlp_dim):
+    return depth * (2 * tokens * (4 * width * width + 2 * width * mlp_dim) + 4 * tokens * tokens * width)
+
+
+def step_flops(cfg: DOFACLIPConfig, channels=3):
+    """Analytic matmul FLOPs of one train step per pair, by part: trained parts 3× forward, frozen parts (a locked
+    text tower: no backward at all; online teachers) 1× forward. The patch-embedding convolution is counted; the
+    kernel generator (once per batch) is not."""
+    im, tx = cfg.image, cfg.text
+    t = im.grid ** 2
+    image = (2 * t * im.patch_size ** 2 * channels * im.width + _vit(t, im.width, im.depth, im.mlp_dim)
+             + 2 * (2 * t * im.width * im.width + 2 * im.width * im.width + 2 * t * im.width)
+             + 2 * 2 * im.width * im.mlp_dim)  # MAP head: kv, q/proj, attention, MLP
+    text = _vit(tx.context_length, tx.width, tx.depth, tx.mlp_dim) + 2 * tx.width * tx.embed_dim
+    out = dict(image=3 * image, text=(1 if cfg.lock_text else 3) * text)
+    translators = 0
+    teachers = 0
+    for te in cfg.teachers:
+        if te.translate:
+            translators += 2 * te.tokens * 9 * im.width * te.width
+        if te.online:
+            tw = te.tower
+            teachers += _vit(tw.grid ** 2, tw.width, tw.depth, tw.mlp_dim) + 2 * tw.grid ** 2 * tw.patch_size ** 2 * 3 \
+                * tw.width
+    out.update(translators=3 * translators, teachers=teachers)
+    return out
+
+
+def flops_per_sample(model_cfg, manifest=None):
+    return sum(step_flops(model_cfg).values())
+
+
+# ------------------------------------------------------------------ weights
+def infer_config(state_dict):
+    """The model config a DOFA-CLIP / open_clip SigLIP state_dict implies: tower widths, depths, sizes, vocabulary,
+    the translators' teachers (names, grids, widths)."""
+    import dataclasses
+
+    from geolink_jax.dofa_clip import maka
+    from geolink_jax.dofa_clip.towers import ImageTowerConfig
+
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    shape = lambda k: tuple(np.shape(sd[k]))  # noqa: E731
+    width = shape("visual.trunk.pos_embed")[-1]
+    tokens = shape("visual.trunk.pos_embed")[1]
+    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("visual.trunk.blocks."))
+    mlp = shape("visual.trunk.blocks.0.mlp.fc1.weight")[0]
+    rgb = "visual.trunk.patch_embed.proj.weight" in sd
+    patch = (shape("visual.trunk.patch_embed.proj.weight")[-1] if rgb
+             else int(round((shape("visual.trunk.patch_embed.weight_generator.fc_weight.weight")[0] / width) ** 0.5)))
+    grid = int(round(tokens ** 0.5))
+    image = ImageTowerConfig(width=width, depth=depth, heads=width // 64 if width != 1152 else 16, mlp_dim=mlp,
+                             patch_size=patch, image_size=384 if (patch, grid) == (14, 27) else grid * patch,  # so400m: 6 px unused
+                             patch_embed="rgb" if rgb else "dynamic", taps=(-1,))
+    t_width = shape("text.positional_embedding")[-1]
+    t_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("text.transformer.resblocks."))
+    base = DOFACLIPConfig()
+    text = dataclasses.replace(base.text, vocab_size=shape("text.token_embedding.weight")[0],
+                               context_length=shape("text.positional_embedding")[0], width=t_width, depth=t_depth,
+                               heads=t_width // 64 if t_width != 1152 else 16,
+                               mlp_dim=shape("text.transformer.resblocks.0.mlp.c_fc.weight")[0],
+                               embed_dim=shape("text.text_projection.weight")[0])
+    names = sorted({k.split(".")[1] for k in sd if k.startswith("translators.")})
+    teachers = tuple(maka.TeacherConfig(n, int(np.prod(shape(f"translators.{n}.norm1.layer_norm.weight")[1:])),
+                                        shape(f"translators.{n}.conv1.weight")[0]) for n in names)
+    return dataclasses.replace(base, image=image, text=text, teachers=teachers)
+
+
+def _dofa_clip_import(state_dict, cfg, source, **_):
+    cfg = cfg or infer_config(state_dict)
+    params, report = dofa_convert.params_from_dofa_clip(state_dict, family_lib.abstract_params(FAMILY, cfg), source)
+    return params, cfg, report
+
+
+def _patch_embed_import(state_dict, cfg, source, **_):
+    from flax import nnx
+
+    cfg = cfg or DOFACLIPConfig()
+    target = nnx.to_pure_dict(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
+    target["image"]["patch_embed"] = dofa_convert.patch_embed_from_torch(state_dict, target["image"]["patch_embed"],
+                                                                         source)
+    return target, cfg, dict(converted=len(state_dict))
+
+
+CONVERTERS = {
+    "dofa_clip": family_lib.Converter(lambda params, cfg: dofa_convert.dofa_clip_state_dict(params),
+                                      _dofa_clip_import,
+                                      "DOFA-CLIP's / open_clip's CustomTextCLIP layout (visual.trunk.*, text.*, "
+                                      "logit_scale/bias, translators.*)"),
+    "torchgeo_dofa": family_lib.Converter(
+        lambda params, cfg: dofa_convert.patch_embed_to_torch(params["image"]["patch_embed"]), _patch_embed_import,
+        "the dynamic patch embedding as torchgeo's DOFAEmbedding"),
+}
+
+
+def pictures(model, host_batch, workdir, count=8):
+    """workdir/similarity.png: up to `count` images of the last batch (the teachers' 3 bands) against their
+    captions, σ(logit) per cell (the diagonal holds the true pairs), the captions listed below."""
+    import pathlib
+
+    from PIL import Image, ImageDraw
+
+    n = min(count, len(host_batch["image"]))
+    b = {k: jnp.asarray(np.asarray(v)[:n]) for k, v in host_batch.items()}
+    img, _ = model.encode_image(b["image"], b["wavelengths"][0], b["band_valid"][0])
+    probs = np.asarray(jax.nn.sigmoid(model.logits(img, model.encode_text(b["tokens"]))))
+    cell = 64
+    out = Image.new("RGB", (cell * (n + 1), cell * (n + 1)), "white")
+    draw = ImageDraw.Draw(out)
+    bands = np.asarray(host_batch["teacher_bands"])[0]
+    for i in range(n):
+        rgb = np.asarray(host_batch["image"])[i][..., bands]
+        rgb = np.clip((rgb * 0.5 + 0.5) * 255, 0, 255).astype(np.uint8)
+        out.paste(Image.fromarray(rgb).resize((cell, cell)), (0, cell * (i + 1)))
+        draw.text((cell * (i + 1) + 4, 4), f"text {i}", fill="black")
+        for j in range(n):
+            v = float(probs[i, j])
+            draw.rectangle([cell * (j + 1), cell * (i + 1), cell * (j + 2) - 1, cell * (i + 2) - 1],
+                           fill=(int(255 * v), int(120 * v), int(40 * (1 - v))))
+            draw.text((cell * (j + 1) + 4, cell * (i + 1) + 4), f"{v:.2f}", fill="white")
+    out.save(pathlib.Path(workdir) / "similarity.png")
+
+
+FAMILY = family_lib.Family(
+    name="dofa_clip",
+    config_cls=DOFACLIPConfig,
+    build=build,
+    loss=loss,
+    dataset=dataset,
+    default_data=default_data,
+    abstract_batch=abstract_batch,
+    example_batch=example_batch,
+    flops_per_sample=flops_per_sample,
+    configs={"dofa_clip_demo": "geolink_jax.dofa_clip.configs.demo",
+             "dofa_clip_b16": "geolink_jax.dofa_clip.configs.b16",
+             "dofa_clip_so400m": "geolink_jax.dofa_clip.configs.so400m"},
+    converters=CONVERTERS,
+    trainable=trainable,
+    pictures=pictures,
+    log_keys=("loss", "sigmoid", "maka"),
+)
