@@ -158,3 +158,350 @@ def test_dynamic_image_tower_takes_any_band_count():
     a, _ = f(jnp.asarray(x3), jnp.asarray(WAVELENGTHS["rgb"], jnp.float32))
     b, _ = f(jnp.asarray(x3), jnp.asarray([0.842, 1.61, 2.19], jnp.float32))
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-4
+
+
+# ------------------------------------------------------------------ text tower, whole model, tokenizers
+def _perturb(module, scale=0.1):
+    """Biases, LayerNorm affines, latents and embeddings off their init (zeros/ones hide swapped roles)."""
+    for name, p in module.named_parameters():
+        if p.ndim == 1 or "latent" in name or "embedding" in name:
+            p.data.add_(scale * torch.randn_like(p))
+
+
+def test_text_tower_and_logits_match_open_clip_siglip_b16():
+    """open_clip ViT-B-16-SigLIP at full size (random weights) through our converter: text embeddings 2e-4, the
+    σ-logits of 2 images × 3 texts 1e-3 absolute (scale 10, bias −10 amplify float noise), the export has exactly
+    the checkpoint's keys."""
+    open_clip = pytest.importorskip("open_clip")
+    import dataclasses
+
+    from geolink_jax import family as family_lib
+    from geolink_jax.dofa_clip.model import DOFACLIPConfig
+    from geolink_jax.dofa_clip.towers import ImageTowerConfig
+
+    torch.manual_seed(0)
+    ref = open_clip.create_model("ViT-B-16-SigLIP", pretrained=None).eval()
+    _perturb(ref)
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    cfg = dataclasses.replace(DOFACLIPConfig(), image=ImageTowerConfig(patch_embed="rgb", taps=(-1,)),
+                              lock_text=False)
+    fam = family_lib.get_family("dofa_clip")
+    params, cfg2, _ = fam.converters["dofa_clip"].from_state_dict(sd, cfg, "open_clip ViT-B-16-SigLIP")
+    model = fam.build(cfg, nnx.Rngs(0))
+    _load(model, params)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 224, 224)).astype(np.float32)
+    tokens = rng.integers(1, 32000, size=(3, 64)).astype(np.int64)
+    with torch.no_grad():
+        img_ref, txt_ref, scale, bias = ref(torch.from_numpy(x), torch.from_numpy(tokens))
+        want = (scale * img_ref @ txt_ref.T + bias).numpy()
+    img, _ = jax.jit(lambda m, a: m.encode_image(a, None))(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    txt = jax.jit(lambda m, t: m.encode_text(t))(model, jnp.asarray(tokens, jnp.int32))
+    np.testing.assert_allclose(np.asarray(txt), txt_ref.numpy(), atol=2e-4)
+    np.testing.assert_allclose(np.asarray(model.logits(img, txt)), want, atol=1e-3)
+    back = fam.converters["dofa_clip"].to_state_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg)
+    assert set(back) == set(sd)
+    # the model config is read from the tensors alone
+    inferred = fam.converters["dofa_clip"].from_state_dict(sd, None, "open_clip")[1]
+    assert (inferred.image, inferred.text) == (cfg.image, dataclasses.replace(cfg.text))
+
+
+def test_so400m_towers_match_open_clip_config_at_reduced_depth():
+    """Our So400m/14 @384 settings equal open_clip's ViT-SO400M-14-SigLIP-384 config (and timm's trunk); the towers
+    built with them at depth 2 (timm VisionTransformer with the trunk's arguments; open_clip's TextTransformer from
+    the config's text_cfg) give the same outputs (2e-4): width 1152, 16 heads, MLP 4304, patch 14 on 384 px (27 × 27
+    tokens, 6 px unused)."""
+    open_clip = pytest.importorskip("open_clip")
+    timm = pytest.importorskip("timm")
+    import dataclasses
+    import json
+    import pathlib
+
+    from geolink_jax.dofa_clip.text import SO400M_TEXT, TextTower
+    from geolink_jax.dofa_clip.towers import SO400M_384, ImageTower
+
+    spec = json.loads((pathlib.Path(open_clip.__file__).parent / "model_configs" /
+                       "ViT-SO400M-14-SigLIP-384.json").read_text())
+    tc = spec["text_cfg"]
+    assert (SO400M_TEXT.width, SO400M_TEXT.heads, SO400M_TEXT.depth, SO400M_TEXT.context_length,
+            SO400M_TEXT.vocab_size, SO400M_TEXT.embed_dim) == (tc["width"], tc["heads"], tc["layers"],
+                                                                tc["context_length"], tc["vocab_size"],
+                                                                spec["embed_dim"])
+    assert SO400M_TEXT.mlp_dim == int(tc["width"] * tc["mlp_ratio"]) and SO400M_384.image_size == 384
+    kwargs = dict(img_size=384, patch_size=14, embed_dim=1152, num_heads=16, mlp_ratio=3.7362, class_token=False,
+                  global_pool="map", num_classes=0)
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(depth=2, **kwargs).eval()
+    assert vit.blocks[0].mlp.fc1.out_features == SO400M_384.mlp_dim
+    _perturb(vit)
+    ours = ImageTower(dataclasses.replace(SO400M_384, depth=2, patch_embed="rgb", taps=()), rngs=nnx.Rngs(0))
+    _load(ours, dofa_convert.image_tower_from_open_clip(
+        {"visual.trunk." + k: v.detach().numpy() for k, v in vit.state_dict().items()},
+        nnx.to_pure_dict(nnx.state(ours, nnx.Param))))
+    x = np.random.default_rng(0).normal(size=(1, 3, 384, 384)).astype(np.float32)
+    with torch.no_grad():
+        want = vit(torch.from_numpy(x)).numpy()
+    got, _ = jax.jit(ours)(jnp.asarray(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-4)
+
+    text_ref = open_clip.model._build_text_tower(spec["embed_dim"], open_clip.model.CLIPTextCfg(
+        **{k: v for k, v in dict(tc, layers=2).items() if k not in ("hf_tokenizer_name", "tokenizer_kwargs")})).eval()
+    _perturb(text_ref)
+    text = TextTower(dataclasses.replace(SO400M_TEXT, depth=2), rngs=nnx.Rngs(0))
+    _load(text, dofa_convert.params_from_named(
+        {k: v.detach().numpy() for k, v in text_ref.state_dict().items()},
+        nnx.to_pure_dict(nnx.state(text, nnx.Param)), dofa_convert.text_tower_name)[0])
+    tokens = np.random.default_rng(1).integers(1, 32000, size=(2, 64))
+    with torch.no_grad():
+        want = text_ref(torch.from_numpy(tokens)).numpy()
+    np.testing.assert_allclose(np.asarray(jax.jit(text)(jnp.asarray(tokens, jnp.int32))), want, atol=2e-4)
+
+
+CAPTIONS = ["A satellite image of a residential area with buildings, roads and trees.",
+            "Hello WORLD!!  it's 2024 &amp; 3.5km", "école café naïve 東京 tower", "harbour " * 80, ""]
+
+
+def test_clip_bpe_tokenizer_matches_open_clip():
+    """The bundled BPE vocabulary run by `tokenizers` gives open_clip's SimpleTokenizer ids exactly, truncation
+    included (<end_of_text> kept last)."""
+    open_clip = pytest.importorskip("open_clip")
+    from geolink_jax.dofa_clip.tokenizer import ClipBPETokenizer
+
+    for length in (64, 77):
+        np.testing.assert_array_equal(ClipBPETokenizer(context_length=length)(CAPTIONS),
+                                      open_clip.tokenize(CAPTIONS, context_length=length).numpy())
+
+
+def test_sentencepiece_tokenizer_matches_open_clip_hf_siglip(tmp_path):
+    """A SentencePiece model (trained here on captions) read by our tokenizer and by open_clip's HFTokenizer over
+    transformers' SiglipTokenizer (canonicalize cleaning, </s> last, padded with </s>): the same ids."""
+    spm = pytest.importorskip("sentencepiece")
+    transformers = pytest.importorskip("transformers")
+    from open_clip.tokenizer import HFTokenizer
+
+    from geolink_jax.dofa_clip.tokenizer import SentencePieceTokenizer
+
+    texts = ["a satellite image of a residential area with buildings", "farmland next to a river",
+             "an airport with two runways", "dense forest on a mountain slope", "a harbour with boats"] * 40
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(tmp_path / "m"), vocab_size=80,
+                                   hard_vocab_limit=False, minloglevel=2)
+    transformers.SiglipTokenizer(vocab_file=str(tmp_path / "m.model")).save_pretrained(tmp_path / "hf")
+    ref = HFTokenizer(str(tmp_path / "hf"), context_length=16, clean="canonicalize")
+    ours = SentencePieceTokenizer(tmp_path / "m.model", 16)
+    probe = ["A Satellite image, of FARMLAND!", "harbour_with boats next to a river and a forest on a mountain "
+             "slope again and again", "xyz", "runways"]
+    np.testing.assert_array_equal(ours(probe), ref(probe).numpy())
+
+
+# ------------------------------------------------------------------ MaKA
+def _torch_translator(width, grid, t_width):
+    """DOFA-CLIP's Translator as their model.py states it (nearest F.interpolate; LayerNorm over [C, h, w];
+    (1 + γ)x̂ + β from Linear(mean over bands of Linear(sin-cos(µm)))); 3×3 conv), written here in torch."""
+    nn = torch.nn
+
+    class Ref(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wave_encoder = nn.Module()
+            self.wave_encoder.proj = nn.Linear(128, 128)
+            self.norm1 = nn.Module()
+            self.norm1.layer_norm = nn.LayerNorm([width, grid, grid])
+            self.norm1.modality_prompt_fc = nn.Linear(128, 2 * width)
+            self.conv1 = nn.Conv2d(width, t_width, 3, padding=1)
+
+        def forward(self, x, wvs):
+            h = int(round(x.shape[1] ** 0.5))
+            x = x.reshape(x.shape[0], h, h, -1).permute(0, 3, 1, 2)
+            x = torch.nn.functional.interpolate(x, (grid, grid)) if h != grid else x
+            omega = 1.0 / 10000 ** (torch.arange(64, dtype=torch.float32) / 64.0)
+            out = wvs.reshape(-1)[:, None] * omega[None]
+            code = torch.cat([torch.sin(out), torch.cos(out)], 1)
+            prompt = self.wave_encoder.proj(code).mean(0, keepdim=True)
+            gamma, beta = torch.chunk(self.norm1.modality_prompt_fc(prompt), 2, -1)
+            n = self.norm1.layer_norm(x)
+            x = n + gamma.view(1, -1, 1, 1) * n + beta.view(1, -1, 1, 1)
+            return self.conv1(x).flatten(2).transpose(1, 2)
+
+    return Ref().eval()
+
+
+@pytest.mark.parametrize("grid_in,grid_t", [(8, 5), (4, 6), (6, 6)])
+def test_translator_matches_torch_statement(grid_in, grid_t):
+    from geolink_jax.dofa_clip import maka
+
+    torch.manual_seed(0)
+    ref = _torch_translator(16, grid_t, 12)
+    _perturb(ref)
+    ours = maka.Translator(16, maka.TeacherConfig("t", grid_t * grid_t, 12), rngs=nnx.Rngs(0))
+    _load(ours, dofa_convert.params_from_named({k: v.detach().numpy() for k, v in ref.state_dict().items()},
+                                               nnx.to_pure_dict(nnx.state(ours, nnx.Param)),
+                                               dofa_convert.translator_name)[0])
+    x = np.random.default_rng(0).normal(size=(2, grid_in * grid_in, 16)).astype(np.float32)
+    wl = np.asarray(WAVELENGTHS["sentinel2"], np.float32)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x), torch.from_numpy(wl)).numpy()
+    got = ours(jnp.asarray(x), jnp.asarray(wl))
+    assert got.shape == want.shape == (2, grid_t * grid_t, 12)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    # padding bands (band_valid False) leave the prompt as the real bands give it
+    padded = ours(jnp.asarray(x), jnp.asarray(np.r_[wl, 0, 0]), jnp.asarray(np.arange(15) < 13))
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(got), atol=1e-6)
+
+
+def test_maka_loss_matches_torch_losses():
+    from geolink_jax.dofa_clip import maka
+
+    rng = np.random.default_rng(0)
+    teachers = (maka.TeacherConfig("siglip", 9, 8, weight=2.0, translate=False), maka.TeacherConfig("dino", 4, 6))
+    preds = {t.name: rng.normal(size=(3, t.tokens, t.width)).astype(np.float32) * 1.5 for t in teachers}
+    targets = {t.name: rng.normal(size=(3, t.tokens, t.width)).astype(np.float32) for t in teachers}
+    nn, F = torch.nn, torch.nn.functional
+    want = 0.0
+    for t in teachers:
+        p, q = torch.from_numpy(preds[t.name]), torch.from_numpy(targets[t.name])
+        cos = nn.CosineEmbeddingLoss()(F.normalize(p.flatten(1), dim=1), F.normalize(q.flatten(1), dim=1),
+                                       torch.ones(3))
+        want += 1.0 * t.weight * (nn.MSELoss()(p, q) + nn.SmoothL1Loss()(p, q) + cos).item()
+    got, parts = maka.maka_loss({k: jnp.asarray(v) for k, v in preds.items()},
+                                {k: jnp.asarray(v) for k, v in targets.items()}, teachers, 1.0)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    assert set(parts) == {"siglip", "dino"}
+
+
+def test_teacher_channel_sampling_rules():
+    from geolink_jax.dofa_clip import maka
+
+    assert maka.teacher_bands([5.4e4, 5.4e4]) == [0, 1, 1]
+    assert maka.teacher_bands(np.linspace(0.4, 2.5, 202)) == [47, 29, 8]
+    assert maka.teacher_bands(np.linspace(0.4, 2.5, 9)) == [0, 1, 2]
+    assert maka.teacher_bands(WAVELENGTHS["rgb"]) == [0, 1, 2]
+    s2 = WAVELENGTHS["sentinel2"]  # B04, B03, B02 are bands 3, 2, 1 of the L1C stack
+    assert maka.teacher_bands(s2) == [3, 2, 1] and maka.teacher_bands(s2, "first3") == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ properties of the model
+def _tiny_cfg(**kw):
+    import dataclasses
+
+    from geolink_jax.dofa_clip import maka
+    from geolink_jax.dofa_clip.model import DOFACLIPConfig
+    from geolink_jax.dofa_clip.text import TextTowerConfig
+    from geolink_jax.dofa_clip.towers import ImageTowerConfig
+
+    base = DOFACLIPConfig(
+        image=ImageTowerConfig(width=32, depth=2, heads=4, mlp_dim=64, patch_size=8, image_size=32, taps=(-1,)),
+        text=TextTowerConfig(vocab_size=100, context_length=8, width=32, depth=1, heads=4, mlp_dim=64, embed_dim=32),
+        teachers=(maka.TeacherConfig("same", 16, 32, 2.0, translate=False), maka.TeacherConfig("small", 9, 24)),
+        band_buckets=(4, 8, 16))
+    return dataclasses.replace(base, **kw)
+
+
+def _tiny_batch(cfg, channels, b=4, seed=0):
+    rng = np.random.default_rng(seed)
+    cb = cfg.bucket(channels)
+    wl = np.zeros(cb, np.float32)
+    wl[:channels] = np.sort(rng.uniform(0.4, 2.4, channels))
+    img = np.zeros((b, 32, 32, cb), np.float32)
+    img[..., :channels] = rng.normal(size=(b, 32, 32, channels))
+    batch = dict(image=img, wavelengths=np.tile(wl, (b, 1)), band_valid=np.tile(np.arange(cb) < channels, (b, 1)),
+                 tokens=rng.integers(0, 100, (b, 8)).astype(np.int32), teacher_bands=np.tile([0, 1, 2], (b, 1)))
+    for t in cfg.teachers:
+        if not t.online:
+            batch[f"teacher_{t.name}"] = rng.normal(size=(b, t.tokens, t.width)).astype(np.float16)
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def test_band_permutation_leaves_the_embedding_unchanged():
+    """Permuting bands together with their wavelengths gives the same image embedding (the kernel generator is a
+    set function of the wavelength tokens); permuting the bands alone does not."""
+    from geolink_jax.dofa_clip.towers import ImageTower
+
+    tower = ImageTower(_tiny_cfg().image, rngs=nnx.Rngs(0))
+    f = jax.jit(lambda m, x, w: m(x, w)[0])
+    wl = np.asarray(WAVELENGTHS["sentinel2"], np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 13)).astype(np.float32)
+    perm = np.random.default_rng(1).permutation(13)
+    a = np.asarray(f(tower, jnp.asarray(x), jnp.asarray(wl)))
+    b = np.asarray(f(tower, jnp.asarray(x[..., perm]), jnp.asarray(wl[perm])))
+    c = np.asarray(f(tower, jnp.asarray(x[..., perm]), jnp.asarray(wl)))
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    assert np.abs(c - a).max() > 1e-3
+
+
+def test_band_padding_to_a_bucket_is_exact():
+    """Padding bands (zero pixels, band_valid False) leave the embedding and the patch tokens of the real bands
+    as they are: a bucket costs compute, never accuracy."""
+    from geolink_jax.dofa_clip.towers import ImageTower
+
+    tower = ImageTower(_tiny_cfg().image, rngs=nnx.Rngs(0))
+    f = jax.jit(lambda m, x, w, v: m(x, w, v))
+    wl = np.asarray(WAVELENGTHS["sentinel2"], np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 13)).astype(np.float32)
+    a, ta = f(tower, jnp.asarray(x), jnp.asarray(wl), None)
+    xp = np.concatenate([x, np.zeros((2, 32, 32, 3), np.float32)], -1)
+    b, tb = f(tower, jnp.asarray(xp), jnp.asarray(np.r_[wl, 0, 0, 0]), jnp.asarray(np.arange(16) < 13))
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(tb[-1]), np.asarray(ta[-1]), atol=1e-5)
+
+
+def test_locked_text_tower_gets_no_update_and_no_optimizer_state():
+    """lock_text: the text tower's parameters are frozen (not in the trained params, so no optimizer state) and a
+    train step leaves them bit-identical while the image tower moves; unlocked, the text tower trains too."""
+    import optax
+
+    from geolink_jax import family as family_lib
+
+    fam = family_lib.get_family("dofa_clip")
+    for lock in (True, False):
+        cfg = _tiny_cfg(lock_text=lock)
+        model = fam.build(cfg, nnx.Rngs(0))
+        graphdef, params, frozen, state = family_lib.split(model, fam)
+        p, fz = family_lib.pure(params), family_lib.pure(frozen)
+        assert ("text" in fz) == lock and ("text" in p) == (not lock)
+        opt = optax.adamw(1e-2)
+        opt_state = opt.init(p)
+        batch = _tiny_batch(cfg, 3)
+
+        def loss(p):
+            m = family_lib.merge(graphdef, (params, frozen, state), (p, fz, family_lib.pure(state)))
+            return m.loss(batch)[0]
+
+        grads = jax.jit(jax.grad(loss))(p)
+        updates, _ = opt.update(grads, opt_state, p)
+        new = optax.apply_updates(p, updates)
+        moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new, p)
+        assert max(jax.tree.leaves(moved["image"])) > 0
+        if lock:
+            n_opt = sum(x.size for x in jax.tree.leaves(opt_state))
+            n_params = sum(x.size for x in jax.tree.leaves(p))
+            assert n_opt <= 2 * n_params + 10  # adam moments of the trained params only
+        else:
+            assert max(jax.tree.leaves(moved["text"])) > 0
+
+
+def test_online_teacher_runs_in_the_step_frozen_and_equals_caching_it():
+    """An online JAX teacher gives the same loss as its features cached into the batch, and gets no gradient."""
+    import dataclasses
+
+    from geolink_jax import family as family_lib
+    from geolink_jax.dofa_clip import maka
+    from geolink_jax.dofa_clip.towers import ImageTowerConfig
+
+    tower = ImageTowerConfig(width=24, depth=1, heads=2, mlp_dim=48, patch_size=8, image_size=24, patch_embed="rgb",
+                             taps=(-1,))
+    online = maka.TeacherConfig("sig", 9, 24, tower=tower, online=True)
+    fam = family_lib.get_family("dofa_clip")
+    cfg = _tiny_cfg(teachers=(online,))
+    model = fam.build(cfg, nnx.Rngs(0))
+    batch = _tiny_batch(cfg, 3)
+    loss_online, m1 = jax.jit(lambda m, b: m.loss(b))(model, batch)
+    x = jnp.take(batch["image"], batch["teacher_bands"][0], axis=-1)
+    x = jax.image.resize(x, (4, 24, 24, 3), "bilinear", antialias=False)
+    feats = model.teachers["sig"](x)[1][-1]
+    cached_cfg = dataclasses.replace(cfg, teachers=(dataclasses.replace(online, tower=None, online=False),))
+    cached = fam.build(cached_cfg, nnx.Rngs(0))
+    nnx.update(cached, nnx.state(model, nnx.Not(nnx.PathContains("teachers"))))
+    loss_cached, _ = jax.jit(lambda m, b: m.loss(b))(cached, dict(batch, teacher_sig=feats))
+    np.testing.assert_allclose(float(loss_online), float(loss_cached), rtol=1e-5)
+    _, params, frozen, _ = family_lib.split(model, fam)
+    assert "teachers" in family_lib.pure(frozen) and "teachers" not in family_lib.pure(params)

@@ -5,7 +5,7 @@ bundled) or a SigLIP SentencePiece model from a local path. Both return int32 [N
   lower case; CLIP's regex split; byte-level BPE with `</w>` word ends (run by the `tokenizers` library);
   [<start_of_text>, …, <end_of_text>] truncated to the context with <end_of_text> kept last, padded with 0.
 - `SentencePieceTokenizer`: open_clip's HFTokenizer for SigLIP ("canonicalize" cleaning: `_` → space, punctuation
-  removed, lower case); the model's pieces + </s>, truncated to the context, padded with the model's pad id
+  removed, lower case); the model's pieces truncated to context − 1, then </s>; padded with the model's pad id
   (</s> where it has none, as SigLIP's tokenizer).
 """
 
@@ -105,7 +105,7 @@ class SentencePieceTokenizer:
     def __call__(self, texts):
         out = np.full((len(texts), self.context_length), self.pad, np.int32)
         for i, text in enumerate(texts):
-            ids = [*self.encode(text), self.eos][:self.context_length]
+            ids = [*self.encode(text)[:self.context_length - 1], self.eos]  # truncated, </s> kept last (HF)
             out[i, :len(ids)] = ids
         return out
 
