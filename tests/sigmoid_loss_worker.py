@@ -1,5 +1,5 @@
 """Run with 8 simulated CPU devices: the blockwise sigmoid loss against the dense one (value and gradients) on
-several meshes, and the per-device temporaries of both as the batch doubles. Prints one JSON line."""
+several meshes, and the per-device temporaries of both as devices and batch grow together. Prints one JSON line."""
 
 import json
 
@@ -35,17 +35,11 @@ def main():
         out["x".join(map(str, shape))] = dict(
             dense=float(dense[0]), blockwise=float(block[0]),
             grad_diff=max(float(jnp.abs(a - c).max()) for a, c in zip(dense[1], block[1])))
-    mesh = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
-    batch = NamedSharding(mesh, P("data"))
     temps = {}
-    for n in (1024, 2048):
-        x = jax.ShapeDtypeStruct((n, 64), jnp.float32, sharding=batch)
-        sc = jax.ShapeDtypeStruct((), jnp.float32)
-        with jax.set_mesh(mesh):
-            for name, fn in (("dense", lambda a, c, s, b: sigmoid_loss(a, c, s, b)),
-                             ("blockwise", lambda a, c, s, b: sigmoid_loss_blockwise(a, c, s, b, mesh))):
-                compiled = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(x, x, sc, sc).compile()
-                temps[f"{name}_{n}"] = compiled.memory_analysis().temp_size_in_bytes
+    for n in (2, 4, 8):  # weak scaling: 256 pairs per device
+        from geolink_jax.bench.sigmoid_loss_bench import temp_bytes
+
+        temps[f"dense_{n}"], temps[f"blockwise_{n}"] = temp_bytes(n, 256 * n, 64)
     out["temp_bytes"] = temps
     print(json.dumps(out))
 

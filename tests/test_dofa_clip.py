@@ -103,11 +103,12 @@ def test_blockwise_sigmoid_loss_equals_dense_on_8_devices_and_scales_with_the_sh
         np.testing.assert_allclose(out[mesh]["blockwise"], out[mesh]["dense"], rtol=1e-6)
         assert out[mesh]["grad_diff"] < 1e-5, (mesh, out[mesh])
     t = out["temp_bytes"]
-    # dense (even as XLA partitions it): B/8 × B logits rows per device, ~4× when B doubles; blockwise: one
-    # (B/8)² block at a time plus the B/8 × D embeddings in flight (measured 2.3× when B doubles, 2.7× less at 2048)
-    assert t["dense_2048"] > 3 * t["dense_1024"]
-    assert t["blockwise_2048"] / t["blockwise_1024"] < 0.8 * t["dense_2048"] / t["dense_1024"]
-    assert t["blockwise_2048"] < t["dense_2048"] / 2
+    # weak scaling, 256 pairs per device on 2, 4, 8 devices: the dense loss's per-device temporaries grow with the
+    # global batch (B/n × B logits: 4× from 2 to 8 devices), the blockwise loss's stay flat (one (B/n)² block and
+    # B/n × D embeddings in flight; the backward keeps nothing per ring step)
+    assert t["dense_8"] > 3 * t["dense_2"]
+    assert max(t[f"blockwise_{n}"] for n in (2, 4, 8)) < 1.3 * min(t[f"blockwise_{n}"] for n in (2, 4, 8))
+    assert t["blockwise_8"] < t["dense_8"] / 4
 
 
 def _load(module, params):

@@ -1,4 +1,5 @@
-"""Compile time and recompilations of the train step as the OSM graphs vary (suite `compile`).
+"""Compile time and recompilations of the train step as the OSM graphs (GeoLink) or the band counts (DOFA-CLIP) vary
+(suite `compile`).
 
     geolink-jax bench --only compile [--config.compile.config=mae_demo] [--config.compile.batches=8]
 
@@ -59,6 +60,18 @@ def run(cfg):
     # the family's example batches with different contents (GeoLink: node subsets of the real graphs, padded)
     batches = [setup.family.example_batch(setup.model_cfg, cfg.batch, seed=i + 1) for i in range(cfg.batches)]
     modes = [("padded", setup, batches)]
+    if config.family == "dofa_clip":
+        # DOFA-CLIP: batches of 2, 3, … bands (the real Sentinel-2 bands of the demo, first k): padded to the band
+        # buckets vs each at its own band count
+        from geolink_jax.dofa_clip.family import band_subset_batch
+
+        counts = [2 + (i * 5) % 12 for i in range(cfg.batches)]
+        batches = [band_subset_batch(setup.model_cfg, cfg.batch, k) for k in counts]
+        modes = [("padded", setup, batches)]
+        if cfg.get("naive"):
+            modes.append(("naive", trainer.Setup(config, mesh),
+                          [band_subset_batch(setup.model_cfg, cfg.batch, k, pad=False) for k in counts]))
+        m["band_counts"] = counts
     if cfg.get("naive") and config.family == "geolink":
         from geolink_jax.geolink.family import example_graphs
 

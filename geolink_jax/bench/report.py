@@ -43,6 +43,11 @@ def headline(row):
         if "naive_backend_compiles" in m:
             out += f"; unpadded: {m['naive_backend_compiles']} ({_fmt(m['naive_compile_s_total'])} s)"
         return out
+    if s == "sigmoid":
+        counts = sorted(int(k.rsplit("_", 1)[1]) for k in m if k.startswith("blockwise_temp_bytes_"))
+        return f"{m.get('per_device', '')} pairs/device, temporaries per device (MiB), dense / blockwise: " + ", ".join(
+            f"{n} dev {_fmt(m[f'dense_temp_bytes_{n}'] / 2**20)} / {_fmt(m[f'blockwise_temp_bytes_{n}'] / 2**20)}"
+            for n in counts)
     if s == "reference":
         return f"geolink_jax {_fmt(t['geolink_jax']['median'])} s vs official {_fmt(t['official']['median'])} s"
     return ""

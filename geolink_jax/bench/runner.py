@@ -31,6 +31,7 @@ SUITES = {
     "preprocess": ("geolink_jax.bench.preprocess_bench", "run"),
     "memory": ("geolink_jax.bench.memory_bench", "run"),
     "compile": ("geolink_jax.bench.compile_bench", "run"),
+    "sigmoid": ("geolink_jax.bench.sigmoid_loss_bench", "run"),
     "reference": ("geolink_jax.bench.reference_bench", "run"),
 }
 

@@ -128,6 +128,32 @@ def example_batch(model_cfg, batch_size, seed=0, group=None):
     return batch
 
 
+def band_subset_batch(model_cfg, batch_size, count, pad=True, seed=0):
+    """An example batch of the bundled Sentinel-2 pairs' first `count` real bands (2 ≤ count ≤ 13), padded to the
+    band bucket, or (`pad=False`) at exactly `count` channels."""
+    manifest_groups = [len(g["wavelengths"]) for g in _bundled_groups()]
+    batch = example_batch(model_cfg, batch_size, seed, group=manifest_groups.index(13))
+    cb = model_cfg.bucket(count) if pad else count
+    out = dict(batch)
+    img = np.zeros(batch["image"].shape[:3] + (cb,), np.float32)
+    img[..., :count] = batch["image"][..., :count]
+    wl = np.zeros((batch_size, cb), np.float32)
+    wl[:, :count] = batch["wavelengths"][:, :count]
+    from geolink_jax.dofa_clip import maka
+
+    out.update(image=img, wavelengths=wl, band_valid=np.tile(np.arange(cb) < count, (batch_size, 1)),
+               teacher_bands=np.tile(np.asarray(maka.teacher_bands(wl[0, :count], model_cfg.teacher_band_rule),
+                                                np.int32), (batch_size, 1)))
+    return out
+
+
+def _bundled_groups():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return preprocess.common.load_manifest(preprocess.bundled(f"{tmp}/data"))["groups"]
+
+
 def _vit(tokens, width, depth, mlp_dim):
     return depth * (2 * tokens * (4 * width * width + 2 * width * mlp_dim) + 4 * tokens * tokens * width)
 

@@ -8,7 +8,8 @@ ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
 # Seconds one run takes, child start and compilation included, on the 2-core CPU host (the cpu sweep's recorded
 # wall times in benchmarks/results/rows.jsonl; the GPU sweep sets its own): the runner adds them up and prints the
 # estimate before a sweep starts.
-EST_S = dict(step=55, mask=330, pipeline=100, input=55, preprocess=40, memory=200, compile=250, reference=90)
+EST_S = dict(step=55, mask=330, pipeline=100, input=55, preprocess=40, memory=200, compile=250, reference=90,
+             sigmoid=60)
 
 
 def base_config():
@@ -34,6 +35,9 @@ def base_config():
                     target_factor=1.25)
     # compilations over varied graphs (padded to the budget; naive: padded per batch, for contrast)
     c.compile = dict(model, name="", config="demo", batches=8, naive=True)
+    # DOFA-CLIP's sigmoid loss: per-device temporaries, dense vs blockwise, as devices and batch grow together
+    c.sigmoid = dict(name="", per_device=1024, dim=768, device_counts=[1, 2, 4, 8], devices=8, target=0.5,
+                     flat_target=1.25)
     # the official PyTorch GeoLink on the same config, data and batch (needs --reference-repo)
     c.reference = dict(model, name="", reference_repo="", target=2.0)
     for suite, est in EST_S.items():

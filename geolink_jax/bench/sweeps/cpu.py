@@ -30,6 +30,12 @@ def get_sweep():
         product(fixed(suite="step", config="gair_demo"), sweep("batch", [4, 8])),
         fixed(suite="memory", config="gair_vit_b", meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]]),
         fixed(suite="compile"),
+        # DOFA-CLIP: the demo's step, compilations over band counts, the sigmoid loss's memory per device count,
+        # the B/16 model's memory per mesh
+        product(fixed(suite="step", config="dofa_clip_demo"), sweep("batch", [8, 16])),
+        fixed(suite="compile", config="dofa_clip_demo", batches=8),
+        fixed(suite="sigmoid"),
+        fixed(suite="memory", config="dofa_clip_b16", batch=64, meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]]),
         fixed(suite="reference"),
         fixed(suite="reference", config="demo", target=0.0),  # informative: the target is for ViT-B
     )
