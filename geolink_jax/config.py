@@ -81,6 +81,16 @@ def base_config(family):
     return c
 
 
+def model_dtype(config):
+    """The model's compute dtype: the model block's `dtype`, or its first tower's (DOFA-CLIP's image/text)."""
+    if "dtype" in config.model:
+        return config.model.dtype
+    for v in config.model.values():
+        if hasattr(v, "keys") and "dtype" in v:
+            return v.dtype
+    return "float32"
+
+
 def transfer(config, recipe):
     """`config` (one family's) with everything of `recipe` (another's) that applies to it: every run field, and
     the model fields both families have (e.g. the MAE baseline with GeoLink's image branch and recipe)."""

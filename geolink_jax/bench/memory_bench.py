@@ -19,6 +19,7 @@ import math  # noqa: E402
 
 import jax  # noqa: E402
 
+from geolink_jax import config as config_lib  # noqa: E402
 from geolink_jax.bench.model_step_bench import training_config  # noqa: E402
 from geolink_jax.train import sharding, trainer  # noqa: E402
 from geolink_jax.train.plan import compiled_step, shard_bytes  # noqa: E402
@@ -38,7 +39,8 @@ def measure(config_name, mesh_shape, batch_size, dtype=""):
     mem = compiled.memory_analysis()
     n_params = sum(x.size for x in jax.tree.leaves(params))
     return dict(
-        bench="memory", config=config_name, mesh=dict(mesh.shape), batch=batch_size, dtype=config.model.dtype,
+        bench="memory", config=config_name, mesh=dict(mesh.shape), batch=batch_size,
+        dtype=config_lib.model_dtype(config),
         params=n_params, compile_s=compile_s,
         argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
         temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes, batch_bytes=batch_bytes,

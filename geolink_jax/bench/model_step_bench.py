@@ -33,8 +33,13 @@ def training_config(cfg, mask_ratio=None):
 
     config = config_lib.load_file(cfg.config)
     config.batch_size = cfg.batch
-    config.model.dtype = cfg.get("dtype") or config.model.dtype
-    config.model.attention_impl = cfg.get("attention_impl") or None
+    # the model block, or its towers (DOFA-CLIP's image/text), whichever hold the field
+    blocks = [config.model] + [v for v in config.model.values() if hasattr(v, "keys")]
+    for block in blocks:
+        if "dtype" in block:
+            block.dtype = cfg.get("dtype") or block.dtype
+        if "attention_impl" in block:
+            block.attention_impl = cfg.get("attention_impl") or None
     mask_ratio = cfg.get("mask_ratio") if mask_ratio is None else mask_ratio
     if mask_ratio is not None and "img_mask_ratio" in config.model:  # families with a masked image encoder
         config.model.img_mask_ratio = mask_ratio

@@ -186,6 +186,14 @@ def flops_per_sample(model_cfg, manifest=None):
     return sum(step_flops(model_cfg).values())
 
 
+def generator_flops(cfg: DOFACLIPConfig, channels=3):
+    """Per step, shared by the batch: DOFA's kernel generator (FC layers, the one-layer transformer over 128 weight
+    tokens + C wavelength tokens + the bias token, the per-band kernel and the bias heads), 3× forward."""
+    e, t, k, d = 128, 128 + channels + 1, cfg.image.patch_size, cfg.image.width
+    layer = 2 * t * (4 * e * e + 2 * e * 2048) + 4 * t * t * e
+    return 3 * (2 * 2 * channels * e * e + layer + 2 * channels * e * k * k * d + 2 * e * d)
+
+
 # ------------------------------------------------------------------ weights
 def infer_config(state_dict):
     """The model config a DOFA-CLIP / open_clip SigLIP state_dict implies: tower widths, depths, sizes, vocabulary,
@@ -287,6 +295,7 @@ FAMILY = family_lib.Family(
     abstract_batch=abstract_batch,
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
+    flops_shared=generator_flops,
     configs={"dofa_clip_demo": "geolink_jax.dofa_clip.configs.demo",
              "dofa_clip_b16": "geolink_jax.dofa_clip.configs.b16",
              "dofa_clip_so400m": "geolink_jax.dofa_clip.configs.so400m"},

@@ -238,6 +238,7 @@ def compile_step(config):
     from geolink_jax import family as family_lib
     from geolink_jax.train import sharding, trainer
 
+    from geolink_jax import config as config_lib
     from geolink_jax.config import ConfigError
 
     mesh = sharding.make_mesh(config.mesh.to_dict())
@@ -255,7 +256,7 @@ def compile_step(config):
     peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
     return dict(
         config=config.get("name", ""), family=config.family, mesh=dict(mesh.shape), devices=devices,
-        global_batch=config.batch_size, dtype=config.model.dtype, compile_s=compile_s,
+        global_batch=config.batch_size, dtype=config_lib.model_dtype(config), compile_s=compile_s,
         params=sum(math.prod(x.shape) for x in jax.tree.leaves(state["params"])),
         memory=dict(params=shard_bytes(state["params"]), optimizer=shard_bytes(state["opt_state"]),
                     other_state=shard_bytes({k: state[k] for k in ("frozen", "state", "step")}),

@@ -236,7 +236,7 @@ def train(config, workdir, progress=True):
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
     flops_per_step = family_lib.step_flops(fam, setup.model_cfg, config.batch_size, manifest)
-    peak = flops.peak_flops(jax.devices()[0].device_kind, config.model.get("dtype", "float32"))
+    peak = flops.peak_flops(jax.devices()[0].device_kind, config_lib.model_dtype(config))
     try:
         with jax.set_mesh(mesh):
             for step in range(start, total_steps):
