@@ -215,7 +215,29 @@ def test_cli_preprocess_teachers_pretrain_zeroshot_embed(tmp_path, capsys):
 
     frame = pd.read_parquet(tmp_path / "e.parquet")
     assert (frame.kind == "text").sum() == 2 and len(frame.image.dropna().iloc[0]) == 32
+    # weights out and back in: safetensors and torch .bin, the DOFA-CLIP layout, every tensor equal
+    from geolink_jax.convert import params_store
+
+    mine = params_store.load_params(work).params
+    for suffix in ("safetensors", "bin"):
+        f = tmp_path / f"w.{suffix}"
+        assert cli.main(["convert", "export", "--src", str(work), "--out", str(f)]) == 0
+        assert cli.main(["convert", "import", "--src", str(f), "--out", str(tmp_path / f"imp_{suffix}"),
+                         "--family", "dofa_clip", "--format", "dofa_clip"]) == 0
+        back = params_store.load_params(tmp_path / f"imp_{suffix}").params
+        assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), mine, back))
+    import torch
+
+    class Code:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    torch.save({"logit_scale": torch.zeros(()), "x": Code()}, tmp_path / "evil.pt")
     capsys.readouterr()
+    assert cli.main(["convert", "import", "--src", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "evil"),
+                     "--family", "dofa_clip"]) == 1
+    out = capsys.readouterr()
+    assert "executed" not in out.out and "refused" in out.err and len(out.err.strip().splitlines()) == 1
     # mistakes: one line, no traceback
     assert cli.main(["preprocess", "--family", "dofa_clip", "--pairs", str(tmp_path / "nope.csv"),
                      "--out", str(tmp_path / "x")]) == 2

@@ -45,7 +45,10 @@ def load_weights(path):
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle with non-tensor objects is refused, not executed
-        raise ValueError(f"{path}: not a plain weights file ({type(e).__name__}: {e})") from e
+        first = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln),
+                     str(e).splitlines()[0] if str(e) else "")
+        raise ValueError(f"{path}: not a plain weights file, refused (torch.load weights_only: {type(e).__name__}: "
+                         f"{first})") from e
     config = None
     if isinstance(obj, dict) and "model_state_dict" in obj:
         config, obj = obj.get("model_config"), obj["model_state_dict"]
@@ -62,7 +65,8 @@ def save_weights(state_dict, path, model_config=None):
     """{key: array} → `.safetensors` (always) or `.pth` (needs torch; the official wrapper when a config is given)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state_dict.items()}
+    # np.array, not np.ascontiguousarray: that one turns 0-d arrays (a logit scale) into shape (1,)
+    arrays = {k: np.array(v, np.float32, order="C") for k, v in state_dict.items()}
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
