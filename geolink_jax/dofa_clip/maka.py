@@ -106,8 +106,9 @@ class Translator(nnx.Module):
         self.norm_bias = nnx.Param(jnp.zeros((g, g, d), jnp.float32), logical_axes=(None, None, "embed"))
         fan_in = 9 * d
         self.conv = nnx.Dict(
-            kernel=layers.param(rngs, layers.uniform(fan_in ** -0.5), (3, 3, d, dt), (None, None, "embed", None)),
-            bias=layers.param(rngs, layers.uniform(fan_in ** -0.5), (dt,), (None,)))
+            kernel=layers.param(rngs, layers.uniform(fan_in ** -0.5), (3, 3, d, dt),
+                                (None, None, "embed", "embed_out")),
+            bias=layers.param(rngs, layers.uniform(fan_in ** -0.5), (dt,), ("embed_out",)))
 
     def prompt(self, wavelengths_um, band_valid=None):
         """The wavelength prompt [128]: mean over the (valid) bands of Linear(sin-cos(µm))."""

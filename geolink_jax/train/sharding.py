@@ -24,6 +24,7 @@ DEFAULT_RULES = (
     ("head_dim", None),
     ("qkv", None),
     ("embed_out", "tensor"),
+    ("vocab", "tensor"),  # text token embeddings (DOFA-CLIP's 32,000 or 49,408 × width)
     ("patch_in", None),
     ("node_in", "fsdp"),
     ("node_hidden", None),
