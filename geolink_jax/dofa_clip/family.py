@@ -259,29 +259,37 @@ CONVERTERS = {
 
 def pictures(model, host_batch, workdir, count=8):
     """workdir/similarity.png: up to `count` images of the last batch (the teachers' 3 bands) against their
-    captions, σ(logit) per cell (the diagonal holds the true pairs), the captions listed below."""
+    captions: σ(logit) per cell (the true pairs on the diagonal, ringed), the captions listed on the right."""
     import pathlib
 
     from PIL import Image, ImageDraw
+
+    from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 
     n = min(count, len(host_batch["image"]))
     b = {k: jnp.asarray(np.asarray(v)[:n]) for k, v in host_batch.items()}
     img, _ = model.encode_image(b["image"], b["wavelengths"][0], b["band_valid"][0])
     probs = np.asarray(jax.nn.sigmoid(model.logits(img, model.encode_text(b["tokens"]))))
-    cell = 64
-    out = Image.new("RGB", (cell * (n + 1), cell * (n + 1)), "white")
+    tok = make_tokenizer(model.cfg.tokenizer, model.cfg.text.context_length)
+    texts = [tok.decode(t) for t in np.asarray(host_batch["tokens"])[:n]]
+    cell, legend = 64, 420
+    out = Image.new("RGB", (cell * (n + 1) + legend, cell * (n + 1)), "white")
     draw = ImageDraw.Draw(out)
     bands = np.asarray(host_batch["teacher_bands"])[0]
+    top = max(float(probs.max()), 1e-6)
     for i in range(n):
         rgb = np.asarray(host_batch["image"])[i][..., bands]
         rgb = np.clip((rgb * 0.5 + 0.5) * 255, 0, 255).astype(np.uint8)
         out.paste(Image.fromarray(rgb).resize((cell, cell)), (0, cell * (i + 1)))
-        draw.text((cell * (i + 1) + 4, 4), f"text {i}", fill="black")
+        draw.text((cell * (i + 1) + 4, cell // 2), f"text {i}", fill="black")
+        draw.text((cell * (n + 1) + 8, cell * (i + 1) + 4), f"{i}: {texts[i][:64]}", fill="black")
         for j in range(n):
-            v = float(probs[i, j])
-            draw.rectangle([cell * (j + 1), cell * (i + 1), cell * (j + 2) - 1, cell * (i + 2) - 1],
-                           fill=(int(255 * v), int(120 * v), int(40 * (1 - v))))
-            draw.text((cell * (j + 1) + 4, cell * (i + 1) + 4), f"{v:.2f}", fill="white")
+            v = float(probs[i, j]) / top  # colours relative to the batch's highest score
+            box = [cell * (j + 1), cell * (i + 1), cell * (j + 2) - 1, cell * (i + 2) - 1]
+            draw.rectangle(box, fill=(int(255 * v), int(120 * v), int(40 * (1 - v))),
+                           outline="white" if i == j else None, width=2)
+            draw.text((box[0] + 4, box[1] + 4), f"{probs[i, j]:.2f}", fill="white")
+    draw.text((4, 4), "sigmoid(logit)\nimage x text", fill="black")  # the default font has no σ, ×
     out.save(pathlib.Path(workdir) / "similarity.png")
 
 

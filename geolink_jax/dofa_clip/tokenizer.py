@@ -67,6 +67,8 @@ class ClipBPETokenizer:
         bpe = models.BPE(vocab=dict(zip(vocab, range(len(vocab)))), merges=merges, continuing_subword_prefix="",
                          end_of_word_suffix="</w>", fuse_unk=False)
         self._tok = Tokenizer(bpe)
+        self._symbols = vocab
+        self._bytes = {c: b for b, c in _bytes_to_unicode().items()}
         self._tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -74,6 +76,12 @@ class ClipBPETokenizer:
 
     def encode(self, text):
         return self._tok.encode(" ".join(_fix_text(text).split()).lower(), add_special_tokens=False).ids
+
+    def decode(self, ids):
+        """Token ids → text (open_clip's `decode`), the special tokens and the 0 padding left out (id 0 is also "!",
+        which this drops: for display)."""
+        text = "".join(self._symbols[i] for i in ids if 0 < i < self.sot).replace("</w>", " ")
+        return bytes(self._bytes.get(c, 32) for c in text).decode("utf-8", "replace").strip()
 
     def __call__(self, texts):
         out = np.full((len(texts), self.context_length), self.pad, np.int32)
@@ -101,6 +109,9 @@ class SentencePieceTokenizer:
 
     def encode(self, text):
         return self._sp.encode(canonicalize(text))
+
+    def decode(self, ids):
+        return self._sp.decode([int(i) for i in ids if i not in (self.pad, self.eos)])
 
     def __call__(self, texts):
         out = np.full((len(texts), self.context_length), self.pad, np.int32)
