@@ -271,6 +271,10 @@ def test_clip_bpe_tokenizer_matches_open_clip():
     for length in (64, 77):
         np.testing.assert_array_equal(ClipBPETokenizer(context_length=length)(CAPTIONS),
                                       open_clip.tokenize(CAPTIONS, context_length=length).numpy())
+    tok = ClipBPETokenizer(context_length=64)
+    ids = tok(CAPTIONS[:1])[0]
+    body = [int(i) for i in ids if 0 < i < tok.sot]
+    assert tok.decode(ids) == open_clip.tokenizer._tokenizer.decode(body).strip()
 
 
 def test_sentencepiece_tokenizer_matches_open_clip_hf_siglip(tmp_path):

@@ -177,6 +177,27 @@ def test_cached_teacher_features_round_trip_through_the_shards(pairs, tmp_path):
         next(bare)
 
 
+def test_a_timm_teacher_is_cached_without_its_prefix_tokens(pairs, tmp_path):
+    """A timm teacher (DINOv2 with registers: 1 class + 4 register tokens) with weights from a file, run by the
+    cache job in torch: the cached tokens are its patch tokens for the record's 3 sampled bands (float16)."""
+    timm = pytest.importorskip("timm")
+    import torch
+    from safetensors.torch import save_file
+
+    name = "vit_small_patch14_reg4_dinov2"
+    ref = timm.create_model(name, pretrained=False, num_classes=0, img_size=28).eval()
+    assert ref.num_prefix_tokens == 5
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "dino.safetensors"))
+    t = maka.TeacherConfig("dino", 4, 384, image_size=28, timm=name, weights=str(tmp_path / "dino.safetensors"))
+    teachers.cache_features(pairs, tmp_path / "feats", [t], progress=False)
+    rec = records(tmp_path / "feats")[-1]  # a Sentinel-2 pair: bands nearest 665/560/490 nm
+    x = teachers.teacher_input(rec, t, "nearest_rgb")[None]
+    with torch.no_grad():
+        want = ref.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))[:, 5:].numpy()[0]
+    assert rec["teacher_dino"].shape == want.shape == (4, 384)
+    np.testing.assert_allclose(rec["teacher_dino"].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+
+
 def test_zero_shot_scores_and_recall():
     labels = np.array([0, 1, 2, 1])
     logits = np.array([[3, 1, 0], [0, 1, 2], [0, 1, 5], [1, 3, 0]], np.float32)  # sample 1: true class 2nd
