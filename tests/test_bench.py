@@ -53,7 +53,8 @@ def test_sweeps_resolve_with_ml_collections_and_reject_unknown_fields():
     base, runs = runner.load_sweep("quick")
     cfgs = runner.plan(base, runs, overrides=["--config.step.repeats=7"])
     steps = [c for c in cfgs if c.suite == "step"]
-    assert [c.batch for c in steps] == [2, 4, 8] and all(c.repeats == 7 for c in steps)
+    assert [c.batch for c in steps if c.config == "demo"] == [2, 4, 8] and all(c.repeats == 7 for c in steps)
+    assert {c.config for c in steps} == {"demo", "dofa_clip_demo"}
     assert {c.suite for c in cfgs} == set(runner.SUITES)
     assert [c.suite for c in runner.plan(base, runs, only=["mask"])] == ["mask"]
     with pytest.raises(KeyError, match="not a field"):
