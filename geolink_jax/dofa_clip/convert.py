@@ -60,6 +60,24 @@ def image_tower_from_open_clip(state_dict, target, prefix="visual.trunk.", sourc
     return params_from_named(sub, target, image_tower_name, (), source)[0]
 
 
+def load_image_tower(tower, path):
+    """An open_clip checkpoint (its `visual.trunk.*`) or a timm SigLIP checkpoint (no prefix) at `path` → into the
+    ImageTower `tower`, in place (online teachers, the teacher-cache job)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from geolink_jax.convert import load_weights
+
+    sd, _ = load_weights(path)
+    prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
+    state = nnx.state(tower, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, image_tower_from_open_clip(
+        sd, nnx.to_pure_dict(state), prefix, str(path))))
+    nnx.update(tower, state)
+    return tower
+
+
 def image_tower_to_open_clip(params, prefix="visual.trunk."):
     return {prefix + k: v for k, v in state_dict_from_named(params, image_tower_name).items()}
 

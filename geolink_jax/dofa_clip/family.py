@@ -24,17 +24,7 @@ def build(cfg, rngs):
     model = DOFACLIP(cfg, rngs=rngs)
     for t in cfg.teachers:
         if t.online and t.weights:
-            from flax import nnx
-
-            from geolink_jax.convert import load_weights
-
-            tower = model.teachers[t.name]
-            state = nnx.state(tower, nnx.Param)
-            sd, _ = load_weights(t.weights)
-            prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
-            nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dofa_convert.image_tower_from_open_clip(
-                sd, nnx.to_pure_dict(state), prefix, t.weights)))
-            nnx.update(tower, state)
+            dofa_convert.load_image_tower(model.teachers[t.name], t.weights)
     return model
 
 
@@ -100,9 +90,9 @@ def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     return out
 
 
-def example_batch(model_cfg, batch_size, seed=0, group=None):
-    """Bundled demo pairs through the evaluation transform, cycled to batch_size: those of `group` (an index into
-    the manifest's groups; default the largest, the OSM-captioned RGB tiles)."""
+def example_batch(model_cfg, batch_size, seed=0, bands=None):
+    """Bundled demo pairs through the evaluation transform, cycled to batch_size: those of the group with `bands`
+    bands (default: the largest group, the OSM-captioned RGB tiles)."""
     import tempfile
 
     from geolink_jax.data import shards
@@ -112,7 +102,8 @@ def example_batch(model_cfg, batch_size, seed=0, group=None):
         manifest = preprocess.common.load_manifest(out)
         source = shards.ShardSource(shards.manifest_shards(out, manifest))
         groups = pipeline.record_groups(manifest)
-        idx = np.flatnonzero(groups == (0 if group is None else group))
+        counts = [len(g["wavelengths"]) for g in manifest["groups"]]
+        idx = np.flatnonzero(groups == (0 if bands is None else counts.index(bands)))
         cfg = pipeline.DOFACLIPPipelineConfig(
             batch_size=batch_size, image_size=model_cfg.image.image_size,
             context_length=model_cfg.text.context_length, tokenizer=model_cfg.tokenizer,
@@ -131,8 +122,7 @@ def example_batch(model_cfg, batch_size, seed=0, group=None):
 def band_subset_batch(model_cfg, batch_size, count, pad=True, seed=0):
     """An example batch of the bundled Sentinel-2 pairs' first `count` real bands (2 ≤ count ≤ 13), padded to the
     band bucket, or (`pad=False`) at exactly `count` channels."""
-    manifest_groups = [len(g["wavelengths"]) for g in _bundled_groups()]
-    batch = example_batch(model_cfg, batch_size, seed, group=manifest_groups.index(13))
+    batch = example_batch(model_cfg, batch_size, seed, bands=13)
     cb = model_cfg.bucket(count) if pad else count
     out = dict(batch)
     img = np.zeros(batch["image"].shape[:3] + (cb,), np.float32)
@@ -145,13 +135,6 @@ def band_subset_batch(model_cfg, batch_size, count, pad=True, seed=0):
                teacher_bands=np.tile(np.asarray(maka.teacher_bands(wl[0, :count], model_cfg.teacher_band_rule),
                                                 np.int32), (batch_size, 1)))
     return out
-
-
-def _bundled_groups():
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return preprocess.common.load_manifest(preprocess.bundled(f"{tmp}/data"))["groups"]
 
 
 def _vit(tokens, width, depth, mlp_dim):

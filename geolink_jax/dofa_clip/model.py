@@ -48,10 +48,9 @@ class DOFACLIPConfig:
             t if isinstance(t, maka.TeacherConfig) else maka.TeacherConfig(**t) for t in self.teachers))
 
     def bucket(self, channels):
-        for b in self.band_buckets:
-            if channels <= b:
-                return b
-        raise ValueError(f"{channels} bands: more than the largest band bucket ({self.band_buckets[-1]})")
+        from geolink_jax.dofa_clip.pipeline import bucket
+
+        return bucket(channels, self.band_buckets)
 
 
 class DOFACLIP(nnx.Module):

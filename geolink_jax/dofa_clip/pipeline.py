@@ -79,6 +79,12 @@ def resize_bands(image, box, size):
         for c in range(image.shape[-1])], -1)
 
 
+def model_pixels(image, box, size):
+    """uint8 [H, W, C] → the model's input float32 [size, size, C]: the box resized bilinearly band by band, then
+    (x/255 − 0.5)/0.5 as SigLIP (and their teachers, which are fed the student's tensor)."""
+    return (resize_bands(image, box, size) / 255.0 - 0.5) / 0.5
+
+
 class PairToSample(grain.transforms.RandomMap):
     def __init__(self, cfg: DOFACLIPPipelineConfig):
         self.cfg = cfg
@@ -109,10 +115,9 @@ class PairToSample(grain.transforms.RandomMap):
             box = random_resized_crop(rng, h, w, cfg.crop_scale, cfg.crop_ratio)
         else:
             box = (0, 0, w, h)
-        x = resize_bands(image, box, cfg.image_size) / 255.0
         cb = bucket(c, cfg.band_buckets)
         padded = np.zeros((cfg.image_size, cfg.image_size, cb), np.float32)
-        padded[..., :c] = (x - 0.5) / 0.5
+        padded[..., :c] = model_pixels(image, box, cfg.image_size)
         wavelengths = np.zeros(cb, np.float32)
         wavelengths[:c] = wl
         out = dict(image=padded, wavelengths=wavelengths, band_valid=np.arange(cb) < c,

@@ -19,7 +19,7 @@ import numpy as np
 from geolink_jax.data import preprocess as common
 from geolink_jax.data import record_format, shards
 from geolink_jax.dofa_clip import maka
-from geolink_jax.dofa_clip.pipeline import resize_bands
+from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.preprocess import FORMAT, VERSION, decode, decode_image
 
 
@@ -33,14 +33,7 @@ def _jax_runner(t: maka.TeacherConfig, seed=0):
 
     tower = ImageTower(dataclasses.replace(t.tower, taps=(-1,)), rngs=nnx.Rngs(seed))
     if t.weights:
-        from geolink_jax.convert import load_weights
-
-        sd, _ = load_weights(t.weights)
-        prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
-        state = nnx.state(tower, nnx.Param)
-        nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dofa_convert.image_tower_from_open_clip(
-            sd, nnx.to_pure_dict(state), prefix, t.weights)))
-        nnx.update(tower, state)
+        dofa_convert.load_image_tower(tower, t.weights)
     forward = jax.jit(lambda m, x: m(x)[1][-1])
     return lambda x: np.asarray(forward(tower, jnp.asarray(x)))
 
@@ -73,11 +66,12 @@ def runner(t: maka.TeacherConfig, seed=0):
     raise ValueError(f"teacher {t.name}: give a JAX-native `tower` or a `timm` model name to cache its features")
 
 
-def teacher_input(record, t: maka.TeacherConfig, rule):
-    image = decode_image(record)
+def teacher_input(record, t: maka.TeacherConfig, rule, image=None):
+    """A record's teacher input float32 [S_t, S_t, 3] (`image`: its decoded pixels, if already at hand)."""
+    image = decode_image(record) if image is None else image
     bands = maka.teacher_bands(record["wavelengths"], rule)
-    x = resize_bands(np.ascontiguousarray(image[..., bands]), (0, 0, image.shape[1], image.shape[0]), t.image_size)
-    return (x / 255.0 - 0.5) / 0.5
+    return model_pixels(np.ascontiguousarray(image[..., bands]), (0, 0, image.shape[1], image.shape[0]),
+                        t.image_size)
 
 
 def cache_features(in_dir, out_dir, teachers, rule="nearest_rgb", batch_size=16, progress=True, overwrite=False,
@@ -93,10 +87,12 @@ def cache_features(in_dir, out_dir, teachers, rule="nearest_rgb", batch_size=16,
         bar = tqdm(total=manifest["num_records"], unit="pair", desc="teacher features", disable=not progress)
         for path in paths:
             records = shards.read_shard(path, decode)
+            images = [decode_image(r) for r in records]  # once per record, whatever the number of teachers
             for t in teachers:
                 feats = []
                 for i in range(0, len(records), batch_size):
-                    x = np.stack([teacher_input(r, t, rule) for r in records[i:i + batch_size]])
+                    x = np.stack([teacher_input(r, t, rule, im) for r, im in zip(records[i:i + batch_size],
+                                                                                 images[i:i + batch_size])])
                     feats.append(runs[t.name](x))
                 feats = np.concatenate(feats) if feats else np.zeros((0, t.tokens, t.width))
                 if feats.shape[1:] != (t.tokens, t.width):

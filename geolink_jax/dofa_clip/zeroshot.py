@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolink_jax.dofa_clip.pipeline import bucket, resize_bands
+from geolink_jax.dofa_clip.pipeline import bucket, model_pixels
 from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 
 TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
@@ -122,7 +122,7 @@ def _encode_images(model, images, wavelengths, batch_size):
         chunk = images[i:i + batch_size]
         x = np.zeros((batch_size, s, s, cb), np.float32)
         for j, im in enumerate(chunk):
-            x[j, ..., :c] = (resize_bands(im, (0, 0, im.shape[1], im.shape[0]), s) / 255.0 - 0.5) / 0.5
+            x[j, ..., :c] = model_pixels(im, (0, 0, im.shape[1], im.shape[0]), s)
         out.append(np.asarray(f(model, jnp.asarray(x), jnp.asarray(wl), jnp.asarray(valid)))[:len(chunk)])
     return np.concatenate(out)
 
