@@ -61,6 +61,7 @@ def _preprocess_parser(sub):
 
 
 def cmd_preprocess_dofa_clip(args):
+    from geolink_jax.data.image_rule import parse_stretch
     from geolink_jax.dofa_clip import preprocess as pairs
 
     sources = args.pairs or [str(samples.OSM_TILES_DIR), str(samples.DOFA_CLIP_DIR / "multispectral.csv")]
@@ -69,7 +70,7 @@ def cmd_preprocess_dofa_clip(args):
     if missing:
         problem = f"--pairs {missing[0]}: no such table or directory"
     try:
-        pairs._stretch_spec(args.stretch)
+        parse_stretch(args.stretch)
     except ValueError as e:
         problem = problem or str(e)
     if problem:

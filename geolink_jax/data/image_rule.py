@@ -49,19 +49,28 @@ class ImageRule:
 
     def stretch_spec(self):
         """`stretch` → (kind, numbers)."""
-        kind, _, args = self.stretch.partition(":")
-        try:
-            numbers = tuple(float(x) for x in args.split(",")) if args else ()
-        except ValueError:
-            numbers = None
-        ok = {"auto": numbers == (), "none": numbers == (),
-              "percentile": numbers is not None and len(numbers) == 2 and 0 <= numbers[0] < numbers[1] <= 100,
-              "range": numbers is not None and len(numbers) in (2, 6)
-              and all(lo < hi for lo, hi in zip(numbers[::2], numbers[1::2]))}
-        if not ok.get(kind, False):
-            raise ValueError(f"--stretch {self.stretch}: expected auto, none, percentile:LO,HI (0 <= LO < HI <= 100) "
-                             "or range:MIN,MAX (every band) or range:MIN1,MAX1,MIN2,MAX2,MIN3,MAX3 (MIN < MAX)")
-        return kind, numbers
+        return parse_stretch(self.stretch, range_pairs=(1, 3))
+
+
+def parse_stretch(text, range_pairs=None):
+    """A stretch spec → (kind, numbers): auto | none | percentile:LO,HI | range:MIN,MAX[,MIN,MAX …]. `range_pairs`:
+    the allowed numbers of MIN,MAX pairs (None: any). A bad spec is a ValueError saying what is expected."""
+    kind, _, args = text.partition(":")
+    try:
+        numbers = tuple(float(x) for x in args.split(",")) if args else ()
+    except ValueError:
+        numbers = None
+    ok = {"auto": numbers == (), "none": numbers == (),
+          "percentile": numbers is not None and len(numbers) == 2 and 0 <= numbers[0] < numbers[1] <= 100,
+          "range": numbers is not None and len(numbers) >= 2 and len(numbers) % 2 == 0
+          and (range_pairs is None or len(numbers) // 2 in range_pairs)
+          and all(lo < hi for lo, hi in zip(numbers[::2], numbers[1::2]))}
+    if not ok.get(kind, False):
+        ranges = ("range:MIN,MAX (every band) or range:MIN1,MAX1,MIN2,MAX2,MIN3,MAX3" if range_pairs == (1, 3)
+                  else "range:MIN,MAX (every band) or one MIN,MAX per band")
+        raise ValueError(f"--stretch {text}: expected auto, none, percentile:LO,HI (0 <= LO < HI <= 100) "
+                         f"or {ranges} (MIN < MAX)")
+    return kind, numbers
 
 
 def select_bands(array, names, rule):

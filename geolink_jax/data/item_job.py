@@ -18,10 +18,6 @@ from geolink_jax.data import shards
 from geolink_jax.data.beam import join_path, write_bytes, write_shard
 
 
-def num_shards(num_items, items_per_shard):
-    return max(1, -(-num_items // items_per_shard))
-
-
 def write_outputs(out_dir, summaries, shard_infos, manifest, extra_problems, runner):
     """errors.jsonl and manifest.json (local paths or any Beam filesystem URL). Returns the manifest."""
     out = manifest(summaries, shard_infos, extra_problems)
@@ -39,7 +35,7 @@ def run_local(specs, process, manifest, out_dir, items_per_shard, extra_problems
 
     def write(staging):
         start = time.perf_counter()
-        n_shards = num_shards(len(specs), items_per_shard)
+        n_shards = shards.num_shards(len(specs), items_per_shard)
         pending = {k: [] for k in range(n_shards)}
         summaries = []
         for spec in tqdm(specs, unit=unit, desc="preprocess", disable=not progress):
@@ -62,13 +58,12 @@ def run_beam(specs, process, manifest, out_dir, items_per_shard, extra_problems=
     parallel, one ArrayRecord file per shard. Returns the manifest."""
     import apache_beam as beam
 
-    n_shards = num_shards(len(specs), items_per_shard)
+    n_shards = shards.num_shards(len(specs), items_per_shard)
     start = time.time()
     if "://" not in str(out_dir):
         pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
     with beam.Pipeline(options=pipeline_options) as p:
-        results = (p | "specs" >> beam.Create(list(enumerate(specs)))
-                   | "item" >> beam.Map(lambda s: process(s[1])))
+        results = p | "specs" >> beam.Create(specs) | "item" >> beam.Map(process)
         infos = (results
                  | "by shard" >> beam.Map(lambda r: (shards.shard_of(r[1]["index"], len(specs), n_shards),
                                                      (r[1]["index"], r[0]) if r[0] is not None else None))

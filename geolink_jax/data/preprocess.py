@@ -11,7 +11,6 @@ expected condition (empty layer, image-only tile, Delaunay skipped). `strict` tu
 import dataclasses
 import datetime
 import json
-import math
 import multiprocessing
 import os
 import pathlib
@@ -205,7 +204,7 @@ def check_strict(result):
 
 
 def num_shards(num_tiles, cfg):
-    return max(1, math.ceil(num_tiles / cfg.tiles_per_shard))
+    return shards.num_shards(num_tiles, cfg.tiles_per_shard)
 
 
 def stats(values):

@@ -18,6 +18,11 @@ def shard_name(index, count):
     return f"{SHARD_PREFIX}-{index:05d}-of-{count:05d}"
 
 
+def num_shards(num_items, items_per_shard):
+    """How many shards hold `num_items` at most `items_per_shard` each (at least one)."""
+    return max(1, -(-num_items // items_per_shard))
+
+
 def shard_of(tile_index, num_tiles, num_shards):
     """Contiguous, order-preserving assignment of input tile `tile_index` to a shard."""
     return tile_index * num_shards // max(num_tiles, 1)

@@ -28,7 +28,7 @@ import numpy as np
 
 from geolink_jax.data import item_job, record_format, shards
 from geolink_jax.data import preprocess as common
-from geolink_jax.data.image_rule import ImageRuleError, stretch_to_uint8
+from geolink_jax.data.image_rule import ImageRuleError, parse_stretch, stretch_to_uint8
 
 FORMAT, VERSION = "geolink_jax.dofa_clip_pair", 1
 RGB = (0.665, 0.56, 0.49)
@@ -152,18 +152,9 @@ def read_image(spec: PairSpec, cfg: PairPreprocessConfig):
                          f"or one of {', '.join(SENSORS)})")
     if len(wl) != arr.shape[-1]:
         raise ValueError(f"{len(wl)} wavelengths for {arr.shape[-1]} bands")
-    image, info = stretch_to_uint8(arr, _stretch_spec(cfg.stretch), nodata)
+    image, info = stretch_to_uint8(arr, parse_stretch(cfg.stretch), nodata)
     meta["stretch"] = info
     return image, "array", tuple(wl), meta, image.shape
-
-
-def _stretch_spec(text):
-    kind, _, args = text.partition(":")
-    numbers = tuple(float(x) for x in args.split(",")) if args else ()
-    if kind not in ("auto", "none", "percentile", "range") or (kind == "range" and len(numbers) % 2) or (
-            kind == "percentile" and len(numbers) != 2):
-        raise ValueError(f"stretch {text!r}: auto, none, percentile:LO,HI or range:MIN,MAX[,MIN,MAX per band]")
-    return kind, numbers
 
 
 def process_pair(spec: PairSpec, cfg: PairPreprocessConfig):
