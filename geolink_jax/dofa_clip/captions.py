@@ -59,10 +59,11 @@ def tile_pairs(tile, min_window=64, max_cover=0.8):
     west, south, east, north = meta["bbox_west_south_east_north"]
     with Image.open(image) as im:
         width, height = im.size
-    objects = _layers(tile)
+    from shapely.geometry import box
+
+    objects = [(kind, label, phrase(label), geom) for kind, label, geom in _layers(tile)]  # each phrase once
     counts = {}
-    for _, label, _ in objects:
-        p = phrase(label)
+    for _, _, p, _ in objects:
         if p:
             counts[p] = counts.get(p, 0) + 1
     centre = phrase(_tag_label(meta.get("center_tags") or {}))
@@ -76,13 +77,13 @@ def tile_pairs(tile, min_window=64, max_cover=0.8):
         return (x - west) / (east - west) * width, (north - y) / (north - south) * height
 
     largest = {}
-    for kind, label, geom in objects:
-        if kind == "polygon" and phrase(label):
+    for kind, label, p, geom in objects:
+        if kind == "polygon" and p:
             area = geom.area
-            if area > largest.get(label, (0, None))[0]:
-                largest[label] = (area, geom)
+            if area > largest.get(label, (0, None, None))[0]:
+                largest[label] = (area, p, geom)
     for label in sorted(largest):
-        geom = largest[label][1]
+        _, subject, geom = largest[label]
         x0, y1 = to_px(geom.bounds[0], geom.bounds[1])
         x1, y0 = to_px(geom.bounds[2], geom.bounds[3])
         side = max(1.5 * max(x1 - x0, y1 - y0), min_window)
@@ -92,17 +93,14 @@ def tile_pairs(tile, min_window=64, max_cover=0.8):
         window = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
         if side * side > max_cover * width * height:
             continue
-        from shapely.geometry import box
-
         lon0, lat1 = west + window[0] / width * (east - west), north - window[1] / height * (north - south)
         lon1, lat0 = west + window[2] / width * (east - west), north - window[3] / height * (north - south)
         inside = box(lon0, lat0, lon1, lat1)
         near = []
-        for _, other, g in objects:
-            p = phrase(other)
-            if p and p != phrase(label) and p not in near and g.intersects(inside):
+        for _, _, p, g in objects:
+            if p and p != subject and p not in near and g.intersects(inside):
                 near.append(p)
-        pairs.append((window, f"a satellite image of {phrase(label)}" + (
+        pairs.append((window, f"a satellite image of {subject}" + (
             f", next to {', '.join(sorted(near)[:3])}" if near else "")))
     return pairs, image
 
