@@ -695,7 +695,7 @@ def user_errors(command):
         from geolink_jax.data.preprocess import PreprocessError
 
         codes[PreprocessError] = 1
-    if command == "convert":  # ConversionError is a ValueError; reading .pth files needs torch
+    if command in ("convert", "dofa-teachers"):  # ConversionError is a ValueError; .pth files and timm need torch
         codes.update({ValueError: 1, ImportError: 1})
     return codes
 

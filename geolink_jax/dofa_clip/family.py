@@ -50,9 +50,17 @@ def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1
 
 
 def check_data(manifest, model_cfg):
-    """The shards hold every cached teacher the model distils from, with its shape; the band counts fit a bucket."""
+    """Before any batch: the tokenizer loads and its ids fit the text tower's vocabulary (a larger id would be
+    clamped by the embedding lookup, silently); the shards hold every cached teacher the model distils from, with
+    its shape; the band counts fit a bucket."""
+    from geolink_jax.config import ConfigError
     from geolink_jax.data.shards import DataError
+    from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 
+    tok = make_tokenizer(model_cfg.tokenizer, model_cfg.text.context_length)
+    if tok.vocab_size > model_cfg.text.vocab_size:
+        raise ConfigError(f"model.tokenizer {model_cfg.tokenizer!r} has {tok.vocab_size} tokens, the text tower's "
+                          f"model.text.vocab_size is {model_cfg.text.vocab_size}")
     have = manifest.get("teachers", {})
     for t in model_cfg.teachers:
         if t.online:

@@ -128,4 +128,6 @@ def make_tokenizer(spec, context_length):
         return ClipBPETokenizer(path or None, context_length)
     if kind == "sentencepiece":
         return SentencePieceTokenizer(path, context_length)
-    raise ValueError(f"tokenizer {spec!r}: 'clip_bpe', 'clip_bpe:<path>' or 'sentencepiece:<path>'")
+    from geolink_jax.config import ConfigError
+
+    raise ConfigError(f"model.tokenizer {spec!r}: 'clip_bpe', 'clip_bpe:<path>' or 'sentencepiece:<path>'")
