@@ -2,7 +2,7 @@
 
     python data_pipelines/preprocess.py --input TILES_DIR --out SHARDS_DIR [--encoder e5] [--workers N] …
 
-The per-tile computation, shard writing and manifest are library code (geolink_jax.data.preprocess).
+The per-tile computation, shard writing and manifest are library code (geolink_jax.tiles.job).
 """
 
 import sys

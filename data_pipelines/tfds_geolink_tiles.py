@@ -14,8 +14,9 @@ random access and no TensorFlow. Configs are named by tag-feature width: `featur
 import numpy as np
 import tensorflow_datasets as tfds
 
-from geolink_jax.data import preprocess
+from geolink_jax.data import outputs
 from geolink_jax.osm import EDGE_ATTR_DIM, NODE_TYPES, POSITION_DIM, RELATIONS, relation_name
+from geolink_jax.tiles import job as preprocess
 
 FEATURE_WIDTHS = (16, 32, 64, 128, 256, 384, 512, 768, 1024)
 
@@ -61,7 +62,7 @@ class GeolinkTiles(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         shards_dir = dl_manager.manual_dir
-        manifest = preprocess.load_manifest(shards_dir)
+        manifest = outputs.load_manifest(shards_dir)
         if manifest["feature_dim"] != self.builder_config.feature_dim:
             raise ValueError(f"{shards_dir}/manifest.json: feature_dim {manifest['feature_dim']} does not match "
                              f"config {self.builder_config.name}")

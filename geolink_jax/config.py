@@ -18,7 +18,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from geolink_jax import family as family_lib
-from geolink_jax.train.sharding import DEFAULT_RULES
+from geolink_jax.nn.partitioning import DEFAULT_RULES
+
 
 def model_block(model_cfg):
     """A model config dataclass → ConfigDict with every field (nested dataclasses as nested blocks). A field whose

@@ -20,11 +20,12 @@ different kinds (images, graphs, photos, coordinates, tokens).
 
 import dataclasses
 import importlib
-import typing
 from collections.abc import Callable
 
 import jax
 from flax import nnx
+
+from geolink_jax.nn.config_dict import config_from_dict, config_to_dict  # noqa: F401  (part of the contract)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,13 @@ class Family:
     configs: {name: "module.path"} of named run configs (files with get_config()).
     converters: {format: Converter} weight formats this family reads and writes.
     embed(model, tiles, batch_size, progress) -> (rows, maps): per-tile embeddings (see downstream/embed.py).
+    write_embeddings(model, args) -> summary line: `geolink-jax embed` for this family's models (args: the command's
+        parsed arguments, `embed_arguments` included).
+    embed_arguments(parser): the family's own `embed` flags (e.g. GAIR's --queries).
+    preprocess: Command of `geolink-jax preprocess --family NAME` (its flags and job), or None.
+    commands: further `geolink-jax` subcommands of the family (GeoLink's finetune, DOFA-CLIP's zeroshot, …).
+    varied_batches(model_cfg, batch_size, count) -> VariedBatches: host batches whose contents vary the way the
+        family's data do (the compile bench counts compilations over them).
     trainable: nnx filter of the trained Params (the others are frozen).
     pictures(model, host_batch, workdir) -> None: end-of-run pictures (optional).
     log_keys: metrics shown on the progress bar.
@@ -78,6 +86,11 @@ class Family:
     configs: dict
     converters: dict = dataclasses.field(default_factory=dict)
     embed: Callable | None = None
+    write_embeddings: Callable | None = None
+    embed_arguments: Callable | None = None
+    preprocess: "Command | None" = None
+    commands: tuple = ()
+    varied_batches: Callable | None = None
     model_fields_from_data: Callable = lambda manifest: {}
     flops_shared: Callable = lambda model_cfg: 0
     trainable: object = nnx.Param
@@ -89,11 +102,42 @@ class Family:
 class Converter:
     """One weight format of a family: to_state_dict(params, model_cfg) -> {name: array};
     from_state_dict(state_dict, model_cfg_or_None, source, **options) -> (params, model_cfg, report); a None
-    model config means "infer it from the tensors"."""
+    model config means "infer it from the tensors"; `options` are the values of the flags `arguments(parser)` adds
+    to `geolink-jax convert` (by their dest). metadata(model_cfg) -> dict recorded in an exported file (e.g. the
+    timm architecture)."""
 
     to_state_dict: Callable
     from_state_dict: Callable
     description: str = ""
+    arguments: Callable | None = None
+    metadata: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A `geolink-jax` subcommand that a family provides. arguments(parser) adds its flags; run(args, overrides) ->
+    exit code; `user_errors` are exception types reported as one `error:` line with exit 1 (user mistakes and
+    unusable inputs); `overrides`: the command takes --config.a.b=value flags."""
+
+    name: str
+    help: str
+    arguments: Callable
+    run: Callable
+    description: str = ""
+    user_errors: tuple = ()
+    overrides: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class VariedBatches:
+    """What the compile bench feeds a family's train step: `padded` host batches (the library's static shapes),
+    optionally `naive` ones (each at its own shapes, for contrast), the number of compilations the padded ones
+    should cost (`expected_compiles`: one per shape bucket they fall in), and metrics to report."""
+
+    padded: list
+    naive: list | None = None
+    expected_compiles: int = 1
+    metrics: dict = dataclasses.field(default_factory=dict)
 
 
 # name → module defining FAMILY (imported on first use, so a family's dependencies load only when it is used), or a
@@ -128,41 +172,6 @@ def step_flops(family, model_cfg, batch_size, manifest=None):
     """Analytic matmul FLOPs of one train step of `batch_size` samples (per-sample work + batch-shared work)."""
     family = get_family(family)
     return family.flops_per_sample(model_cfg, manifest) * batch_size + family.flops_shared(model_cfg)
-
-
-# ------------------------------------------------------------------ model config dataclass <-> plain dicts
-def config_to_dict(cfg):
-    """A (nested) config dataclass → plain dict of JSON-able values (tuples become lists)."""
-
-    def plain(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(cfg)
-
-
-def config_from_dict(cls, d, where="model"):
-    """Plain mapping → config dataclass `cls`, recursing into nested dataclass fields and turning lists into tuples
-    for tuple fields. A key that is not a field is a ValueError naming it and listing the valid fields."""
-    d = dict(d)
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in d if k not in names]
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} of {cls.__name__}; valid "
-                         f"fields: {', '.join(names)}")
-    out = {}
-    for k, v in d.items():
-        t = hints[k]
-        if dataclasses.is_dataclass(t) and not isinstance(v, t):
-            v = config_from_dict(t, v, f"{where}.{k}")
-        elif typing.get_origin(t) is tuple or t is tuple:
-            v = tuple(v)
-        out[k] = v
-    return cls(**out)
 
 
 def model_config(family, config):

@@ -7,9 +7,9 @@ ImageNet-normalised; positions as the graph stores them: (x, y) pairs in [0, 1],
 import numpy as np
 from PIL import Image, ImageDraw
 
-from geolink_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from geolink_jax.models.vit import patchify, unpatchify
+from geolink_jax.nn.vit import patchify, unpatchify
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
 
 # Colours per node type (RGB) and for edges.
 NODE_COLOURS = {"polygon": (255, 170, 0), "line": (0, 200, 255), "point": (255, 40, 120)}
@@ -55,7 +55,8 @@ def reconstruction_figure(images, pred, mask, patch_size, norm_pix=True, scale=2
 
 def graph_figure(image, positions, n_node, senders, receivers, n_edge, size=448):
     """One tile with its OSM graph: edges (faint, centroid to centroid), polygons (the triangle of their three sample
-    points, filled, and the centroid), lines (start–centroid–end), points (dots). image float [H, W, 3] normalised; the graph arrays are one sample's, keyed like GraphBatch
+    points, filled, and the centroid), lines (start–centroid–end), points (dots). image float [H, W, 3] normalised;
+    the graph arrays are one sample's, keyed like GraphBatch
     (positions[t] [N_t, 8|6|2], n_node[t] scalar, senders/receivers[r] [E_r], n_edge[r] scalar)."""
     base = Image.fromarray(to_uint8(image)).resize((size, size), Image.BILINEAR).convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))

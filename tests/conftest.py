@@ -7,8 +7,8 @@ import pyproj
 import pytest
 
 from geolink_jax import samples
-from geolink_jax.data import tile_sources
 from geolink_jax.osm import geometry
+from geolink_jax.tiles import sources as tile_sources
 
 
 def load_sample_layers(name):
@@ -24,7 +24,7 @@ def load_sample_layers(name):
 
 @pytest.fixture(scope="session")
 def helsinki_features():
-    from geolink_jax.data import osm_pbf
+    from geolink_jax.osm import pbf as osm_pbf
 
     return osm_pbf.load(str(samples.helsinki_pbf()))
 
@@ -39,7 +39,7 @@ def helsinki_layers(features, bbox):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """The bundled sample tiles preprocessed with 64-d hash tag features (no model download), as a str path."""
-    from geolink_jax.data import preprocess
+    from geolink_jax.tiles import job as preprocess
 
     out = tmp_path_factory.mktemp("tiles_hash64")
     preprocess.run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out,
@@ -51,7 +51,7 @@ def data_dir(tmp_path_factory):
 def ufz_shards(tmp_path_factory):
     """The bundled UFZ tiles (official graphs, real 224 px PNG images) as shards (512-d hash features): a
     pathlib.Path to the shard directory."""
-    from geolink_jax.data import preprocess
+    from geolink_jax.tiles import job as preprocess
 
     out = tmp_path_factory.mktemp("ufz_shards")
     preprocess.run_local(tile_sources.discover_tiles(samples.UFZ_DIR), out,

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from geolink_jax.geolink.model import GeoLink, GeoLinkConfig
+from geolink_jax.nn.vit import ViTConfig
 from geolink_jax.osm import osm_graph
-from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
-from geolink_jax.models import GeoLink, GeoLinkConfig, ViTConfig
+from geolink_jax.tiles.graph_batch import GraphBudget, pad_graphs
 
 
 def tiny_config(**overrides):
@@ -27,7 +28,8 @@ def tiny_model(seed=0, **overrides):
 @functools.lru_cache(maxsize=None)
 def ufz_graphs():
     """The 6 official UFZ graphs (real CLIP features), largest first."""
-    return tuple(sorted(osm_graph.sample_ufz_graphs(), key=lambda g: -sum(g.num_nodes(t) for t in ("polygon", "line", "point"))))
+    return tuple(sorted(osm_graph.sample_ufz_graphs(),
+                        key=lambda g: -sum(g.num_nodes(t) for t in ("polygon", "line", "point"))))
 
 
 def budget_for(graphs, extra=0):

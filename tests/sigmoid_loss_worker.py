@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from geolink_jax.dofa_clip.losses import sigmoid_loss, sigmoid_loss_blockwise
+from geolink_jax.nn.sigmoid_loss import sigmoid_loss, sigmoid_loss_blockwise
 from geolink_jax.train import sharding
 
 

@@ -1,16 +1,16 @@
 """`geolink-jax bench`: result-row schema, ratios recomputed from the measured values, sweeps, the report."""
 
 import copy
+import json
 import math
 import os
-import json
 import pathlib
 import statistics
 
 import pytest
 
-from geolink_jax.bench import report, rows, runner, sweep
 from geolink_jax import cli
+from geolink_jax.bench import report, rows, runner, sweep
 from geolink_jax.config import ConfigError
 
 MINIMAL = pathlib.Path(__file__).parent / "data" / "bench_minimal.py"
@@ -183,8 +183,7 @@ def test_reference_inputs_are_the_same_graphs_in_the_official_form():
     """The side-by-side feeds the official model the bundled graphs as HeteroData: x = [features | positions],
     the 9 typed edge sets, nothing dropped (no padding on that side)."""
     from geolink_jax.bench import reference_bench
-    from geolink_jax.osm import osm_graph
-    from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+    from geolink_jax.osm import NODE_TYPES, RELATIONS, osm_graph, relation_name
 
     with pytest.raises(reference_bench.OfficialModelError, match="not a GeoLink_NeurIPS2025 checkout"):
         reference_bench.import_official(pathlib.Path(__file__).parent)

@@ -13,9 +13,10 @@ import pytest
 from flax import nnx
 from model_helpers import batch, np_params, tiny_config, tiny_model, ufz_graphs
 
-from geolink_jax import convert
 from geolink_jax import family as family_lib
-from geolink_jax.models import GeoLinkConfig
+from geolink_jax.convert import files
+from geolink_jax.geolink import convert
+from geolink_jax.geolink.model import GeoLinkConfig
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
 
 OFFICIAL_KEYS = json.loads((pathlib.Path(__file__).parent / "data" / "official_geolink_vit_l_keys.json").read_text())[
@@ -63,8 +64,8 @@ def test_round_trip_is_exact_and_errors_name_the_key(tmp_path):
     cfg = tiny_config()
     params = np_params(tiny_model(seed=3))
     sd = convert.official_state_dict(params, cfg)
-    path = convert.save_weights(sd, tmp_path / "geolink.safetensors", model_config={"architecture": "tiny"})
-    loaded, config = convert.load_weights(path)
+    path = files.save_weights(sd, tmp_path / "geolink.safetensors", model_config={"architecture": "tiny"})
+    loaded, config = files.load_weights(path)
     assert config == {"architecture": "tiny"}
     back, _ = convert.params_from_official(loaded, _abstract_params(cfg))
     jax.tree.map(np.testing.assert_array_equal, back, params)
@@ -85,8 +86,8 @@ def test_torch_files_load_with_weights_only(tmp_path):
     torch = pytest.importorskip("torch")
     cfg = tiny_config()
     sd = convert.official_state_dict(np_params(tiny_model()), cfg)
-    path = convert.save_weights(sd, tmp_path / "geolink.pth", model_config={"architecture": "tiny"})
-    loaded, config = convert.load_weights(path)
+    path = files.save_weights(sd, tmp_path / "geolink.pth", model_config={"architecture": "tiny"})
+    loaded, config = files.load_weights(path)
     assert config["architecture"] == "tiny" and set(loaded) == set(sd)
 
     class Evil:
@@ -95,7 +96,7 @@ def test_torch_files_load_with_weights_only(tmp_path):
 
     torch.save({"model_state_dict": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="evil.pth: not a plain weights file"):
-        convert.load_weights(tmp_path / "evil.pth")
+        files.load_weights(tmp_path / "evil.pth")
 
 
 # ------------------------------------------------------------------ parity with independent implementations
@@ -106,7 +107,7 @@ def _torch_sd(module, prefix=""):
 def test_timm_vit_parity_every_block_and_strict_export():
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
-    from geolink_jax.models import pos_embed
+    from geolink_jax.nn import pos_embed
 
     cfg = tiny_config()  # ViT 64 px, patch 16, width 32, depth 2, 4 heads
     v = cfg.vit
@@ -298,8 +299,8 @@ def test_cli_export_then_import_round_trips_both_formats(tmp_path):
         else:  # the image branch comes back; the rest is a fresh initialisation
             for k in ("img_encoder", "cls_token", "img_norm"):
                 jax.tree.map(np.testing.assert_array_equal, back[k], params[k])
-    sd, _ = convert.load_weights(tmp_path / "official.safetensors")
+    sd, _ = files.load_weights(tmp_path / "official.safetensors")
     sd["img_norm.weight"] = sd["img_norm.weight"][:-1]
-    convert.save_weights(sd, tmp_path / "bad.safetensors")
+    files.save_weights(sd, tmp_path / "bad.safetensors")
     assert cli.main(["convert", "import", "--src", str(tmp_path / "bad.safetensors"), "--out",
                      str(tmp_path / "x"), *heads]) == 1

@@ -10,11 +10,11 @@ import pytest
 from model_helpers import ufz_graphs
 from PIL import Image, ImageEnhance
 
-from geolink_jax.data import augment as aug
-from geolink_jax.data import device_augment as dev
-from geolink_jax.data import pipeline
-from geolink_jax.data.graph_batch import GraphBudget, pad_fitted
 from geolink_jax.osm import NODE_TYPES
+from geolink_jax.tiles import augment as aug
+from geolink_jax.tiles import device_augment as dev
+from geolink_jax.tiles import pipeline
+from geolink_jax.tiles.graph_batch import GraphBudget, pad_fitted
 
 
 def _fields(graph_batch):

@@ -73,7 +73,7 @@ def test_patch_embed_weights_round_trip_strictly(pair):
 
 def test_sigmoid_loss_equals_open_clip_siglip_loss():
     open_clip = pytest.importorskip("open_clip")
-    from geolink_jax.dofa_clip.losses import sigmoid_loss
+    from geolink_jax.nn.sigmoid_loss import sigmoid_loss
 
     rng = np.random.default_rng(0)
     img, txt = (rng.normal(size=(12, 8)).astype(np.float32) for _ in range(2))

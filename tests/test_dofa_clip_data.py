@@ -137,7 +137,6 @@ def test_batches_are_modality_homogeneous_mixed_by_weight_and_deterministic(pair
 def test_compilations_are_bounded_by_the_band_buckets():
     """Batches of 2, 3, 4, 7, 9 and 13 bands, padded to buckets (4, 8, 16): the jitted loss traces 3 times."""
     from flax import nnx
-
     from test_dofa_clip import _tiny_batch, _tiny_cfg
 
     from geolink_jax import family as family_lib

@@ -14,10 +14,13 @@ from model_helpers import tiny_config
 from geolink_jax import cli, samples
 from geolink_jax.convert import files, params_store
 from geolink_jax.convert import upernet as convert_upernet
-from geolink_jax.downstream import attention, embed, metrics, probe, segmentation, tiles
+from geolink_jax.downstream import embed, metrics, probe
 from geolink_jax.downstream.upernet import UperNet
-from geolink_jax.models import GeoLink
+from geolink_jax.geolink import attention, segmentation
+from geolink_jax.geolink import embed as geolink_embed
+from geolink_jax.geolink.model import GeoLink
 from geolink_jax.osm import NODE_TYPES, osm_graph
+from geolink_jax.tiles import downstream as tiles
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_finetune_loss_decreases_and_outputs_reload(ufz_tiles, tiny_geolink, tmp
 
 def test_embed_geoparquet_footprints_and_maps(tiny_geolink, tmp_path):
     osm = tiles.load_tiles(samples.OSM_TILES_DIR, 64, encoder="hash:512")
-    rows, maps = embed.embed(tiny_geolink, osm, batch_size=4, progress=False)
+    rows, maps = geolink_embed.embed(tiny_geolink, osm, batch_size=4, progress=False)
     gdf = embed.write_geoparquet(rows, tmp_path / "e.parquet")
     back, x = embed.read_embeddings(tmp_path / "e.parquet", "cls")
     assert back.crs.to_epsg() == 4326 and len(back) == len(osm) == 5
@@ -93,7 +96,7 @@ def test_embed_geoparquet_footprints_and_maps(tiny_geolink, tmp_path):
         np.testing.assert_allclose(geom.bounds, t.bbox_lonlat)
     assert x.shape == (5, 32) and maps["patch"].shape == (5, 4, 4, 32) and maps["fusion"].shape == (5, 4, 4, 32)
     # the unimodal embedding of a tile does not depend on its batch (padding the last batch included)
-    rows1, _ = embed.embed(tiny_geolink, osm[4:], batch_size=1, progress=False)
+    rows1, _ = geolink_embed.embed(tiny_geolink, osm[4:], batch_size=1, progress=False)
     np.testing.assert_allclose(rows1[0]["cls"], rows[4]["cls"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(rows[0]["mean"], maps["patch"][0].mean((0, 1)), rtol=1e-6)
     assert gdf["tile_id"].tolist() == [t.tile_id for t in osm]
@@ -102,12 +105,12 @@ def test_embed_geoparquet_footprints_and_maps(tiny_geolink, tmp_path):
 def test_a_smaller_last_batch_is_not_padded_so_batch_mates_stay_real(tiny_geolink, ufz_tiles):
     """The faithful graph LayerNorm's statistics span the batch: padding the last batch with copies of a tile
     shifted every tile's fusion map. The 6 UFZ tiles at batch size 8 equal one unpadded batch of 6."""
-    rows, maps = embed.embed(tiny_geolink, ufz_tiles, batch_size=8, progress=False)
+    rows, maps = geolink_embed.embed(tiny_geolink, ufz_tiles, batch_size=8, progress=False)
     chunk, images, graph, _ = next(tiles.batches(ufz_tiles, 6))
-    direct = embed.make_embed_fn(tiny_geolink)(images, graph)
+    direct = geolink_embed.make_embed_fn(tiny_geolink)(images, graph)
     np.testing.assert_allclose(maps["fusion"], np.asarray(direct["fusion"]), rtol=1e-5, atol=1e-6)
     # …and with the batch-wide norm the fusion map depends on the batch mates (graph_norm='per_graph' avoids it)
-    _, alone = embed.embed(tiny_geolink, ufz_tiles[:1], batch_size=1, progress=False)
+    _, alone = geolink_embed.embed(tiny_geolink, ufz_tiles[:1], batch_size=1, progress=False)
     assert not np.allclose(alone["fusion"][0], maps["fusion"][0], rtol=1e-4, atol=1e-5)
 
 

@@ -131,7 +131,7 @@ def test_a_family_defined_in_a_test_trains_through_the_public_trainer(toy, tmp_p
 
 # ------------------------------------------------------------------ configs
 def test_every_model_field_is_a_config_field_and_defaults_live_in_the_dataclass():
-    from geolink_jax.models.geolink import GeoLinkConfig
+    from geolink_jax.geolink.model import GeoLinkConfig
 
     config = config_lib.load(["--config=demo", "--config.model.max_masked_nodes=5",
                               "--config.model.round_type_slots_bf16=False", "--config.model.attention_impl=xla"])
@@ -155,9 +155,11 @@ def test_derived_values_follow_the_final_config():
 
 @pytest.mark.parametrize("args, message", [
     (["--config=demo", "--config.model.vit.dept=3"], "config.model.vit.dept: no such field; valid: .*vit.depth"),
-    (["--config=demo", "--config.family=nonesuch"], "unknown model family 'nonesuch'; known families: dofa_clip, gair, geolink, mae"),
+    (["--config=demo", "--config.family=nonesuch"],
+     "unknown model family 'nonesuch'; known families: dofa_clip, gair, geolink, mae"),
     (["--config=mae_demo", "--config.model.osm_hidden=8"], "config.model.osm_hidden: no such field"),
-    (["--config=nonesuch"], "no config file or named config 'nonesuch'; named configs: demo, dofa_clip_b16, dofa_clip_demo, dofa_clip_so400m, gair_demo, gair_vit_b, geolink_vit_b"),
+    (["--config=nonesuch"], "no config file or named config 'nonesuch'; named configs: demo, dofa_clip_b16, "
+                            "dofa_clip_demo, dofa_clip_so400m, gair_demo, gair_vit_b, geolink_vit_b"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(tmp_path, capsys, args, message):
     workdir = tmp_path / "w"
@@ -173,8 +175,8 @@ def test_mae_weights_export_as_a_timm_vit_and_import_back(tmp_path):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     from geolink_jax.convert import params_store
-    from geolink_jax.models.mae import ImageMAE, MAEConfig
-    from geolink_jax.models.vit import ViTConfig
+    from geolink_jax.nn.mae import ImageMAE, MAEConfig
+    from geolink_jax.nn.vit import ViTConfig
 
     cfg = MAEConfig(vit=ViTConfig(32, 2, 4, image_size=64), decoder_width=32, decoder_heads=4)
     model = ImageMAE(cfg, rngs=nnx.Rngs(3))

@@ -350,7 +350,7 @@ def test_cli_converts_a_gair_checkpoint_both_ways(tmp_path, capsys):
     assert cli.main(["convert", "import", "--family", "gair", "--src", str(tmp_path / "checkpoint.pth"), "--out",
                      str(tmp_path / "w")]) == 1
     assert "shape" in capsys.readouterr().err  # ViT-B expected, a tiny model given: named, one line
-    from geolink_jax.convert import save_weights
+    from geolink_jax.convert.files import save_weights
 
     save_weights(sd, tmp_path / "ours.safetensors", dict(params_store.config_record(cfg), architecture=None))
     assert cli.main(["convert", "import", "--family", "gair", "--format", "gair", "--src",

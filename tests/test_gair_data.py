@@ -210,7 +210,8 @@ def test_cli_embed_gair_with_query_points_and_the_similarity_picture(gair_shards
     model = GAIR(cfg, rngs=nnx.Rngs(0))
     params_store.save_params(tmp_path / "w", nnx.to_pure_dict(nnx.state(model, nnx.Param)), cfg)
     rec = records(gair_shards)[1]
-    lon, lat = (float(v) for v in rec["sv_lonlat"][2])  # a query exactly at a photo: its localized embedding is that photo's
+    # a query exactly at a photo: its localized embedding is that photo's
+    lon, lat = (float(v) for v in rec["sv_lonlat"][2])
     (tmp_path / "q.csv").write_text(f"patch,lon,lat\n{rec['patch_id']},{lon!r},{lat!r}\n")
     out = tmp_path / "emb.parquet"
     assert cli.main(["embed", "--params", str(tmp_path / "w"), "--tiles", str(gair_shards), "--out", str(out),

@@ -25,7 +25,7 @@ from flax import nnx
 from geolink_jax.gair import convert as gair_convert
 from geolink_jax.gair import nili
 from geolink_jax.gair.model import GAIR, GAIRConfig, _queue_infonce
-from geolink_jax.models import losses
+from geolink_jax.nn import losses
 
 REPO = os.environ.get("GAIR_OFFICIAL_REPO")
 pytestmark = pytest.mark.skipif(not REPO, reason="GAIR_OFFICIAL_REPO is not set (a local checkout of zpl99/GAIR)")

@@ -10,8 +10,10 @@ import pytest
 from flax import nnx
 from model_helpers import batch, budget_for, images, tiny_config, tiny_model, ufz_graphs
 
-from geolink_jax.models import PARAMETER_NAMES, GeoLinkConfig, VIT_PRESETS, losses, param_count
-from geolink_jax.models.geolink import GeoLink
+from geolink_jax.geolink import param_count
+from geolink_jax.geolink.model import PARAMETER_NAMES, GeoLink, GeoLinkConfig
+from geolink_jax.nn import losses
+from geolink_jax.nn.vit import VIT_PRESETS
 from geolink_jax.osm import NODE_TYPES
 
 
@@ -294,7 +296,7 @@ def test_batch_groups_and_global_negatives():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_linear_custom_backward_matches_autodiff(dtype):
     """layers.linear's hand-written backward (optimization barrier before the weight gradient) = autodiff's."""
-    from geolink_jax.models.layers import linear
+    from geolink_jax.nn.layers import linear
 
     kx, kw, kg = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(kx, (2, 5, 8), dtype)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from model_helpers import batch, budget_for, np_params, tiny_model, ufz_graphs
 
-from geolink_jax.data.graph_batch import pad_graphs
-from geolink_jax.models.graph_network import graph_layer_norm_stats
+from geolink_jax.geolink.graph_network import graph_layer_norm_stats
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
+from geolink_jax.tiles.graph_batch import pad_graphs
 
 
 def _numpy_hetero_gat_layernorm(graphs, conv_params, norm_params, eps=1e-5):
@@ -50,7 +50,8 @@ def _numpy_hetero_gat_layernorm(graphs, conv_params, norm_params, eps=1e-5):
 
 def _unpad(emb, gb, graphs):
     """{t: [B, N, C]} → {t: concatenated valid rows}."""
-    return {t: np.concatenate([np.asarray(emb[t][i, :g.num_nodes(t)]) for i, g in enumerate(graphs)]) for t in NODE_TYPES}
+    return {t: np.concatenate([np.asarray(emb[t][i, :g.num_nodes(t)]) for i, g in enumerate(graphs)])
+            for t in NODE_TYPES}
 
 
 def test_gat_and_graph_layernorm_match_numpy_on_real_ufz_graphs():

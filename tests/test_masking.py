@@ -5,24 +5,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geolink_jax.models import masking, pos_embed
+from geolink_jax.nn import masking, pos_embed
 
 
 def test_token_mask_keeps_exactly_num_keep_and_unshuffle_inverts():
-    b, l, d = 3, 196, 5
-    num_keep = masking.num_kept_tokens(l, 0.75)
+    b, length, d = 3, 196, 5
+    num_keep = masking.num_kept_tokens(length, 0.75)
     assert num_keep == 49
     noise = masking.token_noise(jax.random.key(0), b, 14, 14)
     ids_keep, ids_restore, mask = masking.token_mask(noise, num_keep)
-    assert ids_keep.shape == (b, 49) and ids_restore.shape == (b, l) and mask.shape == (b, l)
-    np.testing.assert_array_equal(np.asarray(mask).sum(1), l - 49)
+    assert ids_keep.shape == (b, 49) and ids_restore.shape == (b, length) and mask.shape == (b, length)
+    np.testing.assert_array_equal(np.asarray(mask).sum(1), length - 49)
     for i in range(b):
         kept = set(np.asarray(ids_keep[i]).tolist())
         assert len(kept) == 49
         assert kept == set(np.nonzero(np.asarray(mask[i]) == 0)[0].tolist())
         # the kept tokens are those with the smallest noise
         assert kept == set(np.argsort(np.asarray(noise[i]))[:49].tolist())
-    x = jax.random.normal(jax.random.key(1), (b, l, d))
+    x = jax.random.normal(jax.random.key(1), (b, length, d))
     kept = masking.gather_tokens(x, ids_keep)
     fill = jnp.full((d,), 7.0)
     restored = np.asarray(masking.unshuffle(kept, fill, ids_restore))

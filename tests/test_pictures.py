@@ -1,14 +1,13 @@
 """Pictures: the MAE reconstruction arrays and the OSM graph overlay."""
 
+import model_helpers as mh
 import numpy as np
 from PIL import Image
 
 from geolink_jax import pictures, samples
-from geolink_jax.data.augment import normalize, resize_only
-from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
-from geolink_jax.models.vit import patchify
-
-import model_helpers as mh
+from geolink_jax.nn.vit import patchify
+from geolink_jax.tiles.augment import normalize, resize_only
+from geolink_jax.tiles.graph_batch import GraphBudget, pad_graphs
 
 
 def _one_sample(batch):

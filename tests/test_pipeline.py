@@ -10,10 +10,10 @@ import pytest
 from model_helpers import tiny_model, ufz_graphs
 
 from geolink_jax import samples
-from geolink_jax.data import augment as aug
-from geolink_jax.data.graph_batch import GraphBudget
-from geolink_jax.data.pipeline import PipelineConfig, make_dataset, to_graph_batch
 from geolink_jax.osm import NODE_TYPES
+from geolink_jax.tiles import augment as aug
+from geolink_jax.tiles.graph_batch import GraphBudget
+from geolink_jax.tiles.pipeline import PipelineConfig, make_dataset, to_graph_batch
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,11 @@ def test_crop_keeps_nodes_inside_and_their_edges():
         np.testing.assert_allclose(back, g.positions[t][inside].reshape(-1, 2), atol=1e-5)
     assert bbox[0] <= 0.2 and bbox[2] >= 0.7 - 1e-9
     src_t, dst_t = "line", "line"
-    before = {(tuple(g.features[src_t][s][:3]), tuple(g.features[dst_t][d][:3])) for s, d in g.edge_index["line_to_line"].T}
-    after = {(tuple(out.features[src_t][s][:3]), tuple(out.features[dst_t][d][:3])) for s, d in out.edge_index["line_to_line"].T}
+    def pairs(h):
+        return {(tuple(h.features[src_t][s][:3]), tuple(h.features[dst_t][d][:3]))
+                for s, d in h.edge_index["line_to_line"].T}
+
+    before, after = pairs(g), pairs(out)
     assert after and after <= before
     nobody, _ = aug.crop_graph(g, (2.0, 2.0, 0.1, 0.1))
     assert nobody is None

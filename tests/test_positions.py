@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import shapely
+from conftest import load_sample_layers
 from shapely.geometry import LineString, Point, Polygon
 
-from conftest import load_sample_layers
 from geolink_jax import samples
 from geolink_jax.osm import positions as pos
 

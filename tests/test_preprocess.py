@@ -6,13 +6,14 @@ import shutil
 import geopandas as gpd
 import numpy as np
 import pytest
+from conftest import load_sample_layers
 from shapely.geometry import Point, Polygon
 
-from conftest import load_sample_layers
-from geolink_jax.data import preprocess
 from geolink_jax import samples
-from geolink_jax.data import record_format, shards, tile_sources
+from geolink_jax.data import record_format, shards
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, osm_graph, tag_encoders
+from geolink_jax.tiles import job as preprocess
+from geolink_jax.tiles import sources as tile_sources
 
 CFG = preprocess.PreprocessConfig(encoder="hash:16", tiles_per_shard=2)
 
@@ -91,7 +92,7 @@ def test_grain_reads_the_shards(local_run):
 
 
 def test_beam_direct_runner_equals_local_run(local_run, tmp_path):
-    from geolink_jax.data import beam as beam_pipeline
+    from geolink_jax.tiles import beam as beam_pipeline
 
     out, manifest = local_run
     specs = tile_sources.discover_tiles(samples.OSM_TILES_DIR)
@@ -339,7 +340,7 @@ def test_skip_invalid_and_strict(tmp_path):
 
 
 def test_strict_beam_run_stops(tmp_path):
-    from geolink_jax.data import beam as beam_pipeline
+    from geolink_jax.tiles import beam as beam_pipeline
 
     root = tmp_path / "tiles"
     folder, stem = make_tile(root, new="corrupt")
@@ -428,8 +429,8 @@ def _osm_xml(path, ways):
 def test_osm_closed_ways_follow_the_area_convention_and_every_geometry_is_clipped(tmp_path):
     import shapely
 
-    from geolink_jax.data import osm_pbf
     from geolink_jax.osm import geometry
+    from geolink_jax.osm import pbf as osm_pbf
     from geolink_jax.osm.tags import label_from_osm_tags
 
     def square(x, y, d=0.001):

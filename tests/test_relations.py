@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import shapely
+from conftest import helsinki_layers, load_sample_layers
 from shapely.geometry import LineString, Point, box
 
-from conftest import helsinki_layers, load_sample_layers
 from geolink_jax import samples
 from geolink_jax.osm import relations as rel
 from geolink_jax.osm import relations_pairwise as pw

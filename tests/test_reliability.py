@@ -17,7 +17,8 @@ import pytest
 from conftest import SUBPROCESS_ENV
 
 from geolink_jax import samples
-from geolink_jax.data import preprocess, tile_sources
+from geolink_jax.tiles import job as preprocess
+from geolink_jax.tiles import sources as tile_sources
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -164,10 +165,10 @@ def test_a_bit_flipped_shard_record_stops_pretraining_with_the_shard_and_record_
 
 def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_tensors(tmp_path, capsys):
     from flax import nnx
+    from model_helpers import tiny_model
 
     from geolink_jax import cli
     from geolink_jax.convert import params_store
-    from model_helpers import tiny_model
 
     model = tiny_model()
     params = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # writable copies
@@ -252,8 +253,11 @@ def test_a_truncated_or_garbage_safetensors_file_is_one_line(tmp_path, capsys):
 def test_convert_import_blames_only_the_wrong_shaped_tensor(tmp_path, capsys, key):
     """Each inferred dimension is carried by several tensors; when the one it used to be read from is wrong, the
     error names that tensor with both shapes, not the correct tensors sharing the dimension."""
-    from geolink_jax import cli, convert
     from model_helpers import np_params, tiny_model
+
+    from geolink_jax import cli
+    from geolink_jax.convert import files
+    from geolink_jax.geolink import convert
 
     # every dimension distinct, so that inferring one from the wrong tensor could not pass by coincidence
     dims = dict(osm_in_features=12, osm_hidden=24, graph_embed_dim=20, fusion_dim=40, decoder_width=48,
@@ -263,7 +267,7 @@ def test_convert_import_blames_only_the_wrong_shaped_tensor(tmp_path, capsys, ke
     assert convert.infer_config(sd, 4, 4, 4) == model.cfg
     good = sd[key].shape
     sd[key] = np.zeros((good[0] + 1, *good[1:]), np.float32)
-    convert.save_weights(sd, tmp_path / "bad.safetensors")
+    files.save_weights(sd, tmp_path / "bad.safetensors")
     assert cli.main(["convert", "import", "--src", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path / "x"),
                      "--heads", "4", "--decoder-heads", "4", "--fusion-heads", "4"]) == 1
     err = capsys.readouterr().err

@@ -59,8 +59,8 @@ def _pretrain(workdir, data_dir, steps, config=str(ROOT / "configs" / "demo.py")
            "--workdir", str(workdir), "--no-progress", f"--config.data.path={data_dir}",
            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2",
            "--config.model.vit.depth=1", "--config.model.dtype=bfloat16"]
-    return subprocess.Popen(cmd, env=SUBPROCESS_ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(cmd, env=SUBPROCESS_ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
 
 
 def _losses(workdir):
@@ -162,8 +162,7 @@ def test_named_configs_build_their_models_and_shard_them(name, encoder_params):
 
     from geolink_jax import config as config_lib
     from geolink_jax import family as family_lib
-
-    from geolink_jax.models import GeoLink
+    from geolink_jax.geolink.model import GeoLink
     from geolink_jax.train import trainer
 
     config = trainer.resolve(config_lib.load_file(name), {"feature_dim": 384})

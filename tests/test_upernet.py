@@ -34,7 +34,8 @@ class _RefHead(nn.Module):
         self.neck = nn.Module()
         c0, c1 = in_ch[0], in_ch[1]
         self.neck.ops = nn.ModuleList([
-            nn.Sequential(nn.ConvTranspose2d(c0, c0, 2, 2), nn.BatchNorm2d(c0), nn.GELU(), nn.ConvTranspose2d(c0, c0, 2, 2)),
+            nn.Sequential(nn.ConvTranspose2d(c0, c0, 2, 2), nn.BatchNorm2d(c0), nn.GELU(),
+                          nn.ConvTranspose2d(c0, c0, 2, 2)),
             nn.Sequential(nn.ConvTranspose2d(c1, c1, 2, 2)), nn.Identity(), nn.MaxPool2d(2, 2)])
         self.psp_modules = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(s), nn.Conv2d(in_ch[-1], ch, 1),
                                                         nn.BatchNorm2d(ch), nn.ReLU()) for s in scales])

@@ -81,8 +81,9 @@ def breakdown(name, data_dir, on_device, samples=200):
     """Median ms per sample of each stage, one thread, no grain: where the host time goes."""
     from PIL import Image
 
-    from geolink_jax.data import augment, pipeline, record_format, shards
-    from geolink_jax.data.graph_batch import GraphBudget, fit_to_budget
+    from geolink_jax.data import record_format, shards
+    from geolink_jax.tiles import augment, pipeline
+    from geolink_jax.tiles.graph_batch import GraphBudget, fit_to_budget
 
     config, paths, manifest = _config(name, data_dir, 8, on_device, 0, 0)
     cfg = pipeline.pipeline_config(config, manifest, 224)

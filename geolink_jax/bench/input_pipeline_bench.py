@@ -27,8 +27,9 @@ import time
 import jax
 
 from geolink_jax import config as config_lib
-from geolink_jax.data import pipeline, preprocess
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES
+from geolink_jax.tiles import job as preprocess
+from geolink_jax.tiles import pipeline
 from geolink_jax.train import sharding, trainer
 
 
@@ -101,7 +102,8 @@ def measure(name, data_dir, *, batch=None, batches=30, repeats=20, dtype="float3
     step_sps = config.batch_size / statistics.median(times)
     return dict(
         bench="input_pipeline", config=name, batch=config.batch_size, image_size=setup.model_cfg.vit.image_size,
-        vit_width=setup.model_cfg.vit.width, vit_depth=setup.model_cfg.vit.depth, dtype=dtype, workers=workers, threads=threads,
+        vit_width=setup.model_cfg.vit.width, vit_depth=setup.model_cfg.vit.depth, dtype=dtype, workers=workers,
+        threads=threads,
         pipeline_samples_per_s=pipeline_sps, step_samples_per_s=step_sps, headroom=pipeline_sps / step_sps,
         step_s=dict(min=min(times), median=statistics.median(times), max=max(times)), compile_s=compile_s,
         step_times=times, batch_times=batch_times,

@@ -7,7 +7,8 @@ clipping, AdamW, non-finite guard, donated state) on the family's example batch 
 real OSM, 512-d CLIP tag features, padded to the default budget — and random images at the config's size), after
 compilation.
 
-step: analytic FLOPs (the family's flops_per_sample × batch + flops_shared) cross-checked with XLA's cost analysis of the compiled step;
+step: analytic FLOPs (the family's flops_per_sample × batch + flops_shared) cross-checked with XLA's cost analysis of
+the compiled step;
 achieved FLOP/s per device; MFU against the device's peak (known GPUs/TPUs, or `peak_tflops` given); and, always,
 the fraction of this device's measured matmul rate (`roof`: a large matmul at the same dtype), which is the
 meaningful ceiling on a CPU.
@@ -22,8 +23,7 @@ import jax.numpy as jnp
 
 from geolink_jax import family as family_lib
 from geolink_jax.bench import rows
-from geolink_jax.models import flops
-from geolink_jax.train import sharding, trainer
+from geolink_jax.train import chips, sharding, trainer
 
 
 def training_config(cfg, mask_ratio=None):
@@ -134,7 +134,7 @@ def run_step(cfg):
     rows.ratio(row, "analytic_over_xla_flops", "metrics.model_flops_per_device_step",
                "metrics.xla_flops_per_device_step", target=0.8, op=">=")
     rows.ratio(row, "roof_fraction", "metrics.model_flops_per_s_per_device", "metrics.matmul_roof_flops_per_s")
-    peak = cfg.get("peak_tflops") and cfg.peak_tflops * 1e12 or flops.peak_flops(row["env"]["device_kind"], cfg.dtype)
+    peak = cfg.get("peak_tflops") and cfg.peak_tflops * 1e12 or chips.peak_flops(row["env"]["device_kind"], cfg.dtype)
     if peak:
         m["peak_flops_per_s_per_device"] = peak
         rows.ratio(row, "mfu", "metrics.model_flops_per_s_per_device", "metrics.peak_flops_per_s_per_device",

@@ -17,8 +17,9 @@ import numpy as np
 import shapely
 
 from geolink_jax import samples
-from geolink_jax.data import osm_pbf, tile_sources
 from geolink_jax.osm import geometry, osm_graph, tag_encoders
+from geolink_jax.osm import pbf as osm_pbf
+from geolink_jax.tiles import sources as tile_sources
 
 
 def sample_tiles():

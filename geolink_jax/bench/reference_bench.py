@@ -30,8 +30,7 @@ import numpy as np
 
 from geolink_jax.bench import rows
 from geolink_jax.bench.model_step_bench import StepRunner
-from geolink_jax.osm import osm_graph
-from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.osm import NODE_TYPES, RELATIONS, osm_graph, relation_name
 
 
 class OfficialModelError(RuntimeError):
@@ -87,7 +86,8 @@ def official_model(module, model_cfg):
         img_size=v.image_size, patch_size=v.patch_size, in_chans=v.in_channels, embed_dim=v.width, depth=v.depth,
         num_heads=v.num_heads, mlp_ratio=v.mlp_ratio, qkv_bias=True, num_classes=0, global_pool="")
     if model_cfg.osm_in_features != 512:
-        raise OfficialModelError(f"the official GNN takes 512-d tag features, the config has {model_cfg.osm_in_features}")
+        raise OfficialModelError(f"the official GNN takes 512-d tag features, the config has "
+                                 f"{model_cfg.osm_in_features}")
     return module.GeoLink(
         encoder, module.OSMHeteroGAT(out_chans=model_cfg.osm_hidden), img_in_chans=v.in_channels,
         osm_out_embed_dim=model_cfg.osm_hidden, graph_aggr_embed_dim=model_cfg.graph_embed_dim,

@@ -32,14 +32,16 @@ def headline(row):
         return (f"host path {_fmt(m['host_ms_core_per_sample'])} vs on-device augment "
                 f"{_fmt(m['device_ms_core_per_sample'])} ms·core/sample ({m['workers']} workers)")
     if s == "preprocess":
-        return (f"relations {_fmt(m['relations_vectorised_tiles_per_s'])} vs {_fmt(m['relations_pairwise_tiles_per_s'])}"
+        return (f"relations {_fmt(m['relations_vectorised_tiles_per_s'])} vs "
+                f"{_fmt(m['relations_pairwise_tiles_per_s'])}"
                 f" tiles/s ({m['tiles']} tiles, {m['big_tiles']} with ≥ {m['min_features']} features)")
     if s == "memory":
         meshes = sorted({k.split(".")[0] for k in m if k.endswith(".state_bytes_compiled")},
                         key=lambda k: list(m).index(f"{k}.state_bytes_compiled"))
         return ", ".join(f"{k}: {_fmt(m[f'{k}.state_bytes_compiled'] / 2**20)} MiB" for k in meshes)
     if s == "compile":
-        out = f"{m['padded_backend_compiles']} compile(s) over {m['batches']} varied batches ({_fmt(m['padded_compile_s_total'])} s)"
+        out = (f"{m['padded_backend_compiles']} compile(s) over {m['batches']} varied batches "
+               f"({_fmt(m['padded_compile_s_total'])} s)")
         if "naive_backend_compiles" in m:
             out += f"; unpadded: {m['naive_backend_compiles']} ({_fmt(m['naive_compile_s_total'])} s)"
         return out

@@ -50,7 +50,8 @@ def environment():
         xla_build = "unknown"
     return dict(
         machine=platform.node(), processor=_processor(), cpu_count=os.cpu_count(), python=platform.python_version(),
-        jax=jax.__version__, jaxlib=jaxlib.__version__, xla=f"xla_extension {xla_build}; {be.platform_version}", backend=be.platform,
+        jax=jax.__version__, jaxlib=jaxlib.__version__, xla=f"xla_extension {xla_build}; {be.platform_version}",
+        backend=be.platform,
         device_kind=jax.devices()[0].device_kind, device_count=jax.device_count(),
         xla_flags=os.environ.get("XLA_FLAGS", ""), jax_optimization_level=str(jax.config.jax_optimization_level),
         time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

@@ -110,7 +110,8 @@ def run_in_child(cfg, recommended=True, timeout_s=None):
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "geolink_jax.bench.runner", "--one", json.dumps(cfg.to_dict()), "--row-out", str(out)]
+        cmd = [sys.executable, "-m", "geolink_jax.bench.runner", "--one", json.dumps(cfg.to_dict()), "--row-out",
+               str(out)]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

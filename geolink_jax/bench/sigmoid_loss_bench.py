@@ -7,7 +7,7 @@ For n = 1, 2, 4, 8 devices on the data axis (simulated CPU devices: memory is re
 B = n × `per_device` (weak scaling, as a pod grows), compiles the gradient of the loss on B normalised image/text
 embeddings and reads XLA's per-device temporaries: dense (one B × B logits matrix that GSPMD partitions as it can:
 B/n × B per device, growing with B) and blockwise (each device scores its images against the texts of every device
-in turn, `dofa_clip/losses.py`: growing with B/n, so flat here). Targets: blockwise at 8 devices ≤ `flat_target` ×
+in turn, `nn/sigmoid_loss.py`: growing with B/n, so flat here). Targets: blockwise at 8 devices ≤ `flat_target` ×
 blockwise at 2 (the smallest ring), and ≤ `target` × dense at 8.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from geolink_jax.dofa_clip.losses import sigmoid_loss, sigmoid_loss_blockwise  # noqa: E402
+from geolink_jax.nn.sigmoid_loss import sigmoid_loss, sigmoid_loss_blockwise  # noqa: E402
 from geolink_jax.train import sharding  # noqa: E402
 
 

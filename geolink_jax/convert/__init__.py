@@ -1,10 +1,8 @@
-"""Checkpoint conversion between geolink_jax and the official PyTorch GeoLink / timm weights."""
+"""Family-free weight conversion: the rule engine (`rules`), the timm ViT image branch (`timm`), weight files
+(`files`), parameter stores (`params_store`) and the UperNet head (`upernet`). Each family's own layouts live in its
+folder."""
 
 from geolink_jax.convert.files import load_weights, save_weights
-from geolink_jax.convert.official import (
-    OFFICIAL_UNUSED, ConversionError, infer_config, official_name, official_state_dict, params_from_official, params_from_timm,
-    timm_into_fresh_model, timm_state_dict)
+from geolink_jax.convert.rules import ConversionError
 
-__all__ = ["OFFICIAL_UNUSED", "ConversionError", "infer_config", "load_weights", "official_name", "official_state_dict",
-           "params_from_official", "params_from_timm", "save_weights", "timm_into_fresh_model",
-           "timm_state_dict"]
+__all__ = ["ConversionError", "load_weights", "save_weights"]

@@ -10,14 +10,13 @@ import pathlib
 
 import numpy as np
 
-from geolink_jax.convert.official import ConversionError
+from geolink_jax.convert.rules import ConversionError
 from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATIONS, relation_name
 from geolink_jax.osm.osm_graph import TileGraph, graph_from_npz
 
 
 def _safe_globals():
-    from torch_geometric.data import HeteroData
-    from torch_geometric.data import storage
+    from torch_geometric.data import HeteroData, storage
 
     return [HeteroData, storage.BaseStorage, storage.NodeStorage, storage.EdgeStorage, storage.GlobalStorage]
 

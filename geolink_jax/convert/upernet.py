@@ -10,7 +10,7 @@ level; 0 for the 2x level), `psp_modules.<j>.<1 conv | 2 BN>` (0 is the adaptive
 import numpy as np
 from flax import nnx, traverse_util
 
-from geolink_jax.convert.official import ConversionError
+from geolink_jax.convert.rules import ConversionError
 
 _LEAF = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
 _SUB = {"up1": 0, "bn": 1, "up2": 3}  # inside the 4x neck level's nn.Sequential (2 is the GELU)

@@ -9,13 +9,12 @@ same records and shards.
 before any item ran (a table row naming no file, …).
 """
 
-import json
+import os
 import pathlib
+import tempfile
 import time
 
-from geolink_jax.data import preprocess as common
-from geolink_jax.data import shards
-from geolink_jax.data.beam import join_path, write_bytes, write_shard
+from geolink_jax.data import outputs, shards
 
 
 def write_outputs(out_dir, summaries, shard_infos, manifest, extra_problems, runner):
@@ -23,10 +22,25 @@ def write_outputs(out_dir, summaries, shard_infos, manifest, extra_problems, run
     out = manifest(summaries, shard_infos, extra_problems)
     out["runner"] = runner
     problems = list(extra_problems) + [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]]
-    write_bytes(join_path(out_dir, common.ERRORS), "".join(json.dumps(p, sort_keys=True) + "\n"
-                                                           for p in problems).encode())
-    write_bytes(join_path(out_dir, common.MANIFEST), (json.dumps(out, indent=1, sort_keys=True) + "\n").encode())
+    outputs.write_jsonl(outputs.join_path(out_dir, outputs.ERRORS), problems)
+    outputs.write_json(outputs.join_path(out_dir, outputs.MANIFEST), out)
     return out
+
+
+def write_shard(item, out_dir, n_shards):
+    """(shard index, [(tile index, record bytes) or None]) → {'path', 'num_records'}."""
+    k, entries = item
+    records = [rec for _, rec in sorted(e for e in entries if e is not None)]
+    name = shards.shard_name(k, n_shards)
+    if outputs.is_remote(out_dir):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, name)
+            count = shards.write_shard(local, records)
+            with open(local, "rb") as f:
+                outputs.write_bytes(outputs.outputs.join_path(out_dir, name), f.read())
+    else:
+        count = shards.write_shard(outputs.join_path(out_dir, name), records)
+    return {"path": name, "num_records": count}
 
 
 def run_local(specs, process, manifest, out_dir, items_per_shard, extra_problems=(), progress=True,
@@ -50,7 +64,7 @@ def run_local(specs, process, manifest, out_dir, items_per_shard, extra_problems
         return write_outputs(staging, summaries, infos, manifest, extra_problems,
                              {"name": "local", "seconds": time.perf_counter() - start})
 
-    return common.staged_output(out_dir, overwrite, write)
+    return outputs.staged_output(out_dir, overwrite, write)
 
 
 def run_beam(specs, process, manifest, out_dir, items_per_shard, extra_problems=(), pipeline_options=None):
@@ -74,14 +88,4 @@ def run_beam(specs, process, manifest, out_dir, items_per_shard, extra_problems=
              | "manifest" >> beam.Map(lambda _, s, i: write_outputs(out_dir, s, i, manifest, extra_problems,
                                                                     {"name": "beam", "seconds": time.time() - start}),
                                       beam.pvalue.AsList(summaries), beam.pvalue.AsList(infos)))
-    return read_manifest(out_dir)
-
-
-def read_manifest(out_dir):
-    """manifest.json of a local or Beam-filesystem output directory."""
-    if "://" not in str(out_dir):
-        return common.load_manifest(out_dir)
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(join_path(out_dir, common.MANIFEST)) as f:
-        return json.loads(f.read().decode())
+    return outputs.load_manifest(out_dir)

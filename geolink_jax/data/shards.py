@@ -1,11 +1,10 @@
 """ArrayRecord shard files of tile records: naming, writing (group_size:1, explicit codec) and reading."""
-import os
 import pathlib
 
 import numpy as np
 from array_record.python import array_record_module
 
-from geolink_jax.data import record_format
+from geolink_jax.data import outputs, record_format
 
 # group_size:1 gives grain O(1) random access; images are already compressed, so a light zstd level.
 WRITER_OPTIONS = "group_size:1,zstd:1"
@@ -30,16 +29,15 @@ def shard_of(tile_index, num_tiles, num_shards):
 
 def write_shard(path, records):
     """Write encoded records (bytes) to `path` atomically: a partial file never carries the final name."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
     count = 0
-    try:
-        for rec in records:
-            writer.write(rec)
-            count += 1
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with outputs.atomic_path(path) as tmp:
+        writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+        try:
+            for rec in records:
+                writer.write(rec)
+                count += 1
+        finally:
+            writer.close()
     return count
 
 

@@ -16,7 +16,6 @@ import pathlib
 
 from geolink_jax.data import shards
 
-
 SKIP_KEYS = ("name", "ref", "tracktype", "surface", "source", "note", "description", "operator", "website")
 
 
@@ -107,7 +106,7 @@ def tile_pairs(tile, min_window=64, max_cover=0.8):
 
 def osm_pairs(tiles_dir, min_window=64):
     """A directory of tile folders → (PairSpecs, problems): a tile that cannot be read is reported and skipped."""
-    from geolink_jax.dofa_clip.preprocess import RGB, PairSpec, _problem
+    from geolink_jax.dofa_clip.pairs import RGB, PairSpec, problem
 
     tiles_dir = pathlib.Path(tiles_dir)
     tiles = sorted(p for p in tiles_dir.iterdir() if p.is_dir())
@@ -118,10 +117,10 @@ def osm_pairs(tiles_dir, min_window=64):
         try:
             pairs, image = tile_pairs(tile, min_window)
         except Exception as e:  # noqa: BLE001 - a bad tile is reported, the others go on
-            problems.append(_problem(tile.name, f"unreadable tile: {type(e).__name__}: {e}", tile))
+            problems.append(problem(tile.name, f"unreadable tile: {type(e).__name__}: {e}", tile))
             continue
         if not pairs:
-            problems.append(_problem(tile.name, "no OSM tags to caption the tile with", tile))
+            problems.append(problem(tile.name, "no OSM tags to caption the tile with", tile))
         for k, (window, caption) in enumerate(pairs):
             specs.append(PairSpec(len(specs), f"{tile.name}/{k}", str(image), caption, RGB, "osm_tiles", window,
                                   row=tile.name))

@@ -2,8 +2,7 @@
 DOFA-CLIP's `dofa_patch_embed.py` shares (fclayer.w1/w2, weight_generator.{transformer_encoder.layers.0.*,
 fc_weight, fc_bias, weight_tokens, bias_token}); rules as convert/official.py."""
 
-from geolink_jax.convert.official import _generic, params_from_named
-from geolink_jax.gair.convert import state_dict_from_named
+from geolink_jax.convert.rules import generic_rule, mha_rule, params_from_named, state_dict_from_named, vit_block_rule
 
 
 def patch_embed_name(path):
@@ -11,18 +10,18 @@ def patch_embed_name(path):
     path = tuple(str(p) for p in path)
     top, rest = path[0], path[1:]
     if top in ("fc1", "fc2"):
-        return _generic(("fclayer", "w" + top[-1], *rest))
+        return generic_rule(("fclayer", "w" + top[-1], *rest))
     if top in ("weight_tokens", "bias_token"):
         return f"weight_generator.{top}", "copy"
     if top in ("fc_weight", "fc_bias"):
-        return _generic(("weight_generator", top, *rest))
+        return generic_rule(("weight_generator", top, *rest))
     pre = "weight_generator.transformer_encoder.layers.0."
     if rest[0] == "self_attn":  # torch MultiheadAttention: packed in_proj, out_proj
         return {("in_proj", "kernel"): (pre + "self_attn.in_proj_weight", "qkv"),
                 ("in_proj", "bias"): (pre + "self_attn.in_proj_bias", "qkv"),
                 ("out_proj", "kernel"): (pre + "self_attn.out_proj.weight", "proj"),
                 ("out_proj", "bias"): (pre + "self_attn.out_proj.bias", "copy")}[rest[1:]]
-    key, rule = _generic(rest)
+    key, rule = generic_rule(rest)
     return pre + key, rule
 
 
@@ -36,7 +35,6 @@ def patch_embed_to_torch(params):
 
 def image_tower_name(path):
     """A path of our ImageTower → (timm VisionTransformer key as open_clip's `visual.trunk.*` holds it, rule)."""
-    from geolink_jax.convert.official import _vit_block_rule
 
     path = tuple(str(p) for p in path)
     top, rest = path[0], path[1:]
@@ -47,11 +45,11 @@ def image_tower_name(path):
         key, rule = patch_embed_name(rest)
         return "patch_embed." + key, rule
     if top == "blocks":
-        key, rule = _vit_block_rule(rest[1:])
+        key, rule = vit_block_rule(rest[1:])
         return f"blocks.{rest[0]}.{key}", rule
     if top == "attn_pool" and rest == ("latent",):
         return "attn_pool.latent", "copy"
-    return _generic(path)
+    return generic_rule(path)
 
 
 def image_tower_from_open_clip(state_dict, target, prefix="visual.trunk.", source="open_clip visual"):
@@ -67,7 +65,7 @@ def load_image_tower(tower, path):
     import jax.numpy as jnp
     from flax import nnx
 
-    from geolink_jax.convert import load_weights
+    from geolink_jax.convert.files import load_weights
 
     sd, _ = load_weights(path)
     prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
@@ -84,7 +82,6 @@ def image_tower_to_open_clip(params, prefix="visual.trunk."):
 
 def text_tower_name(path):
     """A path of our TextTower → (open_clip TextTransformer key, rule)."""
-    from geolink_jax.convert.official import _mha_rule
 
     path = tuple(str(p) for p in path)
     top, rest = path[0], path[1:]
@@ -96,16 +93,16 @@ def text_tower_name(path):
         pre = f"transformer.resblocks.{rest[0]}."
         part, sub = rest[1], rest[2:]
         if part == "attn":
-            key, rule = _mha_rule(sub)
+            key, rule = mha_rule(sub)
             return pre + "attn." + key, rule
         names = {"norm1": "ln_1", "norm2": "ln_2"}
         if part in names:
-            key, rule = _generic((names[part], *sub))
+            key, rule = generic_rule((names[part], *sub))
             return pre + key, rule
         if part == "mlp":
-            key, rule = _generic(({"fc1": "c_fc", "fc2": "c_proj"}[sub[0]], *sub[1:]))
+            key, rule = generic_rule(({"fc1": "c_fc", "fc2": "c_proj"}[sub[0]], *sub[1:]))
             return pre + "mlp." + key, rule
-    return _generic(path)
+    return generic_rule(path)
 
 
 def translator_name(path):
@@ -116,7 +113,7 @@ def translator_name(path):
     if path in table:
         return table[path]
     head = {"wave_proj": "wave_encoder.proj", "prompt_fc": "norm1.modality_prompt_fc"}[path[0]]
-    return _generic((head, *path[1:]))
+    return generic_rule((head, *path[1:]))
 
 
 def model_name(path):

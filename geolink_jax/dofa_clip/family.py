@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from geolink_jax import family as family_lib
+from geolink_jax.dofa_clip import commands, pipeline, preprocess
 from geolink_jax.dofa_clip import convert as dofa_convert
-from geolink_jax.dofa_clip import pipeline, preprocess
 from geolink_jax.dofa_clip.model import DOFACLIP, DOFACLIPConfig
-from geolink_jax.models.layers import FrozenParam
+from geolink_jax.nn.layers import FrozenParam
 
 
 def trainable(path, var):
@@ -86,11 +86,11 @@ def default_data(config, workdir):
 
 
 def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
-    b, s, l = batch_size, model_cfg.image.image_size, model_cfg.text.context_length
+    b, s, length = batch_size, model_cfg.image.image_size, model_cfg.text.context_length
     c = model_cfg.bucket(int((manifest or {}).get("max_bands", 3)))
     sds = jax.ShapeDtypeStruct
     out = dict(image=sds((b, s, s, c), jnp.float32), wavelengths=sds((b, c), jnp.float32),
-               band_valid=sds((b, c), jnp.bool_), tokens=sds((b, l), jnp.int32),
+               band_valid=sds((b, c), jnp.bool_), tokens=sds((b, length), jnp.int32),
                teacher_bands=sds((b, 3), jnp.int32))
     for t in model_cfg.teachers:
         if not t.online:
@@ -103,11 +103,11 @@ def example_batch(model_cfg, batch_size, seed=0, bands=None):
     bands (default: the largest group, the OSM-captioned RGB tiles)."""
     import tempfile
 
-    from geolink_jax.data import shards
+    from geolink_jax.data import outputs, shards
 
     with tempfile.TemporaryDirectory() as tmp:
         out = preprocess.bundled(f"{tmp}/data")
-        manifest = preprocess.common.load_manifest(out)
+        manifest = outputs.load_manifest(out)
         source = shards.ShardSource(shards.manifest_shards(out, manifest))
         groups = pipeline.record_groups(manifest)
         counts = [len(g["wavelengths"]) for g in manifest["groups"]]
@@ -143,6 +143,17 @@ def band_subset_batch(model_cfg, batch_size, count, pad=True, seed=0):
                teacher_bands=np.tile(np.asarray(maka.teacher_bands(wl[0, :count], model_cfg.teacher_band_rule),
                                                 np.int32), (batch_size, 1)))
     return out
+
+
+def varied_batches(model_cfg, batch_size, count):
+    """Batches of 2, 3, … bands (the real Sentinel-2 bands of the demo, first k): padded to the band buckets (one
+    compilation per bucket hit); naive: each at its own band count."""
+    counts = [2 + (i * 5) % 12 for i in range(count)]
+    return family_lib.VariedBatches(
+        padded=[band_subset_batch(model_cfg, batch_size, k) for k in counts],
+        naive=[band_subset_batch(model_cfg, batch_size, k, pad=False) for k in counts],
+        expected_compiles=len({model_cfg.bucket(k) for k in counts}),
+        metrics=dict(band_counts=counts))
 
 
 def _vit(tokens, width, depth, mlp_dim):
@@ -205,7 +216,8 @@ def infer_config(state_dict):
              else int(round((shape("visual.trunk.patch_embed.weight_generator.fc_weight.weight")[0] / width) ** 0.5)))
     grid = int(round(tokens ** 0.5))
     image = ImageTowerConfig(width=width, depth=depth, heads=width // 64 if width != 1152 else 16, mlp_dim=mlp,
-                             patch_size=patch, image_size=384 if (patch, grid) == (14, 27) else grid * patch,  # so400m: 6 px unused
+                             # so400m: 384 px, the last 6 px unused
+                             patch_size=patch, image_size=384 if (patch, grid) == (14, 27) else grid * patch,
                              patch_embed="rgb" if rgb else "dynamic", taps=(-1,))
     t_width = shape("text.positional_embedding")[-1]
     t_depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("text.transformer.resblocks."))
@@ -302,4 +314,9 @@ FAMILY = family_lib.Family(
     trainable=trainable,
     pictures=pictures,
     log_keys=("loss", "sigmoid", "maka"),
+    preprocess=commands.PREPROCESS,
+    write_embeddings=commands.write_embeddings,
+    embed_arguments=commands.embed_arguments,
+    commands=commands.COMMANDS,
+    varied_batches=varied_batches,
 )

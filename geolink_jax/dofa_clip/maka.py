@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geolink_jax.dofa_clip.patch_embed import wavelength_code
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 
 PROMPT_DIM = 128
 RGB_UM = (0.665, 0.56, 0.49)
@@ -47,8 +47,8 @@ class TeacherConfig:
         if self.online and self.tower is None:
             raise ValueError(f"teacher {self.name}: online=True needs a JAX-native `tower`")
         if isinstance(self.tower, dict):
-            from geolink_jax.family import config_from_dict
             from geolink_jax.dofa_clip.towers import ImageTowerConfig
+            from geolink_jax.nn.config_dict import config_from_dict
 
             object.__setattr__(self, "tower", config_from_dict(ImageTowerConfig, self.tower, f"teacher {self.name}"))
 

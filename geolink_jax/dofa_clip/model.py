@@ -16,12 +16,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.dofa_clip import losses, maka
+from geolink_jax.data.shards import DataError
+from geolink_jax.dofa_clip import maka
 from geolink_jax.dofa_clip.patch_embed import PatchEmbedConfig
 from geolink_jax.dofa_clip.text import TextTower, TextTowerConfig
 from geolink_jax.dofa_clip.towers import ImageTower, ImageTowerConfig
-from geolink_jax.models import layers
-from geolink_jax.models.losses import l2_normalize
+from geolink_jax.nn import layers
+from geolink_jax.nn import sigmoid_loss as losses
+from geolink_jax.nn.losses import l2_normalize
+
+
+def bucket(channels, buckets):
+    """The smallest band bucket that holds `channels` bands; more than the largest is a DataError."""
+    for b in buckets:
+        if channels <= b:
+            return b
+    raise DataError(f"{channels} bands: more than the largest band bucket ({buckets[-1]}); add a bucket to "
+                           "model.band_buckets")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +59,6 @@ class DOFACLIPConfig:
             t if isinstance(t, maka.TeacherConfig) else maka.TeacherConfig(**t) for t in self.teachers))
 
     def bucket(self, channels):
-        from geolink_jax.dofa_clip.pipeline import bucket
-
         return bucket(channels, self.band_buckets)
 
 

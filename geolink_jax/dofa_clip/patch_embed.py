@@ -8,7 +8,8 @@ learnable weight tokens, the C wavelength tokens, one bias token] → per band a
 convolves without padding; torchgeo with padding 1 (`padding`). Token counts agree either way, so only values tell
 them apart.
 
-Images NHWC [B, H, W, C]; wavelengths float [C] in µm (band_valid bool [C]: False for padding bands); output tokens [B, (H/k)·(W/k), D] row-major.
+Images NHWC [B, H, W, C]; wavelengths float [C] in µm (band_valid bool [C]: False for padding bands); output tokens
+[B, (H/k)·(W/k), D] row-major.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ class PostNormEncoderLayer(nnx.Module):
 
     def __init__(self, dim, heads, ff_dim, *, rngs):
         init = layers.xavier_uniform()
-        self.self_attn = layers.MultiHeadAttention(dim, heads, rngs=rngs, qkv_init=layers.xavier_uniform((0,), (1, 2, 3)),
+        self.self_attn = layers.MultiHeadAttention(dim, heads, rngs=rngs,
+                                                   qkv_init=layers.xavier_uniform((0,), (1, 2, 3)),
                                                    out_init=layers.xavier_uniform((0, 1), (2,)))
         self.linear1 = layers.Dense(dim, ff_dim, rngs=rngs, kernel_init=init)
         self.linear2 = layers.Dense(ff_dim, dim, rngs=rngs, kernel_init=init)

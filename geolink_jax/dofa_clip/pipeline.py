@@ -19,9 +19,9 @@ import grain
 import numpy as np
 from PIL import Image
 
-from geolink_jax.data import shards
-from geolink_jax.data.pipeline import MIN_SHUFFLE_SIZE, ProcessRows
+from geolink_jax.data import pipeline, shards
 from geolink_jax.dofa_clip import maka
+from geolink_jax.dofa_clip.model import bucket
 from geolink_jax.dofa_clip.preprocess import decode, decode_image
 
 
@@ -41,14 +41,6 @@ class DOFACLIPPipelineConfig:
     seed: int = 0
     worker_count: int = 0
     read_threads: int = 2
-
-
-def bucket(channels, buckets):
-    for b in buckets:
-        if channels <= b:
-            return b
-    raise shards.DataError(f"{channels} bands: more than the largest band bucket ({buckets[-1]}); add a bucket to "
-                           "model.band_buckets")
 
 
 def random_resized_crop(rng, height, width, scale, ratio):
@@ -165,27 +157,10 @@ def make_dataset(paths, manifest, cfg: DOFACLIPPipelineConfig, process_index=0, 
         idx = np.flatnonzero(groups == g)
         if w <= 0 or not len(idx):
             continue
-        ds = grain.MapDataset.source(Subset(source, idx))
-        if cfg.train:
-            if len(ds) < MIN_SHUFFLE_SIZE:
-                ds = ds.repeat(-(-MIN_SHUFFLE_SIZE // len(ds)))
-            ds = ds.seed(cfg.seed + g).shuffle().repeat().random_map(transform)
-            if process_count > 1:
-                ds = ProcessRows(ds, process_index, process_count, cfg.batch_size)
-            ds = ds.batch(cfg.batch_size, drop_remainder=True)
-        else:
-            ds = ds[process_index::process_count].seed(cfg.seed).random_map(transform).batch(cfg.batch_size)
-        streams.append(ds)
+        streams.append(pipeline.batches(grain.MapDataset.source(Subset(source, idx)), transform, None,
+                                        cfg.batch_size, train=cfg.train, seed=cfg.seed + g if cfg.train else cfg.seed,
+                                        process_index=process_index, process_count=process_count))
         weights.append(w)
     if not streams:
         raise shards.DataError("no records to read (every group is empty or weighs 0)")
-    ds = grain.MapDataset.mix(streams, weights) if cfg.train else grain.MapDataset.concatenate(streams)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
-                                                 prefetch_buffer_size=max(2 * cfg.read_threads, 1)))
-    if cfg.worker_count > 0:
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(num_workers=cfg.worker_count))
-    return it_ds
+    return pipeline.iterate(pipeline.mixed(streams, weights, cfg.train), cfg.read_threads, cfg.worker_count)

@@ -26,45 +26,16 @@ import pathlib
 
 import numpy as np
 
-from geolink_jax.data import item_job, record_format, shards
-from geolink_jax.data import preprocess as common
+from geolink_jax.data import item_job, outputs, record_format, shards
 from geolink_jax.data.image_rule import ImageRuleError, parse_stretch, stretch_to_uint8
+from geolink_jax.dofa_clip.pairs import BY_COUNT, IMAGE_SUFFIXES, RGB, SENSORS, PairSpec, problem  # noqa: F401
 
 FORMAT, VERSION = "geolink_jax.dofa_clip_pair", 1
-RGB = (0.665, 0.56, 0.49)
-# central wavelengths (µm) by band, in file order
-SENSORS = {
-    "rgb": RGB,
-    "sentinel2_l1c": (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19),
-    "sentinel2_l2a": (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.61, 2.19),
-    "landsat8_oli": (0.443, 0.482, 0.561, 0.655, 0.865, 1.609, 2.201),  # B1–B7
-    "sentinel1": (5.405e4, 5.405e4),  # C band VV, VH
-}
-BY_COUNT = {13: "sentinel2_l1c", 12: "sentinel2_l2a", 7: "landsat8_oli", 3: "rgb", 2: "sentinel1"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
 @dataclasses.dataclass(frozen=True)
 class PairPreprocessConfig:
     stretch: str = "auto"  # rasters → 8 bits per band: auto | percentile:LO,HI | range:MIN,MAX[,…per band] | none
     min_size: int = 16  # smaller images are reported and skipped
     pairs_per_shard: int = 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class PairSpec:
-    index: int
-    pair_id: str
-    path: str
-    caption: str
-    wavelengths: tuple | None  # None: from the file (RGB for PNG/JPEG, BY_COUNT for rasters)
-    source: str
-    window: tuple | None = None  # (x0, y0, x1, y1) pixels of a crop
-    row: str = ""
-
-
-def _problem(pair_id, reason, file="", detail="", severity="error"):
-    return {"tile_id": pair_id, "severity": severity, "reason": reason, "file": str(file), "detail": detail}
 
 
 def parse_wavelengths(value):
@@ -104,7 +75,7 @@ def read_table(path):
         try:
             wl = parse_wavelengths(r.get("wavelengths"))
         except (ValueError, TypeError) as e:
-            problems.append(_problem(str(r["image"]), f"bad wavelengths: {e}", path, where))
+            problems.append(problem(str(r["image"]), f"bad wavelengths: {e}", path, where))
             continue
         source = r.get("source")
         source = path.stem if source is None or source != source or not str(source) else str(source)
@@ -164,18 +135,18 @@ def process_pair(spec: PairSpec, cfg: PairPreprocessConfig):
                    source=spec.source)
     where = spec.row
     if not spec.caption.strip():
-        problems.append(_problem(spec.pair_id, "empty caption", spec.path, where))
+        problems.append(problem(spec.pair_id, "empty caption", spec.path, where))
         return None, summary
     try:
         image, fmt, wl, meta, shape = read_image(spec, cfg)
     except (ImageRuleError, ValueError) as e:
-        problems.append(_problem(spec.pair_id, str(e), spec.path, where))
+        problems.append(problem(spec.pair_id, str(e), spec.path, where))
         return None, summary
     except Exception as e:  # noqa: BLE001 - any unreadable image is reported, the run goes on
-        problems.append(_problem(spec.pair_id, f"unreadable image: {type(e).__name__}: {e}", spec.path, where))
+        problems.append(problem(spec.pair_id, f"unreadable image: {type(e).__name__}: {e}", spec.path, where))
         return None, summary
     if min(shape[:2]) < cfg.min_size:
-        problems.append(_problem(spec.pair_id, f"image {shape[1]}×{shape[0]} px is smaller than min_size "
+        problems.append(problem(spec.pair_id, f"image {shape[1]}×{shape[0]} px is smaller than min_size "
                                  f"{cfg.min_size}", spec.path, where))
         return None, summary
     record = dict(pair_id=spec.pair_id, image=image, image_format=fmt, wavelengths=np.asarray(wl, np.float32),
@@ -227,11 +198,11 @@ def make_manifest(summaries, shard_infos, extra_problems, cfg, num_pairs):
         "record_groups": runs,
         "sources": sorted({s["source"] for s in written}),
         "max_bands": max((s["counts"]["bands"] for s in written), default=0),
-        "image_size": {k: common.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
+        "image_size": {k: outputs.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
         "teachers": {},
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,
-        "errors_file": common.ERRORS,
+        "errors_file": outputs.ERRORS,
         "config": dataclasses.asdict(cfg),
     }
 
@@ -278,7 +249,7 @@ def bundled(out_dir):
     from geolink_jax import samples
 
     out_dir = pathlib.Path(out_dir)
-    if not (out_dir / common.MANIFEST).exists():
+    if not (out_dir / outputs.MANIFEST).exists():
         run_local([samples.OSM_TILES_DIR, samples.DOFA_CLIP_DIR / "multispectral.csv"], out_dir,
                   progress=False, overwrite=True)
     return out_dir

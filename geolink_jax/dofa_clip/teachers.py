@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolink_jax.data import preprocess as common
-from geolink_jax.data import record_format, shards
+from geolink_jax.data import outputs, record_format, shards
 from geolink_jax.dofa_clip import maka
 from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.preprocess import FORMAT, VERSION, decode, decode_image
@@ -44,7 +43,7 @@ def _timm_runner(t: maka.TeacherConfig):
 
     model = timm.create_model(t.timm, pretrained=False, num_classes=0, img_size=t.image_size).eval()
     if t.weights:
-        from geolink_jax.convert import load_weights
+        from geolink_jax.convert.files import load_weights
 
         sd, _ = load_weights(t.weights)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
@@ -79,7 +78,7 @@ def cache_features(in_dir, out_dir, teachers, rule="nearest_rgb", batch_size=16,
     """Shards of `in_dir` + every teacher's features → `out_dir`. Returns the new manifest."""
     from tqdm import tqdm
 
-    manifest = common.load_manifest(in_dir)
+    manifest = outputs.load_manifest(in_dir)
     paths = shards.manifest_shards(in_dir, manifest)
     runs = {t.name: runner(t, seed) for t in teachers}
 
@@ -109,18 +108,18 @@ def cache_features(in_dir, out_dir, teachers, rule="nearest_rgb", batch_size=16,
             t.name: dict(shape=[t.tokens, t.width], image_size=t.image_size, band_rule=rule,
                          model=t.timm or "jax siglip tower", weights=t.weights or f"random (seed {seed})")
             for t in teachers}}
-        (staging / common.ERRORS).write_bytes((pathlib.Path(in_dir) / common.ERRORS).read_bytes()
-                                              if (pathlib.Path(in_dir) / common.ERRORS).exists() else b"")
-        common.write_json_atomic(staging / common.MANIFEST, out)
+        (staging / outputs.ERRORS).write_bytes((pathlib.Path(in_dir) / outputs.ERRORS).read_bytes()
+                                              if (pathlib.Path(in_dir) / outputs.ERRORS).exists() else b"")
+        outputs.write_json(staging / outputs.MANIFEST, out)
         return out
 
-    return common.staged_output(out_dir, overwrite, write)
+    return outputs.staged_output(out_dir, overwrite, write)
 
 
 def bundled_with_features(data_dir, out_dir, teachers):
     """`data_dir` with these teachers' features cached into `out_dir` once (reused when its manifest lists them)."""
     out_dir = pathlib.Path(out_dir)
-    manifest = out_dir / common.MANIFEST
+    manifest = out_dir / outputs.MANIFEST
     if manifest.exists() and all(t.name in json.loads(manifest.read_text()).get("teachers", {}) for t in teachers):
         return out_dir
     cache_features(data_dir, out_dir, teachers, progress=False, overwrite=True)

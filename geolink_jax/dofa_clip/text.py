@@ -11,8 +11,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers
-from geolink_jax.train import sharding
+from geolink_jax.nn import layers, partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +53,7 @@ class TextTower(nnx.Module):
         cfg = self.cfg
         x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
         x = x + self.positional_embedding[...].astype(x.dtype)
-        for block in self.blocks:
-            x = block(sharding.constrain_batch(x))
+        x = partitioning.run_blocks(self.blocks, x)
         x = self.ln_final(x)
         if cfg.pool == "last":
             pooled = x[:, -1]

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geolink_jax.dofa_clip.patch_embed import DynamicPatchEmbed, PatchEmbedConfig
-from geolink_jax.models import layers
-from geolink_jax.train import sharding
+from geolink_jax.nn import layers, partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +109,7 @@ class ImageTower(nnx.Module):
     def __call__(self, images, wavelengths_um=None, band_valid=None):
         x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um, band_valid)
         x = x + self.pos_embed[...].astype(x.dtype)
-        taps = {}
-        for i, block in enumerate(self.blocks):
-            x = block(sharding.constrain_batch(x))
-            if i in self.cfg.taps:
-                taps[i] = x
+        x, taps = partitioning.run_blocks(self.blocks, x, taps=self.cfg.taps)
         x = self.norm(x)
         if -1 in self.cfg.taps:
             taps[-1] = x

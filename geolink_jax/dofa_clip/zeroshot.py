@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolink_jax.dofa_clip.pipeline import bucket, model_pixels
+from geolink_jax.dofa_clip.model import bucket
+from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 
 TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
@@ -160,11 +161,10 @@ def recall_at_k(sim, ks=(1, 5, 10)):
 
 
 def _pair_records(pairs_dir):
-    from geolink_jax.data import preprocess as common
-    from geolink_jax.data import shards
+    from geolink_jax.data import outputs, shards
     from geolink_jax.dofa_clip.preprocess import decode
 
-    manifest = common.load_manifest(pairs_dir)
+    manifest = outputs.load_manifest(pairs_dir)
     return [r for p in shards.manifest_shards(pairs_dir, manifest) for r in shards.read_shard(p, decode)]
 
 

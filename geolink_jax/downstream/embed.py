@@ -1,4 +1,4 @@
-"""Embeddings of tiles: `geolink-jax embed`.
+"""Embeddings of tiles: `geolink-jax embed` (the loop and the files; each family gives its per-batch function).
 
 Per tile (spec §6): unimodal ViT embeddings from the unmasked encoder after the final norm — `cls` (the class
 token), `mean` (mean of the patch tokens) — and the multimodal hybrid map of the fusion extractor (spec §3.7),
@@ -13,24 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geolink_jax.downstream import tiles as tiles_lib
-
-
-def make_embed_fn(geolink):
-    """→ jitted fn(images [B, S, S, 3], GraphBatch) → dict(cls [B, D], patch [B, h, w, D], fusion [B, h, w, F])."""
-    graphdef, params = nnx.split(geolink, nnx.Param)
-
-    @jax.jit
-    def fn(params, images, graph):
-        model = nnx.merge(graphdef, params)
-        enc = model.encode_image(images, key=None)
-        gh, gw = enc["grid"]
-        tokens = enc["tokens"].astype(jnp.float32)
-        maps = model.extract(images, graph)
-        return dict(cls=tokens[:, 0], patch=tokens[:, 1:].reshape(tokens.shape[0], gh, gw, -1),
-                    fusion=maps[-1].astype(jnp.float32))
-
-    return lambda images, graph: fn(params, jnp.asarray(images), jax.tree.map(jnp.asarray, graph))
+from geolink_jax.tiles import downstream as tiles_lib
 
 
 def majority_label(label, ignore=tiles_lib.IGNORE):
@@ -53,12 +36,13 @@ def make_image_embed_fn(model):
     return lambda images, graph: fn(params, jnp.asarray(images))
 
 
-def embed(geolink, tiles, batch_size=8, progress=True, embed_fn=None):
-    """tiles → (rows: list of dicts, maps: dict of arrays, or None for no tiles). embed_fn: the per-batch function
-    (default make_embed_fn(geolink)); rows get cls, mean and, where the function makes a fusion map, fusion_mean."""
+def embed(embed_fn, tiles, batch_size=8, progress=True):
+    """tiles → (rows: list of dicts, maps: dict of arrays, or None for no tiles). embed_fn(images, graph) → dict of
+    cls [B, D], patch [B, h, w, D] and optionally fusion [B, h, w, F] (a family's function); rows get cls, mean and,
+    where the function makes a fusion map, fusion_mean."""
     from tqdm import tqdm
 
-    fn = embed_fn or make_embed_fn(geolink)
+    fn = embed_fn
     rows, maps = [], {}
     todo = tiles_lib.batches(tiles, batch_size)
     for chunk, images, graph, _ in tqdm(todo, total=-(-len(tiles) // batch_size), desc="embed",
@@ -82,7 +66,7 @@ def embed(geolink, tiles, batch_size=8, progress=True, embed_fn=None):
 
 def embed_images(model, tiles, batch_size=8, progress=True):
     """embed() for an image-only model: cls and mean columns, patch maps."""
-    return embed(model, tiles, batch_size, progress, embed_fn=make_image_embed_fn(model))
+    return embed(make_image_embed_fn(model), tiles, batch_size, progress)
 
 
 def write_geoparquet(rows, path):
@@ -108,3 +92,33 @@ def read_embeddings(path, column="mean"):
     if column not in gdf.columns:
         raise KeyError(f"{path}: no column {column!r} (have {list(gdf.columns)})")
     return gdf, np.stack([np.asarray(v, np.float32) for v in gdf[column]])
+
+
+def write_tile_embeddings(embed, model, args):
+    """`geolink-jax embed` of tiles with a family's `embed(model, tiles, batch_size)`: GeoParquet (+ maps .npz).
+    Returns the summary line."""
+    import pathlib
+
+    import numpy as np
+
+    tile_list = tiles_lib.load_tiles(args.tiles, model.cfg.vit.image_size, encoder=args.encoder)
+    width = getattr(model.cfg, "osm_in_features", None)
+    if width and tile_list and tile_list[0].graph.features["polygon"].shape[1] != width:
+        raise ValueError(f"{args.tiles}: the tiles' tag features are "
+                         f"{tile_list[0].graph.features['polygon'].shape[1]}-d, the model takes {width}-d (use the "
+                         "--encoder the model was pretrained with)")
+    rows, maps = embed(model, tile_list, args.batch_size)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_geoparquet(rows, args.out)
+    columns = ", ".join(f"{k} {np.shape(v)[0]}" for k, v in rows[0].items() if k in ("cls", "mean", "fusion_mean"))
+    line = f"wrote {len(rows)} tiles × ({columns}) → {args.out}"
+    if args.maps:
+        np.savez(args.maps, **maps)
+        line += f"\nwrote maps {', '.join(f'{k} {v.shape}' for k, v in maps.items() if k != 'tile_id')} → {args.maps}"
+    return line
+
+
+def tile_embed_arguments(p):
+    """`geolink-jax embed` flags of tile embeddings."""
+    p.add_argument("--encoder", default="e5", help="tag encoder for raw OSM tiles (must match the pretraining's)")
+    p.add_argument("--maps", default=None, help="also write the [N, h, w, D] maps to this .npz")

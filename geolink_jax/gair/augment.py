@@ -97,7 +97,7 @@ def _enabled(factors):
 
 def draw(rng, cfg):
     """One jitter draw: (apply, factors [4], order [4]) — torchvision's RandomApply then ColorJitter draws."""
-    from geolink_jax.data.augment import draw_jitter
+    from geolink_jax.tiles.augment import draw_jitter
 
     apply = rng.random() < cfg["p"]
     factors, order = draw_jitter(rng, cfg["strength"]) if apply else (np.array([1, 1, 1, 0], np.float32),

@@ -18,9 +18,8 @@ left over is an error.
 import re
 
 import numpy as np
-from flax import traverse_util
 
-from geolink_jax.convert.official import ConversionError, _generic, _to_official, params_from_named  # noqa: F401
+from geolink_jax.convert.rules import ConversionError, generic_rule, params_from_named, state_dict_from_named
 
 GAIR_UNUSED_PREFIXES = (
     "radar_proj.", "location_proj.", "nerf_fn.", "rs_student_projector.", "sv_student_projector.",
@@ -33,9 +32,9 @@ GAIR_UNUSED_KEYS = ("logit_scale", "query_feature", "rs_patch_pos_encoding", "qu
 def _croma(rest):
     """Path inside our RSEncoder → (CROMA ViT key suffix, rule)."""
     if rest[0] == "linear_input":
-        return _generic(rest)
+        return generic_rule(rest)
     if rest[0] == "norm_out":
-        return _generic(("transformer", "norm_out", *rest[1:]))
+        return generic_rule(("transformer", "norm_out", *rest[1:]))
     i, sub, *leaf = rest[1:]
     table = {("norm1",): "0.input_norm", ("norm2",): "1.input_norm", ("mlp", "fc1"): "1.net.0",
              ("mlp", "fc2"): "1.net.3"}
@@ -45,7 +44,7 @@ def _croma(rest):
         return f"transformer.layers.{i}.{kind[0]}", kind[1]
     for k, v in table.items():
         if (sub, *leaf[:-1]) == k:
-            return _generic(("transformer", "layers", i, *v.split("."), leaf[-1]))
+            return generic_rule(("transformer", "layers", i, *v.split("."), leaf[-1]))
     raise KeyError(rest)
 
 
@@ -60,9 +59,9 @@ def _hf_vit(rest):
     if top == "pos_embed":
         return "embeddings.position_embeddings", "copy"
     if top == "norm":
-        return _generic(("layernorm", rest[-1]))
+        return generic_rule(("layernorm", rest[-1]))
     if top == "pooler":
-        return _generic(("pooler", "dense", rest[-1]))
+        return generic_rule(("pooler", "dense", rest[-1]))
     i, sub, *leaf = rest[1:]
     pre = f"encoder.layer.{i}."
     if sub == "attn" and leaf[0] == "in_proj":
@@ -75,7 +74,7 @@ def _hf_vit(rest):
     if module is None:
         module = {"fc1": "intermediate.dense", "fc2": "output.dense"}[leaf[0]]
         leaf = leaf[1:]
-    return _generic((*pre.rstrip(".").split("."), *module.split("."), *leaf))
+    return generic_rule((*pre.rstrip(".").split("."), *module.split("."), *leaf))
 
 
 _HF5_TO_HF4 = ((r"layers\.(\d+)\.attention\.q_proj\.", r"encoder.layer.\1.attention.attention.query."),
@@ -110,8 +109,8 @@ def _geoclip(rest):
     if sub == "b":
         return f"LocEnc{i}.capsule.0.b", "copy"
     if sub == "mlp":
-        return _generic((f"LocEnc{i}", "capsule", str(2 * int(leaf[0]) + 1), leaf[-1]))
-    return _generic((f"LocEnc{i}", "head", "0", leaf[-1]))
+        return generic_rule((f"LocEnc{i}", "capsule", str(2 * int(leaf[0]) + 1), leaf[-1]))
+    return generic_rule((f"LocEnc{i}", "head", "0", leaf[-1]))
 
 
 def gair_name(path):
@@ -129,8 +128,8 @@ def gair_name(path):
         key, rule = _geoclip(rest)
         return "location_encoder." + key, rule
     if top == "sv_proj":
-        return _generic(("optical_proj", *rest))
-    return _generic(path)
+        return generic_rule(("optical_proj", *rest))
+    return generic_rule(path)
 
 
 def strip_module(state_dict):
@@ -150,21 +149,6 @@ def params_from_gair(state_dict, target, source="state_dict"):
         q = np.asarray(sd["queue_for_location"], np.float32).T
         queue = dict(queue=q, queue_ptr=np.asarray(sd.get("queue_ptr_location", [0]), np.int32).reshape(-1)[0])
     return params, queue, dict(converted=len(used), unused_listed=sorted(unused))
-
-
-def state_dict_from_named(params, name_fn):
-    """Our params → {key: float32 array} through `name_fn`; a tuple of keys gets the packed array split evenly along
-    axis 0 (q, k, v)."""
-    sd = {}
-    for path, value in traverse_util.flatten_dict(params).items():
-        key, rule = name_fn(path)
-        x = _to_official(rule, np.asarray(value, np.float32), (1, 1, -1))
-        if isinstance(key, tuple):
-            for k, part in zip(key, np.split(x, len(key))):
-                sd[k] = part
-        else:
-            sd[key] = x
-    return sd
 
 
 def gair_state_dict(params, queue=None):

@@ -19,16 +19,16 @@ EMBEDDING_COLUMNS = ("rs", "sv", "sv_proj", "loc", "localized_rs")
 
 def _samples(shard_dir, model_cfg):
     """Decoded evaluation samples (no augmentation, every photo up to the budget) with their records."""
-    from geolink_jax.data import preprocess as common
-    from geolink_jax.data import shards
+    from geolink_jax.data import outputs, shards
     from geolink_jax.gair import pipeline, preprocess
 
-    manifest = common.load_manifest(shard_dir)
+    manifest = outputs.load_manifest(shard_dir)
     if manifest.get("format") != preprocess.FORMAT:
         raise shards.DataError(f"{shard_dir}: not GAIR patch shards (format {manifest.get('format')!r}); make them "
                                "with `geolink-jax preprocess --family gair`")
     # every photo of every patch (not the training budget), one static shape for all patches
-    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=int(manifest["sv_per_patch"]["max"]), rs_size=model_cfg.rs.image_size,
+    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=int(manifest["sv_per_patch"]["max"]),
+                                      rs_size=model_cfg.rs.image_size,
                                       sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
                                       band_std=tuple(model_cfg.band_std), train=False)
     to_sample = pipeline.PatchToSample(cfg)

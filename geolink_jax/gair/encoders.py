@@ -18,9 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geolink_jax.models import layers
-from geolink_jax.models.vit import PatchEmbed
-from geolink_jax.train import sharding
+from geolink_jax.nn import layers, partitioning
+from geolink_jax.nn.vit import PatchEmbed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +90,7 @@ class RSEncoder(nnx.Module):
         gh, gw = images.shape[1] // p, images.shape[2] // p
         bias = alibi_2d(self.cfg.num_heads, gh, gw)  # a compile-time constant of the grid
         x = self.linear_input(patchify_channel_major(images, p))
-        for block in self.blocks:
-            x = block(sharding.constrain_batch(x), attn_bias=bias)
+        x = partitioning.run_blocks(self.blocks, x, attn_bias=bias)
         return self.norm_out(x) if self.norm_out is not None else x
 
 
@@ -119,7 +117,6 @@ class SVEncoder(nnx.Module):
         x = self.patch_embed(images)
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-        for block in self.blocks:
-            x = block(sharding.constrain_batch(x))
+        x = partitioning.run_blocks(self.blocks, x)
         x = self.norm(x)
         return jnp.tanh(self.pooler(x[:, 0])), x

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from geolink_jax import family as family_lib
+from geolink_jax.gair import commands, pipeline, preprocess
 from geolink_jax.gair import convert as gair_convert
-from geolink_jax.gair import pipeline, preprocess
 from geolink_jax.gair.model import GAIR, GAIRConfig, trainable
 
 
@@ -31,7 +31,7 @@ def geoclip_location_params(source, target, out_dim):
     params like `target`, the heads kept from `target` unless they are GeoCLIP's width (512)."""
     import pathlib
 
-    from geolink_jax.convert import load_weights
+    from geolink_jax.convert.files import load_weights
 
     if source == "geoclip":
         import importlib.util
@@ -97,11 +97,11 @@ def example_batch(model_cfg, batch_size, seed=0):
 
     import ml_collections
 
-    from geolink_jax.data import shards
+    from geolink_jax.data import outputs, shards
 
     with tempfile.TemporaryDirectory() as tmp:
         out = preprocess.bundled(f"{tmp}/data")
-        manifest = preprocess.common.load_manifest(out)
+        manifest = outputs.load_manifest(out)
         config = ml_collections.ConfigDict(dict(batch_size=1, seed=seed, data=dict(worker_count=0, read_threads=0)))
         cfg = pipeline_config(config, model_cfg, train=False)
         samples = [pipeline.PatchToSample(cfg).random_map(r, np.random.default_rng(seed))
@@ -236,4 +236,7 @@ FAMILY = family_lib.Family(
     trainable=trainable,
     pictures=pictures,
     log_keys=("loss", "clip", "loc_sv", "loc_rs"),
+    preprocess=commands.PREPROCESS,
+    write_embeddings=commands.write_embeddings,
+    embed_arguments=commands.embed_arguments,
 )

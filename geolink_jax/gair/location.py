@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 
 # Equal Earth projection constants (Šavrič, Patterson & Jenny 2018), and GeoCLIP's scale factor
 A1, A2, A3, A4 = 1.340264, -0.081106, 0.000893, 0.003796

@@ -28,8 +28,8 @@ from geolink_jax.gair import nili
 from geolink_jax.gair.augment import S2_MEAN, S2_STD
 from geolink_jax.gair.encoders import RSEncoder, RSEncoderConfig, SVEncoder, SVEncoderConfig
 from geolink_jax.gair.location import LocationEncoder, LocationEncoderConfig
-from geolink_jax.models import layers, losses
-from geolink_jax.models.layers import FrozenParam
+from geolink_jax.nn import layers, losses
+from geolink_jax.nn.layers import FrozenParam
 
 
 @dataclasses.dataclass(frozen=True)

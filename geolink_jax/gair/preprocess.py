@@ -27,8 +27,7 @@ import pathlib
 
 import numpy as np
 
-from geolink_jax.data import preprocess as common
-from geolink_jax.data import item_job, record_format, shards
+from geolink_jax.data import item_job, outputs, record_format, shards
 
 FORMAT, VERSION = "geolink_jax.gair_patch", 1
 GAIR_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -218,11 +217,11 @@ def make_manifest(summaries, shard_infos, extra_problems, cfg, num_patches):
         "num_dropped_rows": len(problems) - sum(not s["written"] for s in summaries),
         "problems": {k: sum(p["severity"] == k for p in problems) for k in ("error", "warning", "note")},
         "bands": list(cfg.bands),
-        "sv_per_patch": common.stats([s["counts"]["sv"] for s in written]),
-        "rs_size": {k: common.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
+        "sv_per_patch": outputs.stats([s["counts"]["sv"] for s in written]),
+        "rs_size": {k: outputs.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,
-        "errors_file": common.ERRORS,
+        "errors_file": outputs.ERRORS,
         "config": dataclasses.asdict(cfg),
     }
 
@@ -250,7 +249,7 @@ def bundled(out_dir):
     from geolink_jax import samples
 
     out_dir = pathlib.Path(out_dir)
-    if not (out_dir / common.MANIFEST).exists():
+    if not (out_dir / outputs.MANIFEST).exists():
         run_local(samples.GAIR_DIR / "patches", samples.GAIR_DIR / "street_view.csv", out_dir, progress=False,
                   overwrite=True)
     return out_dir

@@ -1,2 +1,2 @@
 """The GeoLink model family (imagery + OpenStreetMap): family glue and named configs. The model itself is
-geolink_jax.models.geolink."""
+geolink_jax.geolink.model."""

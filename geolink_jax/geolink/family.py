@@ -1,4 +1,4 @@
-"""The GeoLink family (imagery + OpenStreetMap graphs; the model is geolink_jax.models.geolink, spec §3-§4).
+"""The GeoLink family (imagery + OpenStreetMap graphs; the model is geolink_jax.geolink.model, spec §3-§4).
 
 Batch: image float32 [B, S, S, 3] (ImageNet-normalised) and graph = the GraphBatch fields with a leading B, padded
 to the budgets of the manifest (`data.budget_stat`); the pipeline's per-sample stats (dropped nodes/edges) travel
@@ -11,12 +11,15 @@ import jax
 import numpy as np
 from flax import nnx
 
-from geolink_jax import convert
 from geolink_jax import family as family_lib
-from geolink_jax.data import device_augment, pipeline, preprocess
-from geolink_jax.data.graph_batch import GraphBatch, GraphBudget, pad_graphs
-from geolink_jax.models import flops
-from geolink_jax.models.geolink import GeoLink, GeoLinkConfig
+from geolink_jax.convert import timm as convert_timm
+from geolink_jax.downstream import embed as embed_lib
+from geolink_jax.geolink import commands, convert, flops
+from geolink_jax.geolink.model import GeoLink, GeoLinkConfig
+from geolink_jax.tiles import commands as tile_commands
+from geolink_jax.tiles import device_augment, pipeline
+from geolink_jax.tiles import job as preprocess
+from geolink_jax.tiles.graph_batch import GraphBatch, GraphBudget, pad_graphs
 
 
 def build(cfg, rngs):
@@ -135,17 +138,38 @@ def _timm_import(state_dict, cfg, source, heads=None, **_):
     return params, cfg, report
 
 
+def _official_arguments(p):
+    convert_timm.head_arguments(p)
+    p.add_argument("--decoder-heads", type=int, default=16, help="import without recorded config: MAE decoder heads")
+    p.add_argument("--fusion-heads", type=int, default=16, help="import without recorded config: fusion heads")
+
+
 CONVERTERS = {
     "official": family_lib.Converter(convert.official_state_dict, _official_import,
-                                     "the official multimodal GeoLink state_dict (spec §3)"),
-    "timm": family_lib.Converter(convert.timm_state_dict, _timm_import, "the image encoder as a timm VisionTransformer"),
+                                     "the official multimodal GeoLink state_dict (spec §3)", _official_arguments),
+    "timm": family_lib.Converter(convert.timm_state_dict, _timm_import, "the image encoder as a timm VisionTransformer",
+                                 convert_timm.head_arguments, convert_timm.export_metadata),
 }
 
 
 def _embed(model, tiles, batch_size=8, progress=True):
-    from geolink_jax.downstream import embed
+    from geolink_jax.geolink import embed
 
     return embed.embed(model, tiles, batch_size, progress)
+
+
+def varied_batches(model_cfg, batch_size, count):
+    """Random node subsets of the real UFZ graphs (example_batch with seeds 1…count); naive: each batch padded only
+    to its own largest graph (the reference's dynamic shapes)."""
+    padded, naive = [], []
+    for i in range(count):
+        host = example_batch(model_cfg, batch_size, seed=i + 1)
+        graphs = example_graphs(batch_size, seed=i + 1)
+        own = GraphBudget.covering(graphs, multiple=1)
+        own = GraphBudget({k: max(1, v) for k, v in own.nodes.items()}, {k: max(1, v) for k, v in own.edges.items()})
+        padded.append(host)
+        naive.append(dict(image=host["image"], graph=dataclasses.asdict(pad_graphs(graphs, own)[0])))
+    return family_lib.VariedBatches(padded, naive)
 
 
 FAMILY = family_lib.Family(
@@ -164,6 +188,12 @@ FAMILY = family_lib.Family(
              "geolink_vit_h": "geolink_jax.geolink.configs.vit_h"},
     converters=CONVERTERS,
     embed=_embed,
+    write_embeddings=lambda model, args: embed_lib.write_tile_embeddings(_embed, model, args),
+    embed_arguments=embed_lib.tile_embed_arguments,
+    preprocess=family_lib.Command("geolink", "image + OSM tiles → tile graph shards (GeoLink and MAE read them)",
+                                  tile_commands.preprocess_arguments, tile_commands.run_preprocess),
+    commands=commands.COMMANDS,
+    varied_batches=varied_batches,
     pictures=pictures,
     log_keys=("loss", "img_loss", "contrastive_loss", "node_loss"),
 )

@@ -6,11 +6,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from geolink_jax import convert
 from geolink_jax import family as family_lib
-from geolink_jax.data import device_augment, pipeline, preprocess
-from geolink_jax.models import flops
-from geolink_jax.models.mae import ImageMAE, MAEConfig
+from geolink_jax.convert import timm as convert_timm
+from geolink_jax.downstream import embed as embed_lib
+from geolink_jax.nn import flops
+from geolink_jax.nn.mae import ImageMAE, MAEConfig
+from geolink_jax.tiles import commands as tile_commands
+from geolink_jax.tiles import device_augment, pipeline
+from geolink_jax.tiles import job as preprocess
 
 
 def build(cfg, rngs):
@@ -36,9 +39,10 @@ def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
 
 def example_batch(model_cfg, batch_size, seed=0):
     """The bundled tile images (cycled to batch_size), resized and normalised."""
-    from geolink_jax import samples
-    from geolink_jax.data.augment import resize_only
     from PIL import Image
+
+    from geolink_jax import samples
+    from geolink_jax.tiles.augment import resize_only
 
     files = sorted(p for p in samples.OSM_TILES_DIR.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     images = [resize_only(Image.open(f), model_cfg.vit.image_size) for f in files]
@@ -69,9 +73,9 @@ def pictures(model, host_batch, workdir, count=4):
 
 
 def _timm_import(state_dict, cfg, source, heads=None, **_):
-    cfg = cfg or MAEConfig(vit=convert.infer_config(state_dict, heads).vit)
+    cfg = cfg or MAEConfig(vit=convert_timm.infer_vit(state_dict, heads))
     # the encoder comes from the file; the MAE decoder keeps its fresh initialisation
-    params, report = convert.timm_into_fresh_model(state_dict, build(cfg, nnx.Rngs(0)), source)
+    params, report = convert_timm.timm_into_fresh_model(state_dict, build(cfg, nnx.Rngs(0)), source)
     return params, cfg, report
 
 
@@ -92,9 +96,14 @@ FAMILY = family_lib.Family(
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
     configs={"mae_demo": "geolink_jax.mae.configs.demo", "mae_vit_b": "geolink_jax.mae.configs.vit_b"},
-    converters={"timm": family_lib.Converter(convert.timm_state_dict, _timm_import,
-                                             "the encoder as a timm VisionTransformer")},
+    converters={"timm": family_lib.Converter(convert_timm.timm_state_dict, _timm_import,
+                                             "the encoder as a timm VisionTransformer", convert_timm.head_arguments,
+                                             convert_timm.export_metadata)},
     embed=_embed,
+    write_embeddings=lambda model, args: embed_lib.write_tile_embeddings(_embed, model, args),
+    embed_arguments=embed_lib.tile_embed_arguments,
+    preprocess=family_lib.Command("mae", "image + OSM tiles → tile graph shards (GeoLink and MAE read them)",
+                                  tile_commands.preprocess_arguments, tile_commands.run_preprocess),
     pictures=pictures,
     log_keys=("loss",),
 )

@@ -4,10 +4,9 @@ import dataclasses
 import numpy as np
 import shapely
 
-from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATIONS, relation_name
+from geolink_jax.osm import NODE_TYPES, POSITION_DIM, RELATIONS, relation_name, tag_encoders
 from geolink_jax.osm import positions as pos_lib
 from geolink_jax.osm import relations as rel_lib
-from geolink_jax.osm import tag_encoders
 
 
 @dataclasses.dataclass

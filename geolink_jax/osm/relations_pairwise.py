@@ -126,7 +126,8 @@ def all_relations(polygons, lines, points, point_coords_for_delaunay=None):
     lp, pl = _cross_edges(cross_matrix(lines, polygons, classify_line_polygon),
                           (vec.TOUCHES, vec.CROSS, vec.COVERED_BY), vec.LINE_POLYGON_ONEHOT)
     pt_l, l_pt = _cross_edges(cross_matrix(points, lines, classify_point), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
-    pt_p, p_pt = _cross_edges(cross_matrix(points, polygons, classify_point), (vec.TOUCHES, vec.WITHIN), vec.POINT_ONEHOT)
+    pt_p, p_pt = _cross_edges(cross_matrix(points, polygons, classify_point), (vec.TOUCHES, vec.WITHIN),
+                              vec.POINT_ONEHOT)
     coords = (np.array([[p.x, p.y] for p in points]).reshape(-1, 2)
               if point_coords_for_delaunay is None else point_coords_for_delaunay)
     ptpt, note = vec.point_point_edges(coords)

@@ -1,9 +1,9 @@
 """optax AdamW with linear warmup + cosine decay, no weight decay on biases / norms / tokens (1-D or
 broadcast-shaped parameters), global-norm clipping, optional gradient accumulation, and non-finite skipping."""
 
-import optax
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def decay_mask(params):

@@ -34,48 +34,8 @@ import os
 import re
 import time
 
-CHIP_SOURCES = {
-    "nvidia": "NVIDIA H100 / H200 / A100 SXM datasheets (dense BF16 tensor-core peak; HBM; NVLink per GPU); DGX "
-              "H100 / A100 user guides (one 400 / 200 Gb/s InfiniBand port per GPU)",
-    "tpu": "cloud.google.com/tpu/docs/v4, v5e, v5p, v6e (peak bf16 per chip, HBM capacity and bandwidth, ICI)",
-}
+from geolink_jax.train.chips import CHIPS, GB, Chip, GiB  # noqa: F401  (the table plans use)
 
-
-@dataclasses.dataclass(frozen=True)
-class Chip:
-    """One accelerator: peak dense FLOP/s (bf16, and fp32 as the tensor cores run it), HBM bytes and bytes/s, the
-    per-device collective bandwidth in one direction (NVLink / ICI), devices per node and the per-device network
-    bandwidth between nodes (GPUs; 0: the whole slice is one ICI domain)."""
-
-    name: str
-    peak_bf16: float
-    peak_fp32: float
-    hbm_bytes: float
-    hbm_bw: float
-    link_bw: float
-    node_size: int
-    network_bw: float
-    source: str
-
-    def peak(self, dtype):
-        return self.peak_bf16 if dtype == "bfloat16" else self.peak_fp32
-
-
-GB = 1e9
-GiB = 2 ** 30
-CHIPS = {c.name: c for c in (
-    # NVLink 4: 900 GB/s per GPU both directions; NDR InfiniBand 400 Gb/s per GPU
-    Chip("h100", 989.4e12, 494.7e12, 80 * GB, 3.35e12, 450 * GB, 8, 50 * GB, CHIP_SOURCES["nvidia"]),
-    Chip("h200", 989.4e12, 494.7e12, 141 * GB, 4.8e12, 450 * GB, 8, 50 * GB, CHIP_SOURCES["nvidia"]),
-    # NVLink 3: 600 GB/s both directions; HDR InfiniBand 200 Gb/s per GPU
-    Chip("a100", 312e12, 156e12, 80 * GB, 2.039e12, 300 * GB, 8, 25 * GB, CHIP_SOURCES["nvidia"]),
-    # TPU: one direction of the ICI bandwidth per chip (v4: the pod's 1.1 PB/s all-reduce bandwidth / 4096 chips;
-    # v5e 400, v5p 1200, v6e 800 GB/s bidirectional per chip). float32 matmuls run as multi-pass bf16: peak/3.
-    Chip("v4", 275e12, 275e12 / 3, 32 * GiB, 1.2e12, 268 * GB, 0, 0.0, CHIP_SOURCES["tpu"]),
-    Chip("v5e", 197e12, 197e12 / 3, 16 * GB, 0.819e12, 200 * GB, 0, 0.0, CHIP_SOURCES["tpu"]),
-    Chip("v5p", 459e12, 459e12 / 3, 95 * GB, 2.765e12, 600 * GB, 0, 0.0, CHIP_SOURCES["tpu"]),
-    Chip("v6e", 918e12, 918e12 / 3, 32 * GB, 1.638e12, 400 * GB, 0, 0.0, CHIP_SOURCES["tpu"]),
-)}
 HEADROOM = 0.9  # a plan fits when its peak per-device bytes are ≤ 90% of HBM (runtime, fragmentation)
 
 
@@ -235,11 +195,10 @@ def compile_step(config):
     """Compile the train step of a resolved config on its mesh over this process's devices → measurements."""
     import jax
 
-    from geolink_jax import family as family_lib
-    from geolink_jax.train import sharding, trainer
-
     from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
     from geolink_jax.config import ConfigError
+    from geolink_jax.train import sharding, trainer
 
     mesh = sharding.make_mesh(config.mesh.to_dict())
     try:
@@ -380,8 +339,8 @@ def format_plan(p):
              f"other state {_gib(mem['other_state'])}, batch {_gib(mem['batch'])}, temporaries "
              f"{_gib(mem['temporaries'])} → peak {_gib(mem['peak'])}",
              f"  FLOPs per step: analytic {fl['analytic_per_step']:.3e} ({fl['analytic_per_device']:.3e} per device),"
-             f" XLA {fl['xla_per_device']:.3e} per device; XLA bytes accessed {_gib(fl['xla_bytes_accessed_per_device'])}"
-             " per device",
+             f" XLA {fl['xla_per_device']:.3e} per device; XLA bytes accessed "
+             f"{_gib(fl['xla_bytes_accessed_per_device'])} per device",
              "  collectives per device per step (ring bytes sent):"]
     for kind, c in m["collectives"].items():
         if c["count"]:

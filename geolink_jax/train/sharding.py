@@ -1,7 +1,7 @@
 """Every sharding decision in one place: the mesh, logical-axis rules → PartitionSpecs, batch sharding.
 
 The mesh has three named axes, ('data', 'fsdp', 'tensor'). The batch is split over ('data', 'fsdp'). Parameters
-carry logical axis names (geolink_jax.models.layers); `rules` maps each name to a mesh axis or None. A dimension
+carry logical axis names (geolink_jax.nn.layers); `rules` maps each name to a mesh axis or None. A dimension
 whose size the mesh axis does not divide, or a mesh axis already used by an earlier dimension of the same array,
 stays replicated, so tiny test models and odd widths always shard validly.
 """
@@ -11,26 +11,10 @@ import math
 import jax
 import numpy as np
 from flax import nnx, traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# Default rules: FSDP shards the model width, tensor parallelism the attention heads and the MLP hidden units.
-DEFAULT_RULES = (
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("qkv", None),
-    ("embed_out", "tensor"),
-    ("vocab", "tensor"),  # text token embeddings (DOFA-CLIP's 32,000 or 49,408 × width)
-    ("patch_in", None),
-    ("node_in", "fsdp"),
-    ("node_hidden", None),
-    ("gates", None),
-    ("proj", None),
-)
+from geolink_jax.nn.partitioning import BATCH_AXES, MESH_AXES
 
 
 def make_mesh(shape, devices=None):
@@ -100,16 +84,3 @@ def global_batch(local_batch, mesh):
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), np.asarray(x)),
         local_batch)
-
-
-def constrain_batch(x):
-    """Activations [B, …] inside a model: the batch axis over ('data', 'fsdp'), the rest replicated, when the step
-    runs under a mesh with those axes (a no-op otherwise, and for a batch the axes do not divide). Without it XLA
-    may keep FSDP-sharded weights in place and move activations instead (it did for small per-device batches), so
-    the step would not be the FSDP the mesh asks for: parameters gathered for use, gradients reduce-scattered."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return x
-    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
-        return x
-    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))

@@ -23,9 +23,8 @@ from flax import nnx
 
 from geolink_jax import config as config_lib
 from geolink_jax import family as family_lib
-from geolink_jax.data import shards
-from geolink_jax.models import flops
-from geolink_jax.train import hosts, sharding
+from geolink_jax.data import outputs, shards
+from geolink_jax.train import chips, hosts, sharding
 from geolink_jax.train.checkpoint import Checkpointer
 from geolink_jax.train.optimizer import make_optimizer
 
@@ -182,19 +181,13 @@ class _Preemption:
             signal.signal(s, handler)
 
 
-def _write_atomic(path, text):
-    tmp = pathlib.Path(f"{path}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _drop_rows_after(metrics_path, step):
     """Keep the metrics rows of steps ≤ step (one row per step after a resume)."""
     if metrics_path.exists():
         lines = metrics_path.read_text().splitlines()
         kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
         if len(kept) != len(lines):
-            _write_atomic(metrics_path, "".join(line + "\n" for line in kept))
+            outputs.write_text(metrics_path, "".join(line + "\n" for line in kept))
 
 
 def train(config, workdir, progress=True):
@@ -223,7 +216,7 @@ def train(config, workdir, progress=True):
     config_json = config.to_json()
     lead = jax.process_index() == 0  # the one process that writes the workdir's shared files
     if lead:
-        _write_atomic(workdir / "config.json", config_json)  # only once the run's state is in hand
+        outputs.write_text(workdir / "config.json", config_json)  # only once the run's state is in hand
     key = jax.random.key(config.seed)
 
     start = int(state["step"])
@@ -236,7 +229,7 @@ def train(config, workdir, progress=True):
     t_last, seen, last_host = time.perf_counter(), 0, None
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
     flops_per_step = family_lib.step_flops(fam, setup.model_cfg, config.batch_size, manifest)
-    peak = flops.peak_flops(jax.devices()[0].device_kind, config_lib.model_dtype(config))
+    peak = chips.peak_flops(jax.devices()[0].device_kind, config_lib.model_dtype(config))
     try:
         with jax.set_mesh(mesh):
             for step in range(start, total_steps):

@@ -3,9 +3,8 @@
     geolink-jax pretrain --config mae_demo --workdir out/mae_demo
 """
 
-from geolink_jax.config import base_config, transfer
-from geolink_jax.geolink.configs import demo
+from geolink_jax.config import base_config, load_file, transfer
 
 
 def get_config(arg=None):
-    return transfer(base_config("mae"), demo.get_config())
+    return transfer(base_config("mae"), load_file("demo"))  # the GeoLink demo, by its name

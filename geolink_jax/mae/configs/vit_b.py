@@ -3,9 +3,8 @@
     geolink-jax pretrain --config mae_vit_b --workdir DIR --config.data.path=SHARDS_DIR
 """
 
-from geolink_jax.config import base_config, transfer
-from geolink_jax.geolink.configs import vit_b
+from geolink_jax.config import base_config, load_file, transfer
 
 
 def get_config(arg=None):
-    return transfer(base_config("mae"), vit_b.get_config())
+    return transfer(base_config("mae"), load_file("geolink_vit_b"))  # by its name

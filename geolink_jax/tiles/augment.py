@@ -217,7 +217,8 @@ def augment_for_device(image, rng, cfg: AugmentConfig, canvas):
     a fixed canvas (`place_on_canvas`); the graph crop and flip and every pixel op run in the train step
     (`device_augment`).
 
-    canvas: (height, width). Returns (uint8 [h, w, 3] with h, w ≤ canvas, params: the `augment` fields of a batch, see `device_augment`)."""
+    canvas: (height, width). Returns (uint8 [h, w, 3] with h, w ≤ canvas, params: the `augment` fields of a batch,
+    see `device_augment`)."""
     pil = as_rgb_pil(image)
     d = draw(rng, cfg)
     hc, wc = canvas
@@ -255,7 +256,8 @@ def normalize(img):
 
 
 def resize_only(image, image_size):
-    """Evaluation transform: array (see `as_rgb_pil`) or PIL image → resized to a square and normalised (no randomness)."""
+    """Evaluation transform: array (see `as_rgb_pil`) or PIL image → resized to a square and normalised (no
+    randomness)."""
     pil = as_rgb_pil(image)
     pil = (pil if pil.mode == "RGB" else pil.convert("RGB")).resize((image_size, image_size), Image.BILINEAR)
     return normalize(np.asarray(pil, np.float32) / 255.0)

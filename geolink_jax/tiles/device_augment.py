@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geolink_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
+from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
+
 
 def _u8(x):
     """Rounded to an 8-bit level (PIL's resize and HSV conversion)."""
@@ -182,7 +183,7 @@ def abstract_images(vit, batch_size, manifest=None, data=None):
     """The image part of a batch as ShapeDtypeStructs (compile-ahead, planning): {image float32 [B, S, S, C]}, or,
     with on-device augmentation in the `data` block, {image uint8 canvas, augment}."""
     if data is not None and data.augment_on_device:
-        from geolink_jax.data import pipeline
+        from geolink_jax.tiles import pipeline
 
         return abstract_inputs(batch_size, pipeline.canvas_size(manifest, data.canvas_size))
     return dict(image=jax.ShapeDtypeStruct((batch_size, vit.image_size, vit.image_size, vit.in_channels), np.float32))

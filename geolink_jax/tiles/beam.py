@@ -8,61 +8,20 @@ Output may be a local path or any Beam filesystem URL (gs://…): shards are wri
 copied through `apache_beam.io.filesystems.FileSystems`.
 """
 import datetime
-import json
 import os
-import tempfile
 import time
 
-from geolink_jax.data import preprocess
-from geolink_jax.data import shards
-
-
-def _is_remote(path):
-    return "://" in str(path)
-
-
-def join_path(out_dir, name):
-    return f"{str(out_dir).rstrip('/')}/{name}"
-
-
-def write_bytes(path, data):
-    if not _is_remote(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-        return
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path) as f:
-        f.write(data)
-
-
-def write_shard(item, out_dir, n_shards):
-    """(shard index, [(tile index, record bytes) or None]) → {'path', 'num_records'}."""
-    k, entries = item
-    records = [rec for _, rec in sorted(e for e in entries if e is not None)]
-    name = shards.shard_name(k, n_shards)
-    if _is_remote(out_dir):
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, name)
-            count = shards.write_shard(local, records)
-            with open(local, "rb") as f:
-                write_bytes(join_path(out_dir, name), f.read())
-    else:
-        count = shards.write_shard(join_path(out_dir, name), records)
-    return {"path": name, "num_records": count}
+from geolink_jax.data import outputs, shards
+from geolink_jax.data.item_job import write_shard
+from geolink_jax.tiles import job as preprocess
 
 
 def finalize(summaries, shard_infos, out_dir, cfg, n_tiles, seconds_since):
     manifest = preprocess.make_manifest(summaries, shard_infos, cfg, n_tiles)
     manifest["runner"] = {"name": "beam", "workers": None, "seconds": time.time() - seconds_since,
                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    errors = "".join(json.dumps(p, sort_keys=True) + "\n"
-                     for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"])
-    write_bytes(join_path(out_dir, preprocess.ERRORS), errors.encode())
-    write_bytes(join_path(out_dir, preprocess.MANIFEST),
-                 (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    preprocess.write_errors(outputs.join_path(out_dir, outputs.ERRORS), summaries)
+    outputs.write_json(outputs.join_path(out_dir, outputs.MANIFEST), manifest)
     return manifest
 
 
@@ -108,20 +67,15 @@ def run_beam(specs, out_dir, cfg=preprocess.PreprocessConfig(), strict=False, be
     args = list(beam_args)
     if not any(a.startswith("--runner") for a in args):
         args.append("--runner=DirectRunner")
-    if not _is_remote(out_dir):
+    if not outputs.is_remote(out_dir):
         os.makedirs(out_dir, exist_ok=True)
     try:
         with beam.Pipeline(options=PipelineOptions(args)) as p:
             build_pipeline(p, specs, str(out_dir), cfg, strict)
     except Exception as e:
         # Runners wrap exceptions raised in user code; surface a strict stop as such.
-        if "PreprocessError" in f"{type(e).__name__}: {e}" or isinstance(e, preprocess.PreprocessError):
-            msg = str(e).split("PreprocessError:")[-1].strip().splitlines()[0]
+        if "JobError" in f"{type(e).__name__}: {e}" or isinstance(e, preprocess.PreprocessError):
+            msg = str(e).split("JobError:")[-1].strip().splitlines()[0]
             raise preprocess.PreprocessError(msg) from e
         raise
-    if _is_remote(out_dir):
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(join_path(out_dir, preprocess.MANIFEST)) as f:
-            return json.loads(f.read())
-    return preprocess.load_manifest(out_dir)
+    return outputs.load_manifest(out_dir)

@@ -10,8 +10,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers
-from geolink_jax.train import sharding
+from geolink_jax.nn import layers, partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +98,4 @@ class ViTEncoder(nnx.Module):
 
     def __call__(self, x):
         """x [B, T, D] tokens → [B, T, D] after every block."""
-        for block in self.blocks:
-            x = block(sharding.constrain_batch(x))
-        return x
+        return partitioning.run_blocks(self.blocks, x)

@@ -12,12 +12,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers, losses, masking, pos_embed
-from geolink_jax.models.fusion import TwoWayAttentionBlock
-from geolink_jax.models.mae import ImageMAE, MAEConfig
-from geolink_jax.models.graph_network import GraphLayerNorm, HeteroGAT
-from geolink_jax.models.readout import Set2Set, combine_type_slots
-from geolink_jax.models.vit import VIT_PRESETS, patchify
+from geolink_jax.geolink.fusion import TwoWayAttentionBlock
+from geolink_jax.geolink.graph_network import GraphLayerNorm, HeteroGAT
+from geolink_jax.geolink.readout import Set2Set, combine_type_slots
+from geolink_jax.nn import layers, losses, masking, pos_embed
+from geolink_jax.nn.mae import ImageMAE, MAEConfig
+from geolink_jax.nn.vit import VIT_PRESETS, patchify
 from geolink_jax.osm import NODE_TYPES
 
 # One-line map from official state_dict names to ours; `*` is a layer index or node type, [T] a transpose.
@@ -50,7 +50,7 @@ osm_cross_modal_encoder.*.self_attn.in_proj_weight|bias   osm_cross_modal_encode
 osm_cross_modal_encoder.*.<attn>.out_proj.weight|bias     ...<attn>.out_proj.kernel [T, reshape H,Dh,E]|bias
   <attn> in self_attn, cross_attn_token_to_image, cross_attn_image_to_token
 osm_cross_modal_encoder.*.norm1..norm4, .mlp              same names
-"""
+"""  # noqa: E501 - a table wider than the code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ class GeoLinkConfig(MAEConfig):
     @classmethod
     def from_dict(cls, d):
         """From a mapping; `vit` may also be a preset name, with image_size/in_channels/patch_size beside it."""
-        from geolink_jax.family import config_from_dict
+        from geolink_jax.nn.config_dict import config_from_dict
 
         d = dict(d)
         vit = d.pop("vit", "L")
@@ -199,8 +199,9 @@ class GeoLink(ImageMAE):
         images [B, H, W, C]; graph: GraphBatch; key: a PRNG key (all randomness of the step); batch_groups: number
         of equal batch slices that keep their own graph-norm statistics and contrastive negatives (the
         reference's per-GPU batches: the trainer passes the number of per-device batches; 1 = the whole batch;
-        cfg.global_negatives uses the whole batch for the negatives whatever the groups). Returns (total, aux): aux has the losses, metrics and,
-        if return_outputs, pred [B, L, p·p·C], mask [B, L] and the node-selection arrays."""
+        cfg.global_negatives uses the whole batch for the negatives whatever the groups). Returns (total,
+        aux): aux has the losses, metrics and, if return_outputs, pred [B, L, p·p·C], mask [B, L] and the
+        node-selection arrays."""
         cfg = self.cfg
         k_img, k_node, k_select, k_drop = jax.random.split(key, 4)
         enc = self.encode_image(images, k_img)
@@ -281,7 +282,8 @@ class GeoLink(ImageMAE):
             # As the reference: every block sees the initial image queries and node tokens (identical for depth 1).
             last = j == len(self.osm_cross_modal_encoder) - 1
             drop = None if dropout_key is None else jax.random.fold_in(dropout_key, j)
-            out = block(image_q, nodes, image_pe, pe, valid, dropout_key=drop, return_attention=return_attention and last)
+            out = block(image_q, nodes, image_pe, pe, valid, dropout_key=drop,
+                        return_attention=return_attention and last)
             hybrid = out[0]
             if return_attention and last:
                 attention = out[2]

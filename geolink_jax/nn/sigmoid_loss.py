@@ -78,7 +78,8 @@ def sigmoid_loss_blockwise(img, txt, logit_scale, logit_bias, mesh, batch_axes=(
     partial_sum.defvjp(fwd, bwd)
 
     def local(x, y, s, b):
-        # scale and bias as per-device values: their gradients are per-device partial sums (the cast's transpose sums them)
+        # scale and bias as per-device values: their gradients are per-device partial sums (the cast's transpose
+        # sums them)
         s, b = (jax.lax.pcast(v, axes, to="varying") for v in (s, b))
         return jax.lax.psum(partial_sum(x, y, s, b), axes)
 

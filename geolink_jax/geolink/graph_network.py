@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import jraph
 from flax import nnx
 
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, RELATIONS
 
 

@@ -1,6 +1,6 @@
 """Parameter count of a GeoLink (or MAE) model by module, compared with the reference's (spec §3.1).
 
-    python -m geolink_jax.models.param_count [--vit L] [--family geolink|mae]
+    python -m geolink_jax.geolink.param_count [--vit L] [--family geolink|mae]
 
 Shapes come from `nnx.eval_shape`, so even ViT-H costs no memory.
 """
@@ -12,9 +12,9 @@ import jax
 from flax import traverse_util
 
 from geolink_jax import family as family_lib
-from geolink_jax.models.geolink import GeoLinkConfig
-from geolink_jax.models.mae import MAEConfig
-from geolink_jax.models.vit import VIT_PRESETS
+from geolink_jax.geolink.model import GeoLinkConfig
+from geolink_jax.nn.mae import MAEConfig
+from geolink_jax.nn.vit import VIT_PRESETS
 
 
 def count_by_module(cfg):
@@ -47,16 +47,17 @@ def report(cfg):
     specific = sum(c for k, c in counts.items() if k != "img_encoder")
     extras = timm_extras(cfg)
     tables = fixed_tables(cfg)
+    listed = lambda d: ", ".join(f"{k} {v:,}" for k, v in d.items())
     lines = [f"{'module':32s} {'parameters':>14s}"]
     for k in sorted(counts, key=lambda k: -counts[k]):
         lines.append(f"{k:32s} {counts[k]:14,d}")
     lines += [
         "",
         f"{'ViT encoder (patch_embed+blocks)':32s} {encoder:14,d}",
-        f"{'  + timm-only cls/pos/norm':32s} {sum(extras.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in extras.items())})",
+        f"{'  + timm-only cls/pos/norm':32s} {sum(extras.values()):14,d}  ({listed(extras)})",
         f"{'  = timm ViT (num_classes=0)':32s} {encoder + sum(extras.values()):14,d}",
         f"{'beyond the encoder':32s} {specific:14,d}",
-        f"{'frozen sin-cos tables (not params)':32s} {sum(tables.values()):14,d}  ({', '.join(f'{k} {v:,}' for k, v in tables.items())})",
+        f"{'frozen sin-cos tables (not params)':32s} {sum(tables.values()):14,d}  ({listed(tables)})",
         f"{'total trainable':32s} {encoder + specific:14,d}",
     ]
     return "\n".join(lines), dict(encoder=encoder, specific=specific, timm=encoder + sum(extras.values()),

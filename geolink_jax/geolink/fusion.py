@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 
 
 class TwoWayAttentionBlock(nnx.Module):

@@ -8,9 +8,8 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers, losses, masking, pos_embed
-from geolink_jax.train import sharding
-from geolink_jax.models.vit import VIT_PRESETS, ViTConfig, ViTEncoder, patchify
+from geolink_jax.nn import layers, losses, masking, partitioning, pos_embed
+from geolink_jax.nn.vit import VIT_PRESETS, ViTConfig, ViTEncoder, patchify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +95,7 @@ class ImageMAE(nnx.Module):
         body = masking.unshuffle(x[:, 1:], self.img_mask_token[0, 0], ids_restore)
         x = jnp.concatenate([x[:, :1], body], axis=1)
         x = x + jnp.asarray(pos_embed.image_table(self.cfg.decoder_width, *grid), x.dtype)
-        for block in self.img_cross_modal_decoder:
-            x = block(sharding.constrain_batch(x))
+        x = partitioning.run_blocks(self.img_cross_modal_decoder, x)
         return self.img_decoder_pred(self.img_decoder_norm(x))[:, 1:]
 
     def loss(self, images, key, *, train=True, return_outputs=False):

@@ -7,8 +7,8 @@ import numpy as np
 from flax import nnx
 
 from geolink_jax import pictures
-from geolink_jax.downstream import tiles as tiles_lib
 from geolink_jax.osm import NODE_TYPES
+from geolink_jax.tiles import downstream as tiles_lib
 
 # The point a node is drawn at: polygon centroid (4th position pair), line centroid (1st pair), the point itself.
 _ANCHOR = {"polygon": slice(6, 8), "line": slice(0, 2), "point": slice(0, 2)}

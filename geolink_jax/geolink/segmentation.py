@@ -19,8 +19,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from geolink_jax.downstream import metrics, tiles as tiles_lib
+from geolink_jax.downstream import metrics
 from geolink_jax.downstream.upernet import UperNet, UperNetConfig
+from geolink_jax.tiles import downstream as tiles_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +130,9 @@ def finetune(geolink, train_tiles, eval_tiles, cfg: FinetuneConfig, workdir=None
     head names), metrics.jsonl, scores.json and segmentation.png."""
     from tqdm import tqdm
 
-    from geolink_jax.convert import files, upernet as convert_upernet
-    from geolink_jax.data.graph_batch import GraphBudget
+    from geolink_jax.convert import files
+    from geolink_jax.convert import upernet as convert_upernet
+    from geolink_jax.tiles.graph_batch import GraphBudget
 
     if not train_tiles or any(t.label is None for t in train_tiles):
         raise ValueError("finetune needs tiles with label maps (label/<name>.png or label_image in the records)")

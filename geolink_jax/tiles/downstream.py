@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 
 from geolink_jax.data import record_format
-from geolink_jax.data.augment import resize_only
-from geolink_jax.data.graph_batch import GraphBudget, pad_graphs
-from geolink_jax.data.pipeline import tile_graph_from_record
+from geolink_jax.tiles.augment import resize_only
+from geolink_jax.tiles.graph_batch import GraphBudget, pad_graphs
+from geolink_jax.tiles.pipeline import tile_graph_from_record
 
 IGNORE = 255
 
@@ -52,16 +52,17 @@ def tile_from_record(record, image_size, num_classes=9):
 
 
 def _records(path, encoder):
-    from geolink_jax.data import preprocess
-    from geolink_jax.data import tile_sources
+    from geolink_jax.data import outputs
+    from geolink_jax.tiles import job as preprocess
+    from geolink_jax.tiles import sources as tile_sources
 
     path = pathlib.Path(path)
-    if (path / preprocess.MANIFEST).exists():
+    if (path / outputs.MANIFEST).exists():
         return preprocess.read_records(path)
     specs = tile_sources.discover_tiles(path)
     if not specs:
         raise FileNotFoundError(f"{path}: no tiles (neither a preprocessed directory with "
-                                f"{preprocess.MANIFEST}, a UFZ layout, nor image tiles)")
+                                f"{outputs.MANIFEST}, a UFZ layout, nor image tiles)")
     cfg = preprocess.PreprocessConfig(encoder=encoder)
     records = []
     for spec in specs:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from geolink_jax.models import layers
+from geolink_jax.nn import layers
 
 
 class LSTMCell(nnx.Module):

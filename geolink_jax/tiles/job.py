@@ -2,7 +2,7 @@
 
 `process_tile` is the whole per-tile computation, a pure function of (TileSpec, PreprocessConfig); the local runner
 (`run_local`, worker processes) and the Beam pipeline (`beam.py`) both call it and both write through
-`shard_plan`/`make_manifest`, so their outputs are identical.
+`shards.shard_of`/`make_manifest`, so their outputs are identical.
 
 Problems never pass silently: each goes to errors.jsonl with tile, file, severity and reason, and the manifest
 counts them. 'error' means the tile was not written, 'warning' that a feature was repaired or dropped, 'note' an
@@ -14,18 +14,17 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
 import time
 
 import numpy as np
 
-from geolink_jax.data import image_rule, record_format, shards, tile_sources
-from geolink_jax.data.tile_sources import TileError
+from geolink_jax.data import image_rule, outputs, record_format, shards
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, geometry, osm_graph, tag_encoders
+from geolink_jax.tiles import sources as tile_sources
+from geolink_jax.tiles.sources import TileError
 
-MANIFEST = "manifest.json"
-ERRORS = "errors.jsonl"
-PERCENTILES = (50, 90, 95, 99)
+MANIFEST, ERRORS = outputs.MANIFEST, outputs.ERRORS
+PreprocessError = outputs.JobError  # a --strict stop, an output in the way
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,10 +44,6 @@ class PreprocessConfig:
     @property
     def image_rule(self):
         return image_rule.ImageRule(self.bands, self.stretch)
-
-
-class PreprocessError(RuntimeError):
-    """A strict run stopped on a problem."""
 
 
 @dataclasses.dataclass
@@ -90,7 +85,7 @@ def _tile_graph(spec, image, cfg, problems):
     for path in recoded:
         problems.append(geometry.Problem("warning", "text is not valid UTF-8: invalid bytes replaced (U+FFFD)", path))
     if cfg.pbf:
-        from geolink_jax.data import osm_pbf
+        from geolink_jax.osm import pbf as osm_pbf
 
         g, lbl = osm_pbf.load(cfg.pbf).query(_bbox_lonlat(image))
         if to_lonlat is not None:
@@ -207,15 +202,6 @@ def num_shards(num_tiles, cfg):
     return shards.num_shards(num_tiles, cfg.tiles_per_shard)
 
 
-def stats(values):
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return {**{f"p{q}": 0 for q in PERCENTILES}, "max": 0, "mean": 0.0}
-    out = {f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES}
-    out.update(max=int(v.max()), mean=float(v.mean()))
-    return out
-
-
 def make_manifest(summaries, shard_infos, cfg, num_tiles):
     """Manifest dict from all tile summaries (any order) and [{'path', 'num_records'}] of the shard files."""
     summaries = sorted(summaries, key=lambda s: s["index"])
@@ -238,30 +224,17 @@ def make_manifest(summaries, shard_infos, cfg, num_tiles):
         "feature_dim": int(encoder["dim"]),
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,
-        "node_counts": {t: stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
-        "edge_counts": {r: stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
+        "node_counts": {t: outputs.stats([s["counts"]["nodes"][t] for s in written]) for t in NODE_TYPES},
+        "edge_counts": {r: outputs.stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
         # decoded image sizes: the canvas of on-device augmentation (data.augment_on_device)
-        "image_size": {k: stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
+        "image_size": {k: outputs.stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
         "errors_file": ERRORS,
         "config": dataclasses.asdict(cfg),
     }
 
 
-def write_json_atomic(path, obj):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def write_errors(path, summaries):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        for s in sorted(summaries, key=lambda s: s["index"]):
-            for p in s["problems"]:
-                f.write(json.dumps(p, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    outputs.write_jsonl(path, [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]])
 
 
 def _init_worker():
@@ -325,14 +298,6 @@ def _results_in_order(specs, cfg, workers):
         todo = todo[broken_at + 1:]
 
 
-def check_output(out_dir, overwrite=False):
-    """An existing non-empty output directory is replaced only with overwrite (PreprocessError otherwise)."""
-    out_dir = pathlib.Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise PreprocessError(f"{out_dir} exists and is not empty: pass --overwrite to replace it, or choose a new "
-                              "directory")
-
-
 def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False, progress=True, overwrite=False):
     """Process `specs` in `workers` processes (default: all cores) and write shards, manifest and errors report.
 
@@ -341,32 +306,8 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
     or interrupted run leaves `out_dir` as it was, and an output is never a mix of two runs. An existing non-empty
     `out_dir` needs overwrite=True.
     """
-    return staged_output(out_dir, overwrite, lambda staging: _run_local(specs, staging, cfg, workers, strict,
+    return outputs.staged_output(out_dir, overwrite, lambda staging: _run_local(specs, staging, cfg, workers, strict,
                                                                          progress))
-
-
-def staged_output(out_dir, overwrite, write):
-    """`write(staging_dir)` into a staging directory beside `out_dir`, which replaces `out_dir` only when `write`
-    returned: a failed or interrupted run leaves `out_dir` as it was. Returns what `write` returned."""
-    final = pathlib.Path(out_dir)
-    check_output(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        result = write(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if final.is_dir() and any(final.iterdir()):
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)  # onto a missing or empty directory
-    return result
 
 
 def _run_local(specs, out_dir, cfg, workers, strict, progress):
@@ -413,7 +354,7 @@ def _run_local(specs, out_dir, cfg, workers, strict, progress):
                           "seconds": time.perf_counter() - start,
                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     write_errors(out_dir / ERRORS, summaries)
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    outputs.write_json(out_dir / MANIFEST, manifest)
     return manifest
 
 
@@ -428,15 +369,10 @@ def bundled_tiles(out_dir, encoder="e5"):
     return out_dir
 
 
-def load_manifest(out_dir):
-    with open(pathlib.Path(out_dir) / MANIFEST) as f:
-        return json.load(f)
-
-
 def read_records(out_dir):
     """All records of a preprocessed directory, decoded, in shard order."""
     out_dir = pathlib.Path(out_dir)
-    return [r for s in load_manifest(out_dir)["shards"] for r in shards.read_shard(out_dir / s["path"])]
+    return [r for s in outputs.load_manifest(out_dir)["shards"] for r in shards.read_shard(out_dir / s["path"])]
 
 
 def format_summary(manifest):

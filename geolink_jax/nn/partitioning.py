@@ -1,0 +1,54 @@
+"""Logical axes of parameters and activations: the names model code annotates, their default mapping to the mesh
+axes, and the activation constraint every block stack applies.
+
+Model code imports this module, never `train/`: the trainer (`train/sharding.py`) turns these names into
+PartitionSpecs for a concrete mesh.
+"""
+
+import math
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Default rules: FSDP shards the model width, tensor parallelism the attention heads and the MLP hidden units.
+DEFAULT_RULES = (
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("qkv", None),
+    ("embed_out", "tensor"),
+    ("vocab", "tensor"),  # text token embeddings (DOFA-CLIP's 32,000 or 49,408 × width)
+    ("patch_in", None),
+    ("node_in", "fsdp"),
+    ("node_hidden", None),
+    ("gates", None),
+    ("proj", None),
+)
+
+
+def constrain_batch(x):
+    """Activations [B, …] inside a model: the batch axis over ('data', 'fsdp'), the rest replicated, when the step
+    runs under a mesh with those axes (a no-op otherwise, and for a batch the axes do not divide). Without it XLA
+    may keep FSDP-sharded weights in place and move activations instead (it did for small per-device batches), so
+    the step would not be the FSDP the mesh asks for: parameters gathered for use, gradients reduce-scattered."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return x
+    if x.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
+def run_blocks(blocks, x, taps=None, **kwargs):
+    """x [B, T, D] through each block in turn, its batch axis constrained before every block (`constrain_batch`).
+    Returns x, or (x, {i: output of block i for i in taps}) when `taps` is given."""
+    outputs = {}
+    for i, block in enumerate(blocks):
+        x = block(constrain_batch(x), **kwargs)
+        if taps is not None and i in taps:
+            outputs[i] = x
+    return x if taps is None else (x, outputs)
