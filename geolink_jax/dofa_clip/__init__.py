@@ -1,4 +1,6 @@
-"""GeoLangBind / DOFA-CLIP (issue 17), in progress: the wavelength-conditioned dynamic patch embedding
-(`patch_embed.py`), the SigLIP image tower with it or the stock RGB convolution and its MAP head (`towers.py`), their
-DOFA-CLIP / open_clip weight layouts (`convert.py`), and the sigmoid loss, dense and blockwise across the batch axes
-(`losses.py`). Not yet a registered family: the text tower, MaKA, data, zero-shot evaluation come next."""
+"""The GeoLangBind / DOFA-CLIP model family: any-channel Earth-observation vision–language pretraining. The
+wavelength-conditioned dynamic patch embedding (`patch_embed.py`), the SigLIP image and text towers (`towers.py`,
+`text.py`), MaKA translators and loss (`maka.py`), the model (`model.py`), pairs and their preprocessing job
+(`pairs.py`, `preprocess.py`, `captions.py`), the modality-homogeneous grain pipeline (`pipeline.py`), tokenizers
+(`tokenizer.py`), the teacher-feature cache (`teachers.py`), zero-shot evaluation (`zeroshot.py`), weights
+(`convert.py`), the command line (`commands.py`) and the family record (`family.py`)."""
