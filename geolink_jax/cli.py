@@ -28,9 +28,6 @@ class _OnceGroup:
         self.seen.update(names)
         return self.group.add_argument(*names, **kwargs)
 
-    def set_defaults(self, **kwargs):
-        self.group.set_defaults(**kwargs)
-
 
 def _option_strings(parser):
     return {s for action in parser._actions for s in action.option_strings}

@@ -32,10 +32,10 @@ def loss(model, batch, key, ctx):
     return model.loss(batch, ctx)
 
 
-def pipeline_config(config, model_cfg, train=True):
+def pipeline_config(config, model_cfg, train=True, process_count=1):
     d = config.data
     return pipeline.DOFACLIPPipelineConfig(
-        batch_size=config.batch_size // jax.process_count(), image_size=model_cfg.image.image_size,
+        batch_size=config.batch_size // process_count, image_size=model_cfg.image.image_size,
         context_length=model_cfg.text.context_length, tokenizer=model_cfg.tokenizer,
         band_buckets=tuple(model_cfg.band_buckets),
         teachers=tuple(t.name for t in model_cfg.teachers if not t.online),
@@ -46,7 +46,8 @@ def pipeline_config(config, model_cfg, train=True):
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
     check_data(manifest, model_cfg)
-    return pipeline.make_dataset(paths, manifest, pipeline_config(config, model_cfg), process_index, process_count)
+    return pipeline.make_dataset(paths, manifest, pipeline_config(config, model_cfg, process_count=process_count),
+                                 process_index, process_count)
 
 
 def check_data(manifest, model_cfg):

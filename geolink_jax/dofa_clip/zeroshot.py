@@ -21,11 +21,10 @@ import numpy as np
 from geolink_jax.dofa_clip.model import bucket
 from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.tokenizer import make_tokenizer
+from geolink_jax.downstream.metrics import UFZ_CLASSES
 
 TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
              "a satellite photo of the {}.", "an overhead view of {}.")
-UFZ_CLASSES = ("water", "green space", "farmland", "undeveloped land", "residential area", "commercial area",
-               "institutional area", "industrial area", "transportation")
 
 
 def ufz_crops(ufz_dir, crop=112):

@@ -69,16 +69,24 @@ def embed_images(model, tiles, batch_size=8, progress=True):
     return embed(make_image_embed_fn(model), tiles, batch_size, progress)
 
 
-def write_geoparquet(rows, path):
-    """rows → GeoParquet at path (footprint polygons in EPSG:4326; embedding columns as float lists)."""
+TILE_VECTORS = ("cls", "mean", "fusion_mean")
+
+
+def write_geoparquet(rows, path, geometry=None, columns=None, vectors=TILE_VECTORS):
+    """rows (dicts) → GeoParquet at path, EPSG:4326. geometry: one shapely geometry or None per row (default: each
+    row's `bbox` footprint as a box, null where unknown); columns: the keys to write, in order (default: those of
+    the first row but bbox); the ones named in `vectors` are written as float32 lists (None where a row has none).
+    Returns the GeoDataFrame."""
     import geopandas as gpd
     import shapely
 
-    geometry = [shapely.box(*r["bbox"]) if r["bbox"] is not None else None for r in rows]
-    data = {k: [r.get(k) for r in rows] for k in rows[0] if k != "bbox"}
-    for k in ("cls", "mean", "fusion_mean"):
-        if k in data:
-            data[k] = [np.asarray(v, np.float32).tolist() for v in data[k]]
+    if geometry is None:
+        geometry = [shapely.box(*r["bbox"]) if r.get("bbox") is not None else None for r in rows]
+    columns = list(columns) if columns is not None else [k for k in rows[0] if k != "bbox"]
+    data = {k: [r.get(k) for r in rows] for k in columns}
+    for k in columns:
+        if k in vectors:
+            data[k] = [np.asarray(v, np.float32).tolist() if v is not None else None for v in data[k]]
     gdf = gpd.GeoDataFrame(data, geometry=geometry, crs="EPSG:4326")
     gdf.to_parquet(path)
     return gdf

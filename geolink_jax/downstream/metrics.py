@@ -42,5 +42,5 @@ def scores(conf, class_names=None):
     )
 
 
-UFZ_CLASSES = ("water", "green", "farmland", "undeveloped", "residential", "commercial", "institutional",
-               "industrial", "transportation")
+UFZ_CLASSES = ("water", "green space", "farmland", "undeveloped land", "residential area", "commercial area",
+               "institutional area", "industrial area", "transportation")

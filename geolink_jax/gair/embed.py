@@ -107,14 +107,10 @@ def run_location(model, lonlat):
 
 def write_geoparquet(rows, path):
     """Rows of `embed_patches` → GeoParquet (EPSG:4326; embeddings as float lists, None where a kind has none)."""
-    import geopandas as gpd
+    from geolink_jax.downstream import embed as embed_lib
 
-    data = {"kind": [r["kind"] for r in rows], "patch_id": [r["patch_id"] for r in rows]}
-    for col in EMBEDDING_COLUMNS:
-        data[col] = [np.asarray(r[col], np.float32).tolist() if col in r else None for r in rows]
-    gdf = gpd.GeoDataFrame(data, geometry=[r["geometry"] for r in rows], crs="EPSG:4326")
-    gdf.to_parquet(path)
-    return gdf
+    return embed_lib.write_geoparquet(rows, path, geometry=[r["geometry"] for r in rows],
+                                      columns=("kind", "patch_id", *EMBEDDING_COLUMNS), vectors=EMBEDDING_COLUMNS)
 
 
 def similarity_map(model, sample, sv_index, grid=32):

@@ -57,17 +57,18 @@ def loss(model, batch, key, ctx):
     return model.loss(pipeline.step_inputs(batch), ctx.batch_groups)
 
 
-def pipeline_config(config, model_cfg, train=True):
+def pipeline_config(config, model_cfg, train=True, process_count=1):
     d = config.data
     return pipeline.GAIRPipelineConfig(
-        batch_size=config.batch_size // jax.process_count(), sv_budget=model_cfg.sv_budget,
+        batch_size=config.batch_size // process_count, sv_budget=model_cfg.sv_budget,
         rs_size=model_cfg.rs.image_size, sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
         band_std=tuple(model_cfg.band_std), train=train, seed=config.seed, worker_count=d.worker_count,
         read_threads=d.read_threads)
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
-    return pipeline.make_dataset(paths, pipeline_config(config, model_cfg), process_index, process_count)
+    return pipeline.make_dataset(paths, pipeline_config(config, model_cfg, process_count=process_count),
+                                 process_index, process_count)
 
 
 def default_data(config, workdir):

@@ -53,7 +53,7 @@ def _finetune(args, overrides=()):
     print(f"loss {history[0]['loss']:.4f} → {history[-1]['loss']:.4f} over {len(history)} steps")
     print(f"mIoU {result['miou']:.4f}  mean F1 {result['mean_f1']:.4f}  pixel accuracy {result['pixel_accuracy']:.4f}")
     for name, iou, f1 in zip(result["classes"], result["iou"], result["f1"]):
-        print(f"  {name:15s} IoU {iou:.3f}  F1 {f1:.3f}")
+        print(f"  {name:18s} IoU {iou:.3f}  F1 {f1:.3f}")
     print(f"wrote {args.workdir}/head.safetensors, scores.json, segmentation.png")
     (pathlib.Path(args.workdir) / "command.json").write_text(json.dumps(vars(args), indent=1, default=str))
     return 0

@@ -32,7 +32,7 @@ def loss(model, batch, key, ctx):
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
-    cfg = pipeline.pipeline_config(config, manifest, model_cfg.vit.image_size)
+    cfg = pipeline.pipeline_config(config, manifest, model_cfg.vit.image_size, process_count=process_count)
     return pipeline.make_dataset(paths, cfg, process_index, process_count)
 
 

@@ -110,14 +110,13 @@ class Collate:
         return out
 
 
-def pipeline_config(config, manifest, image_size, graphs=True):
-    """The run config's data block (+ per-host batch, graph budgets from the manifest) → PipelineConfig."""
-    import jax
-
+def pipeline_config(config, manifest, image_size, graphs=True, process_count=1):
+    """The run config's data block (+ this process's share of the batch, graph budgets from the manifest) →
+    PipelineConfig."""
     d = config.data
     budget = GraphBudget.from_manifest(manifest, d.budget_stat) if graphs else GraphBudget.default()
     manifest_file = f"{d.path or 'the bundled data'}/manifest.json"
-    return PipelineConfig(batch_size=config.batch_size // jax.process_count(), budget=budget, seed=config.seed,
+    return PipelineConfig(batch_size=config.batch_size // process_count, budget=budget, seed=config.seed,
                           worker_count=d.worker_count, read_threads=d.read_threads, graphs=graphs,
                           augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
                                                 draft_decode=d.draft_decode, on_device=d.augment_on_device),

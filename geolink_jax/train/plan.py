@@ -277,8 +277,9 @@ def _child_peak(name, devices, batch, overrides):
                "--mesh", f"data=1,fsdp={devices},tensor=1", "--no-suggest", "--json", out, *overrides]
         if batch:
             cmd += ["--batch", str(batch)]
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # the child sets its own device count; the user's other XLA flags go with it
+        flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).strip()
+        proc = subprocess.run(cmd, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"planning {name} on {devices} devices failed: {proc.stderr.strip()[-500:]}")
         with open(out) as f:
