@@ -1,16 +1,10 @@
-"""Run in a subprocess with 8 simulated CPU devices (XLA_FLAGS set by the caller, before jax starts).
+"""Mesh scenarios, run in the 8-device server (tests/device_server.py, the `eight_devices` fixture):
 
-    python tests/mesh_worker.py losses DATA_DIR "8,1,1;2,4,1" STEPS [CONFIG [key=value …]]
-        → JSON {mesh: per-step losses, param specs}; key=value: config overrides (e.g. data.augment_on_device=True)
-    python tests/mesh_worker.py save DATA_DIR 8,1,1 CKPT_DIR [CONFIG [key=value …]]     → saves the state after 2
-        steps
-    python tests/mesh_worker.py restore DATA_DIR 4,2,1 CKPT_DIR [CONFIG [key=value …]]  → JSON: max |restored −
-        saved|, specs, the next step's loss
-CONFIG: a named config (default demo); a first argument with '=' is an override, not a config.
+    losses(DATA_DIR, "8,1,1;2,4,1", STEPS, CONFIG, *overrides) → {mesh: per-step losses, param specs}
+    save(DATA_DIR, "8,1,1", CKPT_DIR, CONFIG, *overrides)      → saves the state after 2 steps
+    restore(DATA_DIR, "4,2,1", CKPT_DIR, CONFIG, *overrides)   → max |restored − saved|, specs, the next step's loss
+CONFIG: a named config; overrides: key=value config fields (e.g. data.augment_on_device=True).
 """
-
-import json
-import sys
 
 import jax
 import numpy as np
@@ -48,44 +42,40 @@ def run_steps(mesh, s, it, state, n):
     return state, losses
 
 
-def main():
-    mode, data_dir, mesh_shape = sys.argv[1:4]
-    config_name = sys.argv[5] if len(sys.argv) > 5 else "demo"
-    assert jax.device_count() == 8, jax.device_count()
-    if mode == "losses":  # several meshes separated by ';'
-        out = {}
-        for shape in mesh_shape.split(";"):
-            config, mesh, s, it = setup(data_dir, shape, config_name, sys.argv[6:])
-            state = s.init_state()
-            specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
-            _, losses = run_steps(mesh, s, it, state, int(sys.argv[4]))
-            out[shape] = dict(losses=losses, specs=specs)
-        print(json.dumps(out))
-        return
-    rest = sys.argv[5:]
-    name = rest.pop(0) if rest and "=" not in rest[0] else "demo"
-    config, mesh, s, it = setup(data_dir, mesh_shape, name, rest)
-    state = s.init_state()
-    if mode == "save":
-        state, _ = run_steps(mesh, s, it, state, 2)
-        ckpt = Checkpointer(sys.argv[4], save_every=1)
-        ckpt.save(2, state, it, config.to_json(), force=True)
-        ckpt.close()
-        np.savez(sys.argv[4] + "/reference.npz", *[np.asarray(x) for x in jax.tree.leaves(state)])
-        print(json.dumps(dict(saved=2)))
-    elif mode == "restore":
-        ckpt = Checkpointer(sys.argv[4], save_every=1)
-        restored = ckpt.restore(ckpt.latest_step(), s.abstract_state(), it)
-        ref = np.load(sys.argv[4] + "/reference.npz")
-        leaves = jax.tree.leaves(restored)
-        diff = max(float(np.abs(np.asarray(x) - ref[f"arr_{i}"]).max()) for i, x in enumerate(leaves))
-        specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(restored["params"])})
-        step = int(restored["step"])
-        # the restored iterator continues: one more step runs on the new mesh (it donates `restored`)
-        _, losses = run_steps(mesh, s, it, restored, 1)
-        print(json.dumps(dict(max_abs_diff=diff, step=step, specs=specs, next_loss=losses[0])))
-        ckpt.close()
+def losses(data_dir, meshes, steps, config_name, *overrides):
+    """Per-step losses and parameter specs of `steps` steps on each mesh of `meshes` ("d,f,t;d,f,t")."""
+    out = {}
+    for shape in meshes.split(";"):
+        config, mesh, s, it = setup(data_dir, shape, config_name, overrides)
+        state = s.init_state()
+        specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state["params"])})
+        _, run = run_steps(mesh, s, it, state, int(steps))
+        out[shape] = dict(losses=run, specs=specs)
+    return out
 
 
-if __name__ == "__main__":
-    main()
+def save(data_dir, mesh_shape, ckpt_dir, config_name, *overrides):
+    """The state after 2 steps, checkpointed (with the data iterator) and as reference.npz."""
+    config, mesh, s, it = setup(data_dir, mesh_shape, config_name, overrides)
+    state, _ = run_steps(mesh, s, it, s.init_state(), 2)
+    ckpt = Checkpointer(ckpt_dir, save_every=1)
+    ckpt.save(2, state, it, config.to_json(), force=True)
+    ckpt.close()
+    np.savez(ckpt_dir + "/reference.npz", *[np.asarray(x) for x in jax.tree.leaves(state)])
+    return dict(saved=2)
+
+
+def restore(data_dir, mesh_shape, ckpt_dir, config_name, *overrides):
+    """The checkpoint of `save` restored on another mesh: its difference from the saved state, its specs, and the
+    loss of one more step (the restored iterator continues)."""
+    config, mesh, s, it = setup(data_dir, mesh_shape, config_name, overrides)
+    ckpt = Checkpointer(ckpt_dir, save_every=1)
+    restored = ckpt.restore(ckpt.latest_step(), s.abstract_state(), it)
+    ref = np.load(ckpt_dir + "/reference.npz")
+    leaves = jax.tree.leaves(restored)
+    diff = max(float(np.abs(np.asarray(x) - ref[f"arr_{i}"]).max()) for i, x in enumerate(leaves))
+    specs = sorted({str(x.sharding.spec) for x in jax.tree.leaves(restored["params"])})
+    step = int(restored["step"])
+    _, run = run_steps(mesh, s, it, restored, 1)  # on the new mesh (it donates `restored`)
+    ckpt.close()
+    return dict(max_abs_diff=diff, step=step, specs=specs, next_loss=run[0])

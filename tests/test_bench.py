@@ -91,6 +91,7 @@ def test_the_estimate_is_printed_first_and_the_budget_stops_the_sweep(tmp_path, 
     assert found[2]["status"] == "skipped" and "checkout" in found[2]["reason"]
 
 
+@pytest.mark.slow
 def test_minimal_suite_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     code = cli.main(["bench", "--suite", str(MINIMAL), "--out", str(out), "--no-progress"])
@@ -144,6 +145,7 @@ def test_minimal_suite_end_to_end(tmp_path, capsys):
     assert report.markdown_table(found) in (tmp_path / "again" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_step_and_memory_suites_run_any_family(tmp_path):
     """The MAE family's bench rows (its compile row: the wheel test in test_families.py)."""
     base, _ = runner.load_sweep(str(MINIMAL))

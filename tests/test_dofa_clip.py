@@ -86,21 +86,12 @@ def test_sigmoid_loss_equals_open_clip_siglip_loss():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_blockwise_sigmoid_loss_equals_dense_on_8_devices_and_scales_with_the_shard():
-    import json
-    import pathlib
-    import subprocess
-    import sys
-
-    from conftest import EIGHT_DEVICES_ENV
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, str(root / "tests" / "sigmoid_loss_worker.py")], env=EIGHT_DEVICES_ENV,
-                         cwd=root, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+@pytest.mark.xdist_group("eight_devices")
+def test_blockwise_sigmoid_loss_equals_dense_on_8_devices_and_scales_with_the_shard(eight_devices):
+    out = eight_devices("scenarios:sigmoid_loss")
     for mesh in ("8x1x1", "2x4x1", "1x1x1"):
-        np.testing.assert_allclose(out[mesh]["blockwise"], out[mesh]["dense"], rtol=1e-6)
+        # a float32 sum over 32 × 32 logits in another order (by blocks): within a few ulp times √1024
+        np.testing.assert_allclose(out[mesh]["blockwise"], out[mesh]["dense"], rtol=5e-6)
         assert out[mesh]["grad_diff"] < 1e-5, (mesh, out[mesh])
     t = out["temp_bytes"]
     # weak scaling, 256 pairs per device on 2, 4, 8 devices: the dense loss's per-device temporaries grow with the
@@ -169,6 +160,7 @@ def _perturb(module, scale=0.1):
             p.data.add_(scale * torch.randn_like(p))
 
 
+@pytest.mark.slow
 def test_text_tower_and_logits_match_open_clip_siglip_b16():
     """open_clip ViT-B-16-SigLIP at full size (random weights) through our converter: text embeddings 2e-4, the
     σ-logits of 2 images × 3 texts 1e-3 absolute (scale 10, bias −10 amplify float noise), the export has exactly

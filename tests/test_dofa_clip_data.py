@@ -208,6 +208,7 @@ def test_zero_shot_scores_and_recall():
     assert ims.shape == (24, 112, 112, 3) and len(set(labs)) >= 4 and names[0].endswith("@0,0")
 
 
+@pytest.mark.slow
 def test_cli_preprocess_teachers_pretrain_zeroshot_embed(tmp_path, capsys):
     """The commands end to end on a tiny config: preprocess the bundled pairs, cache a teacher, pretrain a few
     steps (3 band sets), zero-shot on UFZ + retrieval on the pairs, embed; user mistakes are one line each."""

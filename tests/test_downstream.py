@@ -60,6 +60,7 @@ def test_ufz_tiles_load_with_labels_and_unknown_footprints(ufz_tiles):
     assert any((t.label == 255).any() for t in ufz_tiles)
 
 
+@pytest.mark.slow
 def test_finetune_loss_decreases_and_outputs_reload(ufz_tiles, tiny_geolink, tmp_path):
     cfg = segmentation.FinetuneConfig(steps=40, batch_size=2, channels=32, lr=3e-3, seed=0)
     seg, history, result = segmentation.finetune(tiny_geolink, ufz_tiles, ufz_tiles, cfg, workdir=tmp_path,
@@ -213,6 +214,7 @@ def test_official_pt_graphs_equal_the_bundled_npz(tmp_path):
                            osm_graph.graph_from_npz(samples.UFZ_DIR / "graph" / f"{n}.npz")), n
 
 
+@pytest.mark.slow
 def test_cli_convert_embed_finetune_probe(tiny_geolink, tmp_path, capsys):
     """The README's downstream walk-through on the bundled data, with a tiny model standing in for a checkpoint."""
     params_store.save_params(tmp_path / "w", nnx.to_pure_dict(nnx.state(tiny_geolink, nnx.Param)), tiny_geolink.cfg)

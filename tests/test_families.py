@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import TEST_XLA_FLAGS
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
@@ -237,6 +238,7 @@ def test_library_code_never_imports_job_code_and_samples_imports_nothing():
     assert not [m for m in _imports(ROOT / "geolink_jax" / "samples.py") if m.startswith("geolink_jax")]
 
 
+@pytest.mark.slow
 def test_wheel_installs_one_package_and_runs_from_elsewhere(tmp_path):
     """Build the wheel, install it into a fresh venv (dependencies seen from this environment, the project itself
     only from the wheel) and run a named config and a benchmark from a directory outside the checkout."""
@@ -261,6 +263,7 @@ def test_wheel_installs_one_package_and_runs_from_elsewhere(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS
     run = lambda *a: subprocess.run([str(venv / "bin" / "geolink-jax"), *a], cwd=elsewhere, env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=900)
     where = subprocess.run([str(py), "-c", "import geolink_jax, importlib.util as u; print(geolink_jax.__file__); "

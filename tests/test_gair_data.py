@@ -9,7 +9,6 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import mesh_worker as _worker
 
 from geolink_jax import cli, samples
 from geolink_jax.data import shards
@@ -178,16 +177,18 @@ def test_cli_preprocess_gair_and_one_line_errors(tmp_path, capsys):
     assert "no column(s) patch" in err and len(err.splitlines()) == 1
 
 
-def test_gair_same_loss_on_1_and_8_devices_and_the_queue_resumes_exactly(gair_shards, tmp_path):
+@pytest.mark.xdist_group("eight_devices")
+def test_gair_same_loss_on_1_and_8_devices_and_the_queue_resumes_exactly(gair_shards, tmp_path, eight_devices):
     small = ["model.rs.depth=1", "model.sv.depth=1", "model.teachers=True"]
-    out = _worker("losses", str(gair_shards), "1,1,1;8,1,1;2,4,1", "3", "gair_demo", *small)
+    out = eight_devices("mesh_worker:losses", str(gair_shards), "1,1,1;8,1,1;2,4,1", 3, "gair_demo", *small)
     one = np.array(out["1,1,1"]["losses"])
     assert np.isfinite(one).all()
     for mesh in ("8,1,1", "2,4,1"):
         np.testing.assert_allclose(out[mesh]["losses"], one, rtol=2e-5, atol=2e-5)
     assert any("fsdp" in s for s in out["2,4,1"]["specs"])
-    _worker("save", str(gair_shards), "8,1,1", str(tmp_path / "ckpt"), "gair_demo", *small)
-    restored = _worker("restore", str(gair_shards), "2,4,1", str(tmp_path / "ckpt"), "gair_demo", *small)
+    ckpt = str(tmp_path / "ckpt")
+    eight_devices("mesh_worker:save", str(gair_shards), "8,1,1", ckpt, "gair_demo", *small)
+    restored = eight_devices("mesh_worker:restore", str(gair_shards), "2,4,1", ckpt, "gair_demo", *small)
     assert restored["step"] == 2 and restored["max_abs_diff"] == 0.0  # params, optimizer and the queue, exactly
     # the resumed run's third step is the uninterrupted run's third step: same batch, same queue
     np.testing.assert_allclose(restored["next_loss"], one[2], rtol=2e-5, atol=2e-5)

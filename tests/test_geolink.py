@@ -77,6 +77,7 @@ def test_loss_weights_and_bf16_compute():
     assert total.dtype == jnp.float32 and np.isfinite(total)
 
 
+@pytest.mark.slow
 def test_zero_node_samples_are_finite_and_excluded(model):
     graphs = ufz_graphs()
     with_empty = batch([graphs[0], _empty_like(graphs[1]), graphs[2], graphs[3]])
@@ -121,6 +122,7 @@ def _same_sign_per_destination(model, graphs, relation):
     return True
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_except_type_attention():
     graphs = ufz_graphs()
     gb = batch(graphs)

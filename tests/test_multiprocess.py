@@ -11,7 +11,8 @@ import sys
 import time
 
 import numpy as np
-from conftest import SUBPROCESS_ENV
+import pytest
+from conftest import SUBPROCESS_ENV, TEST_XLA_FLAGS
 
 STEPS = 12
 ROOT_ENV = dict(SUBPROCESS_ENV)  # with the persistent compilation cache: a resumed process may load its step while
@@ -35,7 +36,7 @@ def _start(workdir, data_dir, processes, devices):
                f"--config.data.path={data_dir}", f"--config.total_steps={STEPS}", "--config.log_every=1",
                "--config.checkpoint_every=2", "--config.model.vit.depth=1", "--config.pictures=False",
                "--config.batch_size=8", "--config.data.read_threads=0", *extra]  # 0: no read-ahead to log
-        env = dict(ROOT_ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = dict(ROOT_ENV, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}")
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT_ENV["PYTHONPATH"], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     return procs
@@ -60,6 +61,7 @@ def _checkpoints(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_two_processes_stop_together_and_resume_on_any_process_count(data_dir, tmp_path):
     ref = tmp_path / "one"
     codes, outs = _finish(_start(ref, data_dir, 1, 8))

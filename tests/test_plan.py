@@ -9,20 +9,18 @@ import sys
 import pytest
 from conftest import SUBPROCESS_ENV
 
+from geolink_jax import cli
 from geolink_jax.train import plan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checks():
-    env = {k: v for k, v in SUBPROCESS_ENV.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "plan_worker.py")], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def checks(eight_devices):
+    return eight_devices("scenarios:plan_checks")
 
 
+@pytest.mark.xdist_group("eight_devices")
 def test_plan_memory_agrees_with_the_memory_bench(checks):
     m = checks["memory"]
     assert abs(m["plan_state"] - m["bench_state"]) <= 0.02 * m["bench_state"]
@@ -30,6 +28,7 @@ def test_plan_memory_agrees_with_the_memory_bench(checks):
     assert m["plan_peak"] >= m["plan_arguments"] > m["plan_state"]  # the batch slice and temporaries come on top
 
 
+@pytest.mark.xdist_group("eight_devices")
 def test_pure_fsdp_collectives_match_the_analytic_count(checks):
     """Weights are gathered in the forward and again in the backward pass: 2·S·(n−1)/n bytes sent per device for
     S bytes of FSDP-sharded weights (within 10%). Gradients are reduced across the 8 devices: XLA:CPU emits
@@ -46,6 +45,7 @@ def test_pure_fsdp_collectives_match_the_analytic_count(checks):
     assert c["all-gather"]["max_group"] == n
 
 
+@pytest.mark.xdist_group("eight_devices")
 def test_a_plan_that_does_not_fit_is_flagged_and_the_suggested_mesh_fits(checks):
     s = checks["suggest"]
     assert not s["dp_fits"] and s["f8_fits"]
@@ -87,8 +87,10 @@ def test_collective_time_is_hierarchical_across_gpu_nodes():
     assert plan.collective_seconds(colls, h100) == pytest.approx(2 * 7 / 8 * p / h100.link_bw)
 
 
-def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path):
-    env = {k: v for k, v in SUBPROCESS_ENV.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+@pytest.mark.slow
+def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path, capsys):
+    # a fresh process per plan (its device count is fixed when JAX starts), without the compilation cache
+    env = {k: v for k, v in SUBPROCESS_ENV.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", "mae_demo", "--devices", "4", "--mesh",
            "data=2,fsdp=2", "--batch", "8", "--chip", "h100,v5e", "--json", str(tmp_path / "plan.json")]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -106,6 +108,6 @@ def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path):
     suggestion = json.loads((tmp_path / "small.json").read_text())["suggestions"]["h100"]
     assert suggestion["devices"] > 1 and suggestion["mesh"]["fsdp"] == suggestion["devices"]
     assert suggestion["peak_bytes"] <= plan.HEADROOM * 0.0054 * 2 ** 30
-    bad = subprocess.run(cmd[:-4] + ["--chip", "tpu9"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --chip tpu9: unknown")
-    assert "Traceback" not in bad.stderr
+    assert cli.main(cmd[3:-4] + ["--chip", "tpu9"]) == 2  # refused before any device is asked for
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error: --chip tpu9: unknown") and "Traceback" not in err

@@ -1,6 +1,7 @@
 """Sharded training on 8 simulated CPU devices, checkpoint resharding, and kill-and-resume through the CLI.
 
-Each scenario runs in a subprocess: the device count is fixed when jax starts."""
+The mesh scenarios run in the 8-device server (the device count is fixed when jax starts); the CLI runs are real
+processes, since they are about processes."""
 
 import json
 import os
@@ -14,21 +15,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import SUBPROCESS_ENV
-from conftest import mesh_worker as _worker
+from conftest import BASELINE_STEPS, SUBPROCESS_ENV, pretrain_cmd
 
 from geolink_jax.train import sharding
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data_dir, tmp_path):
-    # two meshes, each compiled once: the save and restore workers load the same step programs from the
+@pytest.mark.xdist_group("eight_devices")
+def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data_dir, tmp_path, eight_devices):
+    # two meshes, each compiled once: the save and restore scenarios load the same step programs from the
     # persistent compilation cache. With on-device augmentation: the step's image and graph crop run on
     # batch-sharded inputs (the host path's arrays only enter the step: it runs on 2 × 4 devices in
     # tests/test_multiprocess.py).
     device_aug = "data.augment_on_device=True"
-    runs = _worker("losses", data_dir, "8,1,1;2,2,2", "3", "demo", device_aug)
+    runs = eight_devices("mesh_worker:losses", data_dir, "8,1,1;2,2,2", 3, "demo", device_aug)
     ref = runs["8,1,1"]["losses"]
     for mesh, run in runs.items():
         np.testing.assert_allclose(run["losses"], ref, rtol=5e-5, err_msg=mesh)  # fp32 reduction order differs
@@ -36,17 +37,19 @@ def test_same_losses_on_dp_fsdp_and_tensor_meshes_then_reshard_a_checkpoint(data
     assert any("tensor" in s for s in runs["2,2,2"]["specs"]) and any("fsdp" in s for s in runs["2,2,2"]["specs"])
 
     ckpt = str(tmp_path / "ckpt")
-    _worker("save", data_dir, "8,1,1", ckpt, device_aug)
-    restored = _worker("restore", data_dir, "2,2,2", ckpt, device_aug)  # pure data parallel → FSDP × tensor
+    eight_devices("mesh_worker:save", data_dir, "8,1,1", ckpt, "demo", device_aug)
+    # pure data parallel → FSDP × tensor
+    restored = eight_devices("mesh_worker:restore", data_dir, "2,2,2", ckpt, "demo", device_aug)
     assert restored["max_abs_diff"] == 0.0 and restored["step"] == 2
     assert any("fsdp" in s for s in restored["specs"])
     # the restored state and data iterator continue exactly where the uninterrupted run went
     np.testing.assert_allclose(restored["next_loss"], ref[2], rtol=1e-5)
 
 
-def test_mae_family_same_loss_on_one_device_and_8_device_meshes(data_dir):
+@pytest.mark.xdist_group("eight_devices")
+def test_mae_family_same_loss_on_one_device_and_8_device_meshes(data_dir, eight_devices):
     # with on-device augmentation (images only: the drawn box is the crop); the host path runs in the resume test
-    runs = _worker("losses", data_dir, "1,1,1;2,4,1", "3", "mae_demo", "data.augment_on_device=True")
+    runs = eight_devices("mesh_worker:losses", data_dir, "1,1,1;2,4,1", 3, "mae_demo", "data.augment_on_device=True")
     ref = runs["1,1,1"]["losses"]
     assert len(ref) == 3 and all(np.isfinite(ref))
     for mesh, run in runs.items():
@@ -54,13 +57,9 @@ def test_mae_family_same_loss_on_one_device_and_8_device_meshes(data_dir):
     assert any("fsdp" in s for s in runs["2,4,1"]["specs"])
 
 
-def _pretrain(workdir, data_dir, steps, config=str(ROOT / "configs" / "demo.py"), **popen):
-    cmd = [sys.executable, "-m", "geolink_jax.cli", "pretrain", "--config", config,
-           "--workdir", str(workdir), "--no-progress", f"--config.data.path={data_dir}",
-           f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2",
-           "--config.model.vit.depth=1", "--config.model.dtype=bfloat16"]
-    return subprocess.Popen(cmd, env=SUBPROCESS_ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+def _pretrain(workdir, data_dir, steps, config):
+    return subprocess.Popen(pretrain_cmd(workdir, data_dir, steps, config=config), env=SUBPROCESS_ENV, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _losses(workdir):
@@ -74,10 +73,16 @@ def _losses(workdir):
     (str(ROOT / "configs" / "demo.py"), ("reconstructions.png", "osm_graph.png")),  # GeoLink, a config file
     ("mae_demo", ("reconstructions.png",)),  # the MAE family, a named config
 ])
-def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path, config, pictures):
-    """bf16 compute: the resumed run must still match bit for bit, and the checkpoint holds float32 parameters."""
-    steps = 8
-    straight = _pretrain(tmp_path / "straight", data_dir, steps, config)
+@pytest.mark.slow
+@pytest.mark.xdist_group("baseline")
+def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path, config, pictures, request):
+    """bf16 compute: the resumed run must still match bit for bit, and the checkpoint holds float32 parameters.
+    GeoLink's uninterrupted run is the shared baseline run (the same command); MAE's runs beside the cut one."""
+    steps = BASELINE_STEPS
+    if config == str(ROOT / "configs" / "demo.py"):
+        straight, straight_dir = None, request.getfixturevalue("baseline_run")
+    else:
+        straight, straight_dir = _pretrain(tmp_path / "straight", data_dir, steps, config), tmp_path / "straight"
     interrupted = _pretrain(tmp_path / "cut", data_dir, steps, config)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -96,9 +101,10 @@ def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path, config, pictu
     resumed = _pretrain(tmp_path / "cut", data_dir, steps, config)
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
-    _, err = straight.communicate(timeout=600)
-    assert straight.returncode == 0, err[-3000:]
-    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "cut")
+    if straight is not None:
+        _, err = straight.communicate(timeout=600)
+        assert straight.returncode == 0, err[-3000:]
+    a, b = _losses(straight_dir), _losses(tmp_path / "cut")
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     np.testing.assert_allclose([b[s] for s in sorted(b)], [a[s] for s in sorted(a)], rtol=1e-6)
     meta = ocp.StandardCheckpointer().metadata(tmp_path / "cut" / "checkpoints" / str(steps) / "state").item_metadata
@@ -106,7 +112,7 @@ def test_sigterm_then_resume_continues_exactly(data_dir, tmp_path, config, pictu
               if path[0].key in ("params", "opt_state") and leaf.shape}
     assert dtypes == {"float32"}
     for picture in pictures:  # the family's end-of-run pictures
-        assert (tmp_path / "straight" / picture).stat().st_size > 1000
+        assert (straight_dir / picture).stat().st_size > 1000
 
 
 def test_logical_rules_fall_back_to_replication():
@@ -123,6 +129,7 @@ def test_logical_rules_fall_back_to_replication():
         sharding.make_mesh(dict(data=2, fsdp=4, tensor=2), devices=list(range(8)))
 
 
+@pytest.mark.slow
 def test_kill_during_async_save_leaves_the_previous_checkpoint_restorable(tmp_path):
     worker = [sys.executable, str(ROOT / "tests" / "async_save_worker.py")]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
