@@ -168,11 +168,10 @@ def cmd_convert(args):
         sd, meta = convert.load_weights(args.src)
         if not args.allow_nonfinite:
             params_store.check_finite(sd, args.src)
-        if meta and "geolink" in meta and "family" not in meta:  # exports of before the family interface
-            meta = dict(family="geolink", model=meta["geolink"])
-        recorded = (meta or {}).get("family") and meta.get("model") is not None
-        family = args.family or (meta["family"] if recorded else next(iter(family_lib.FAMILIES)))
-        cfg = params_store.config_from_record(meta)[1] if recorded and meta["family"] == family else None
+        record = params_store.recorded_config(meta)
+        recorded = record is not None
+        family = args.family or (record["family"] if recorded else next(iter(family_lib.FAMILIES)))
+        cfg = params_store.config_from_record(record)[1] if recorded and record["family"] == family else None
         fmt, conv = _converter(family, args.format)
         params, cfg, report = conv.from_state_dict(sd, cfg, args.src, **_converter_options(conv, args))
         params_store.save_params(args.out, params, cfg)

@@ -78,7 +78,7 @@ def ufz(ufz_shards):
 
 
 def _pipeline_cfg(manifest, on_device, size=112):
-    return pipeline.PipelineConfig(
+    return pipeline.TilePipelineConfig(
         batch_size=3, budget=GraphBudget.from_manifest(manifest), seed=3, read_threads=0,
         augment=aug.AugmentConfig(image_size=size, on_device=on_device),
         canvas=pipeline.canvas_size(manifest) if on_device else (0, 0))

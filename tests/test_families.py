@@ -160,7 +160,7 @@ def test_derived_values_follow_the_final_config():
      "unknown model family 'nonesuch'; known families: dofa_clip, gair, geolink, mae"),
     (["--config=mae_demo", "--config.model.osm_hidden=8"], "config.model.osm_hidden: no such field"),
     (["--config=nonesuch"], "no config file or named config 'nonesuch'; named configs: demo, dofa_clip_b16, "
-                            "dofa_clip_demo, dofa_clip_so400m, gair_demo, gair_vit_b, geolink_vit_b"),
+                            "dofa_clip_demo, dofa_clip_so400m, gair_demo, gair_vit_b, geolink_demo, geolink_vit_b"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_field(tmp_path, capsys, args, message):
     workdir = tmp_path / "w"

@@ -13,7 +13,7 @@ from geolink_jax import samples
 from geolink_jax.osm import NODE_TYPES
 from geolink_jax.tiles import augment as aug
 from geolink_jax.tiles.graph_batch import GraphBudget
-from geolink_jax.tiles.pipeline import PipelineConfig, make_dataset, to_graph_batch
+from geolink_jax.tiles.pipeline import TilePipelineConfig, make_dataset, to_graph_batch
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def shards(ufz_shards):
 def _cfg(**kw):
     base = dict(batch_size=2, budget=GraphBudget.default(), augment=aug.AugmentConfig(image_size=64), seed=0)
     base.update(kw)
-    return PipelineConfig(**base)
+    return TilePipelineConfig(**base)
 
 
 def _equal(a, b):

@@ -30,12 +30,23 @@ def config_record(model_cfg):
     return dict(family=family_lib.family_of(model_cfg), model=family_lib.config_to_dict(model_cfg))
 
 
+# Files written before the family interface hold GeoLink models (a bare model dict, or a "geolink" metadata key).
+LEGACY_FAMILY = "geolink"
+
+
+def recorded_config(meta):
+    """An exported file's metadata → its config record {"family", "model"}, or None when it records none."""
+    if meta and LEGACY_FAMILY in meta and "family" not in meta:
+        meta = dict(family=LEGACY_FAMILY, model=meta[LEGACY_FAMILY])
+    return meta if (meta or {}).get("family") and meta.get("model") is not None else None
+
+
 def config_from_record(record):
-    """config_record(...) → (family name, model config). A bare model dict (older GeoLink files) is GeoLink's."""
+    """config_record(...) → (family name, model config). A bare model dict (older files) is LEGACY_FAMILY's."""
     if "family" in record and "model" in record:
         name, model = record["family"], record["model"]
     else:
-        name, model = "geolink", record
+        name, model = LEGACY_FAMILY, record
     fam = family_lib.get_family(name)
     return name, family_lib.config_from_dict(fam.config_cls, model)
 
@@ -117,7 +128,7 @@ def load_params(path):
     model = run["model"]
     if "family" not in run and "osm_in_features" not in model:  # workdirs of before the family interface
         model["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])
-    name, cfg = config_from_record(dict(family=run.get("family", "geolink"), model=model))
+    name, cfg = config_from_record(dict(family=run.get("family", LEGACY_FAMILY), model=model))
     return Weights(name, params, cfg)
 
 

@@ -183,7 +183,9 @@ FAMILY = family_lib.Family(
     abstract_batch=abstract_batch,
     example_batch=example_batch,
     flops_per_sample=flops_per_sample,
-    configs={"demo": "geolink_jax.geolink.configs.demo", "geolink_vit_b": "geolink_jax.geolink.configs.vit_b",
+    # `demo` is the library's main demo (README's first command); `geolink_demo` names it like the other families'
+    configs={"demo": "geolink_jax.geolink.configs.demo", "geolink_demo": "geolink_jax.geolink.configs.demo",
+             "geolink_vit_b": "geolink_jax.geolink.configs.vit_b",
              "geolink_vit_l": "geolink_jax.geolink.configs.vit_l",
              "geolink_vit_h": "geolink_jax.geolink.configs.vit_h"},
     converters=CONVERTERS,

@@ -37,7 +37,7 @@ def tile_graph_from_record(record, lean=False):
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class TilePipelineConfig:
     batch_size: int  # per host
     budget: GraphBudget
     augment: AugmentConfig = AugmentConfig()
@@ -65,7 +65,7 @@ class DecodeAugmentPad(grain.transforms.RandomMap):
     """bytes → sample dict: image (+ augment draws), graph (a TileGraph within the budget) and stats; or only the
     image (+ draws)."""
 
-    def __init__(self, cfg: PipelineConfig):
+    def __init__(self, cfg: TilePipelineConfig):
         self.cfg = cfg
 
     def random_map(self, data, rng):
@@ -112,11 +112,11 @@ class Collate:
 
 def pipeline_config(config, manifest, image_size, graphs=True, process_count=1):
     """The run config's data block (+ this process's share of the batch, graph budgets from the manifest) →
-    PipelineConfig."""
+    TilePipelineConfig."""
     d = config.data
     budget = GraphBudget.from_manifest(manifest, d.budget_stat) if graphs else GraphBudget.default()
     manifest_file = f"{d.path or 'the bundled data'}/manifest.json"
-    return PipelineConfig(batch_size=config.batch_size // process_count, budget=budget, seed=config.seed,
+    return TilePipelineConfig(batch_size=config.batch_size // process_count, budget=budget, seed=config.seed,
                           worker_count=d.worker_count, read_threads=d.read_threads, graphs=graphs,
                           augment=AugmentConfig(image_size=image_size, faithful_crop=d.faithful_crop,
                                                 draft_decode=d.draft_decode, on_device=d.augment_on_device),
@@ -124,7 +124,7 @@ def pipeline_config(config, manifest, image_size, graphs=True, process_count=1):
                           if d.augment_on_device else (0, 0))
 
 
-def make_dataset(paths, cfg: PipelineConfig, process_index=0, process_count=1):
+def make_dataset(paths, cfg: TilePipelineConfig, process_index=0, process_count=1):
     """A grain IterDataset of per-host batches of tile samples from ArrayRecord shard paths (see
     `data.pipeline.batched`)."""
     return pipeline.batched(paths, DecodeAugmentPad(cfg), Collate(cfg.budget, cfg.canvas), cfg.batch_size,
