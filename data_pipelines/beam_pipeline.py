@@ -3,7 +3,8 @@
     python data_pipelines/beam_pipeline.py --input TILES_DIR --out gs://bucket/shards \
         --beam-option=--runner=DataflowRunner --beam-option=--project=… …
 
-The pipeline itself is library code (geolink_jax.tiles.beam); both runners write identical shards.
+The pipeline itself is library code (geolink_jax.tiles.job.run_beam on geolink_jax.data.item_job); both runners
+write identical shards.
 """
 
 import sys

@@ -34,7 +34,8 @@ def _start(workdir, data_dir, processes, devices):
         cmd = [sys.executable, "tests/process_worker.py", str(workdir.parent / f"{workdir.name}.reads{i}"),
                "pretrain", "--config", "demo", "--workdir", str(workdir), "--no-progress",
                f"--config.data.path={data_dir}", f"--config.total_steps={STEPS}", "--config.log_every=1",
-               "--config.checkpoint_every=2", "--config.model.vit.depth=1", "--config.pictures=False",
+               # no periodic saves: the SIGTERM save is the resume point (each save of 8 simulated devices costs ~2 s)
+               "--config.checkpoint_every=100", "--config.model.vit.depth=1", "--config.pictures=False",
                "--config.batch_size=8", "--config.data.read_threads=0", *extra]  # 0: no read-ahead to log
         env = dict(ROOT_ENV, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}")
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT_ENV["PYTHONPATH"], stdout=subprocess.PIPE,

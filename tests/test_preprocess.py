@@ -92,11 +92,9 @@ def test_grain_reads_the_shards(local_run):
 
 
 def test_beam_direct_runner_equals_local_run(local_run, tmp_path):
-    from geolink_jax.tiles import beam as beam_pipeline
-
     out, manifest = local_run
     specs = tile_sources.discover_tiles(samples.OSM_TILES_DIR)
-    beam_manifest = beam_pipeline.run_beam(specs, tmp_path, CFG)
+    beam_manifest = preprocess.run_beam(specs, tmp_path, CFG)
     strip = lambda m: {k: v for k, v in m.items() if k != "runner"}  # noqa: E731
     assert strip(json.loads(json.dumps(manifest))) == strip(beam_manifest)
     assert beam_manifest["runner"]["name"] == "beam"
@@ -340,13 +338,11 @@ def test_skip_invalid_and_strict(tmp_path):
 
 
 def test_strict_beam_run_stops(tmp_path):
-    from geolink_jax.tiles import beam as beam_pipeline
-
     root = tmp_path / "tiles"
     folder, stem = make_tile(root, new="corrupt")
     (folder / f"{stem}.jpg").write_bytes(b"not an image")
     with pytest.raises(preprocess.PreprocessError, match="unreadable image"):
-        beam_pipeline.run_beam(tile_sources.discover_tiles(root), tmp_path / "out", CFG, strict=True)
+        preprocess.run_beam(tile_sources.discover_tiles(root), tmp_path / "out", CFG, strict=True)
 
 
 def test_cli_preprocess_prints_summary(tmp_path, capsys):

@@ -229,11 +229,12 @@ def test_preprocess_that_writes_no_tile_exits_nonzero(tmp_path, capsys):
 
 
 def test_preprocess_survives_a_killed_worker_and_exits_nonzero(tmp_path):
-    victim = sorted(p.name for p in samples.OSM_TILES_DIR.iterdir() if p.is_dir())[2]
+    spec = tile_sources.discover_tiles(samples.OSM_TILES_DIR)[2]
+    victim = spec.tile_id
     out = subprocess.run([sys.executable, "-m", "geolink_jax.cli", "preprocess", "--workers", "2", "--encoder",
                           "hash:8", "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
-                                                         GEOLINK_TEST_KILL_WORKER_ON=victim))
+                                                         GEOLINK_TEST_KILL_WORKER_ON=str(spec.index)))
     assert out.returncode == 1, out.stderr[-3000:]
     assert f"worker processes died on 1 tile(s) ({victim})" in out.stderr
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

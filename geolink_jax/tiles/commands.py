@@ -60,13 +60,11 @@ def run_preprocess(args, overrides=()):
         print(f"error: no tiles found under {args.input}", file=sys.stderr)
         return 2
     if args.runner == "beam":
-        from geolink_jax.tiles import beam as beam_pipeline
-
         if args.overwrite and not outputs.is_remote(args.out) and pathlib.Path(args.out).is_dir():
             import shutil
 
             shutil.rmtree(args.out)  # Beam writes in place: clear first, so the output is never a mix
-        manifest = beam_pipeline.run_beam(specs, args.out, cfg, strict=args.strict,
+        manifest = preprocess.run_beam(specs, args.out, cfg, strict=args.strict,
                                           beam_args=args.beam_option)
     else:
         manifest = preprocess.run_local(specs, args.out, cfg, workers=args.workers, strict=args.strict,

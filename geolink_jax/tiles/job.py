@@ -1,24 +1,22 @@
-"""The preprocessing job: tiles → graph records → ArrayRecord shards + manifest.json + errors.jsonl.
+"""The tile job: tiles → graph records → ArrayRecord shards + manifest.json + errors.jsonl.
 
 `process_tile` is the whole per-tile computation, a pure function of (TileSpec, PreprocessConfig); the local runner
-(`run_local`, worker processes) and the Beam pipeline (`beam.py`) both call it and both write through
-`shards.shard_of`/`make_manifest`, so their outputs are identical.
+(`run_local`, worker processes) and the Beam pipeline (`run_beam`) are the job framework's (`data/item_job.py`)
+over it, with this job's manifest, so their outputs are identical.
 
 Problems never pass silently: each goes to errors.jsonl with tile, file, severity and reason, and the manifest
 counts them. 'error' means the tile was not written, 'warning' that a feature was repaired or dropped, 'note' an
 expected condition (empty layer, image-only tile, Delaunay skipped). `strict` turns any error or warning fatal.
 """
 import dataclasses
-import datetime
+import functools
 import json
-import multiprocessing
 import os
 import pathlib
-import time
 
 import numpy as np
 
-from geolink_jax.data import image_rule, outputs, record_format, shards
+from geolink_jax.data import image_rule, item_job, outputs, record_format, shards
 from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, geometry, osm_graph, tag_encoders
 from geolink_jax.tiles import sources as tile_sources
 from geolink_jax.tiles.sources import TileError
@@ -191,8 +189,9 @@ def process_tile(spec, cfg):
     return TileResult(spec.index, spec.tile_id, record, summary)
 
 
-def check_strict(result):
-    bad = [p for p in result.summary["problems"] if p["severity"] in ("error", "warning")]
+def check_strict(summary):
+    """--strict: a tile's first error or warning stops the job (PreprocessError)."""
+    bad = [p for p in summary["problems"] if p["severity"] in ("error", "warning")]
     if bad:
         p = bad[0]
         raise PreprocessError(f"--strict: tile {p['tile_id']}: {p['file']}: {p['reason']} {p['detail']}".strip())
@@ -237,65 +236,35 @@ def write_errors(path, summaries):
     outputs.write_jsonl(path, [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]])
 
 
-def _init_worker():
-    # One thread per worker process: parallelism comes from the processes.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
+def process_item(spec, cfg):
+    """process_tile as the job framework's item function: → (record bytes | None, summary)."""
+    result = process_tile(spec, cfg)
+    return result.record, result.summary
 
 
-def _process(args):
-    spec = args[0]
-    if os.environ.get("GEOLINK_TEST_KILL_WORKER_ON") == spec.tile_id:  # tests: a worker killed (e.g. by the OOM killer)
-        os.kill(os.getpid(), 9)
-    return process_tile(*args)
-
-
-def dead_worker_result(spec):
-    """The result of a tile whose worker process died twice (killed, out of memory): not written, reported."""
+def dead_worker_item(spec):
+    """A tile whose worker process died twice (killed, out of memory): not written, reported."""
     problem = geometry.Problem("error", "worker process died while processing this tile (killed or out of memory; "
                                         "retried once)", spec.image, "")
-    summary = {"index": spec.index, "tile_id": spec.tile_id, "written": False, "counts": None, "encoder": None,
-               "problems": [problem.as_dict(spec.tile_id)]}
-    return TileResult(spec.index, spec.tile_id, None, summary)
+    return None, {"index": spec.index, "tile_id": spec.tile_id, "written": False, "counts": None, "encoder": None,
+                  "problems": [problem.as_dict(spec.tile_id)]}
 
 
-def _results_in_order(specs, cfg, workers):
-    """process_tile over specs, in input order, in `workers` processes. A worker that dies (killed, out of memory)
-    breaks the pool, which concurrent.futures notices (multiprocessing.Pool would wait forever): the first
-    unfinished tile is then retried alone in a fresh process, reported as failed if that one dies too, and the rest
-    go on in a fresh pool. Every round consumes at least one tile, so the job always ends."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+def job_manifest(summaries, shard_infos, extra_problems, cfg, num_tiles):
+    """make_manifest, with the tiles whose worker died listed under runner.dead_worker_tiles."""
+    manifest = make_manifest(summaries, shard_infos, cfg, num_tiles)
+    manifest["runner"] = {"dead_worker_tiles": [
+        s["tile_id"] for s in sorted(summaries, key=lambda s: s["index"])
+        if any(p["reason"].startswith("worker process died") for p in s["problems"])]}
+    return manifest
 
-    ctx = multiprocessing.get_context("spawn")
 
-    def pool_of(n):
-        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker)
-
-    todo = list(specs)
-    while todo:
-        pool, broken_at = pool_of(workers), None
-        try:
-            futures = [pool.submit(_process, (spec, cfg)) for spec in todo]
-            for i, fut in enumerate(futures):
-                try:
-                    result = fut.result()
-                except BrokenProcessPool:
-                    broken_at = i
-                    break
-                yield result
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        if broken_at is None:
-            return
-        spec, alone = todo[broken_at], pool_of(1)
-        try:
-            yield alone.submit(_process, (spec, cfg)).result()
-        except BrokenProcessPool:
-            yield dead_worker_result(spec)
-        finally:
-            alone.shutdown(wait=False, cancel_futures=True)
-        todo = todo[broken_at + 1:]
+def _job(specs, cfg, strict):
+    """The tile job for `item_job`: item function, manifest, shard size, --strict check."""
+    return dict(specs=specs, process=functools.partial(process_item, cfg=cfg),
+                manifest=functools.partial(job_manifest, cfg=cfg, num_tiles=len(specs)),
+                items_per_shard=cfg.tiles_per_shard,
+                check=(lambda record, summary: check_strict(summary)) if strict else None)
 
 
 def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False, progress=True, overwrite=False):
@@ -304,58 +273,23 @@ def run_local(specs, out_dir, cfg=PreprocessConfig(), workers=None, strict=False
     Returns the manifest dict. Shard k holds the written tiles with `shard_of(index) == k`, in input order.
     Everything is written into a staging directory beside `out_dir` that replaces it only when complete: a failed
     or interrupted run leaves `out_dir` as it was, and an output is never a mix of two runs. An existing non-empty
-    `out_dir` needs overwrite=True.
+    `out_dir` needs overwrite=True. A worker process that dies on a tile (killed, out of memory) is retried once,
+    then the tile is reported and the rest go on.
     """
-    return outputs.staged_output(out_dir, overwrite, lambda staging: _run_local(specs, staging, cfg, workers, strict,
-                                                                         progress))
+    return item_job.run_local(out_dir=out_dir, progress=progress, overwrite=overwrite, unit="tile",
+                              workers=workers or os.cpu_count() or 1, dead_item=dead_worker_item,
+                              **_job(specs, cfg, strict))
 
 
-def _run_local(specs, out_dir, cfg, workers, strict, progress):
-    from tqdm import tqdm
+def run_beam(specs, out_dir, cfg=PreprocessConfig(), strict=False, beam_args=()):
+    """The same job as an Apache Beam pipeline (DirectRunner unless `beam_args` names another runner; output a local
+    path or any Beam filesystem URL): the same shards, manifest and errors.jsonl. Returns the manifest."""
+    from apache_beam.options.pipeline_options import PipelineOptions
 
-    specs = sorted(specs, key=lambda s: s.index)
-    n_tiles, n_shards = len(specs), num_shards(len(specs), cfg)
-    workers = workers or os.cpu_count() or 1
-    summaries, shard_infos = [], []
-    pending = {k: [] for k in range(n_shards)}
-    next_shard = 0
-    start = time.perf_counter()
-
-    def flush(upto):
-        nonlocal next_shard
-        while next_shard < upto:
-            name = shards.shard_name(next_shard, n_shards)
-            count = shards.write_shard(str(out_dir / name), pending.pop(next_shard))
-            shard_infos.append({"path": name, "num_records": count})
-            next_shard += 1
-
-    if workers > 1 and n_tiles > 1:
-        results = _results_in_order(specs, cfg, workers)
-    else:
-        results = (process_tile(s, cfg) for s in specs)
-    bar = tqdm(results, total=n_tiles, unit="tile", desc="preprocess", disable=not progress, smoothing=0.1)
-    try:
-        for res in bar:
-            if strict:
-                check_strict(res)
-            summaries.append(res.summary)
-            k = shards.shard_of(res.index, n_tiles, n_shards)
-            if res.record is not None:
-                pending[k].append(res.record)
-            flush(k)  # input order: every shard before k is complete
-            bar.set_postfix(errors=sum(not s["written"] for s in summaries))
-        flush(n_shards)
-    finally:
-        results.close() if hasattr(results, "close") else None  # stops the worker pool on an early exit
-    manifest = make_manifest(summaries, shard_infos, cfg, n_tiles)
-    dead = [s["tile_id"] for s in summaries
-            if any(p["reason"].startswith("worker process died") for p in s["problems"])]
-    manifest["runner"] = {"name": "local", "workers": workers, "dead_worker_tiles": dead,
-                          "seconds": time.perf_counter() - start,
-                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    write_errors(out_dir / ERRORS, summaries)
-    outputs.write_json(out_dir / MANIFEST, manifest)
-    return manifest
+    args = list(beam_args)
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=DirectRunner")
+    return item_job.run_beam(out_dir=out_dir, pipeline_options=PipelineOptions(args), **_job(specs, cfg, strict))
 
 
 def bundled_tiles(out_dir, encoder="e5"):
