@@ -21,7 +21,6 @@ from geolink_jax.osm import NODE_TYPES, RELATION_NAMES, geometry, osm_graph, tag
 from geolink_jax.tiles import sources as tile_sources
 from geolink_jax.tiles.sources import TileError
 
-MANIFEST, ERRORS = outputs.MANIFEST, outputs.ERRORS
 PreprocessError = outputs.JobError  # a --strict stop, an output in the way
 
 
@@ -197,10 +196,6 @@ def check_strict(summary):
         raise PreprocessError(f"--strict: tile {p['tile_id']}: {p['file']}: {p['reason']} {p['detail']}".strip())
 
 
-def num_shards(num_tiles, cfg):
-    return shards.num_shards(num_tiles, cfg.tiles_per_shard)
-
-
 def make_manifest(summaries, shard_infos, cfg, num_tiles):
     """Manifest dict from all tile summaries (any order) and [{'path', 'num_records'}] of the shard files."""
     summaries = sorted(summaries, key=lambda s: s["index"])
@@ -227,13 +222,9 @@ def make_manifest(summaries, shard_infos, cfg, num_tiles):
         "edge_counts": {r: outputs.stats([s["counts"]["edges"][r] for s in written]) for r in RELATION_NAMES},
         # decoded image sizes: the canvas of on-device augmentation (data.augment_on_device)
         "image_size": {k: outputs.stats([s["counts"]["image"][k] for s in written]) for k in ("height", "width")},
-        "errors_file": ERRORS,
+        "errors_file": outputs.ERRORS,
         "config": dataclasses.asdict(cfg),
     }
-
-
-def write_errors(path, summaries):
-    outputs.write_jsonl(path, [p for s in sorted(summaries, key=lambda s: s["index"]) for p in s["problems"]])
 
 
 def process_item(spec, cfg):
@@ -297,7 +288,7 @@ def bundled_tiles(out_dir, encoder="e5"):
     from geolink_jax import samples
 
     out_dir = pathlib.Path(out_dir)
-    if not (out_dir / MANIFEST).exists():
+    if not (out_dir / outputs.MANIFEST).exists():
         run_local(tile_sources.discover_tiles(samples.OSM_TILES_DIR), out_dir, PreprocessConfig(encoder=encoder),
                   workers=1, progress=False, overwrite=True)  # our own cache: an interrupted one is redone
     return out_dir
