@@ -33,11 +33,21 @@ def load_sample_layers(name):
     return layers, bbox
 
 
-@pytest.fixture(scope="session")
-def helsinki_features():
+def _parse_pbf(path):
     from geolink_jax.osm import pbf as osm_pbf
 
-    return osm_pbf.load(str(samples.helsinki_pbf()))
+    return osm_pbf.load(path)
+
+
+@pytest.fixture(scope="session")
+def helsinki_features():
+    """The real Helsinki extract's features, parsed in a fresh process (under 1 s there; inside a test worker that
+    has run JAX tests it took up to 100 s) and sent back pickled."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_parse_pbf, str(samples.helsinki_pbf())).result()
 
 
 def helsinki_layers(features, bbox):
@@ -79,10 +89,13 @@ EIGHT_DEVICES_ENV = dict(SUBPROCESS_ENV, XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_forc
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that runs scenarios in the 8-device server is slow (it starts the server, then compiles on meshes)."""
+    """A test that runs scenarios in the 8-device server is slow (it starts the server, then compiles on meshes).
+    Slow tests run first (a stable sort): the xdist workers then finish together instead of one of them running a
+    minutes-long test at the end while the other idles."""
     for item in items:
         if "eight_devices" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_configure(config):
