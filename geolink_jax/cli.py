@@ -82,7 +82,12 @@ def _pretrain_parser(sub):
                                    f"config ({_named_configs()}); extra --config.a.b=value flags override its "
                                    "fields.")
     p.add_argument("--config", required=True, help="config file or named config")
-    p.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, tensorboard/, config.json")
+    p.add_argument("--workdir", help="checkpoints, metrics.jsonl, tensorboard/, config.json (required to train)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the recipe card (effective batch in the recipe's unit, learning rate, schedule, "
+                        "clipping, optimiser, initialisation, augmentation; the reference run's values beside ours "
+                        "with their source) and exit; steps are counted when data.num_examples is set or "
+                        "data.path holds a manifest")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -91,6 +96,19 @@ def cmd_pretrain(args, overrides):
     from geolink_jax import config as config_lib
 
     config = config_lib.load([f"--config={args.config}", *overrides])
+    if args.dry_run:
+        from geolink_jax.train import recipe
+
+        num = None
+        if config.data.path:
+            from geolink_jax import family as family_lib
+            from geolink_jax.data import outputs
+
+            num = family_lib.get_family(config.family).num_examples(outputs.load_manifest(config.data.path), config)
+        print(recipe.format_card(config, recipe.card(config, num)))
+        return 0
+    if not args.workdir:
+        raise config_lib.ConfigError("pretrain needs --workdir (or --dry-run to print the recipe card)")
     from geolink_jax.train import trainer
 
     rows = trainer.train(config, args.workdir, progress=not args.no_progress)

@@ -75,7 +75,14 @@ def base_config(family):
         lr=1.5e-4,  # the peak learning rate; with lr_base_batch > 0 the rate at that batch, scaled linearly
         lr_base_batch=0, end_lr_factor=0.0, warmup_steps=2000,
         warmup_fraction=0.0,  # > 0: warmup_steps = fraction · total steps
-        weight_decay=0.05, b1=0.9, b2=0.95, clip_norm=1.0, accumulate=1))
+        weight_decay=0.05, b1=0.9, b2=0.95, eps=1e-8,  # AdamW's constants (optax's eps default)
+        clip_norm=1.0,  # global-norm clipping (0: none, as GAIR's and DOFA-CLIP's runs)
+        accumulate=1))  # micro-batches per optimizer update (optax.MultiSteps); steps still count micro-batches
+
+    # the run a named config reproduces (`geolink-jax pretrain --dry-run` prints it beside ours): its name, source
+    # (repository, commit, file and line), its values by recipe-card field (train/recipe.py) and, by field, why ours
+    # differs where it does
+    c.reference = ml_collections.ConfigDict(dict(name="", source="", values={}, deviations={}))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = [list(r) for r in DEFAULT_RULES]
@@ -105,16 +112,27 @@ def transfer(config, recipe):
 
 @dataclasses.dataclass(frozen=True)
 class Derived:
-    """Values computed from the final config (and the data size): what the trainer and optimizer use."""
+    """Values computed from the final config (and the data size): what the trainer and optimizer use.
+
+    Steps (total, warmup) count train steps, i.e. micro-batches of `batch_size` records; the optimizer makes one
+    update every `optim.accumulate` of them. `effective_batch` is the batch of one update in the family's unit
+    (`Family.sample_unit`: images, photos, pairs), the unit `optim.lr_base_batch` counts."""
 
     total_steps: int
     lr: float
     warmup_steps: int
+    effective_batch: int = 0
+    unit: str = "images"
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
 
 
 def derive(config, num_examples=None):
-    """Total steps (from epochs when set), the peak learning rate (scaled by batch / lr_base_batch when set) and the
-    warmup length, from the final config."""
+    """Total steps (from epochs over records when set), the peak learning rate and the warmup length, from the final
+    config. With `optim.lr_base_batch` > 0 the rate is `optim.lr` × effective batch / lr_base_batch, the effective
+    batch counted in the family's unit: batch_size records × accumulate × samples per record (GAIR: a patch holds
+    sv_budget photos, and a photo is the sample of their lr rule)."""
     total = int(config.total_steps)
     if config.get("epochs", 0):
         examples = config.data.get("num_examples", 0) or num_examples
@@ -122,9 +140,19 @@ def derive(config, num_examples=None):
             raise ValueError("config.epochs is set but the number of examples is unknown (set data.num_examples)")
         total = math.ceil(config.epochs * examples / config.batch_size)
     o = config.optim
-    lr = o.lr * config.batch_size / o.lr_base_batch if o.get("lr_base_batch", 0) else o.lr
+    lr, effective, unit = learning_rate(config)
     warmup = int(total * o.warmup_fraction) if o.get("warmup_fraction", 0) else int(o.warmup_steps)
-    return Derived(total_steps=total, lr=float(lr), warmup_steps=warmup)
+    return Derived(total_steps=total, lr=lr, warmup_steps=warmup, effective_batch=effective, unit=unit)
+
+
+def learning_rate(config):
+    """(peak lr, effective batch of one update, its unit): see `derive`."""
+    o = config.optim
+    unit, per_record = family_lib.get_family(config.family).sample_unit(family_lib.model_config(config.family,
+                                                                                                  config))
+    effective = config.batch_size * max(int(o.get("accumulate", 1)), 1) * per_record
+    lr = o.lr * effective / o.lr_base_batch if o.get("lr_base_batch", 0) else o.lr
+    return float(lr), int(effective), unit
 
 
 # ------------------------------------------------------------------ named configs and overrides

@@ -46,7 +46,8 @@ class Family:
     name: the `config.family` value.
     config_cls: frozen dataclass of every model hyperparameter (nested dataclasses allowed); its defaults are the
         only defaults — the config's `model` block is derived from it.
-    build(model_cfg, rngs) -> nnx.Module.
+    build(model_cfg, rngs[, weights]) -> nnx.Module; `weights` (only when the family has `initial_weights`): what
+        that returned, as arrays inside the jitted initialisation.
     loss(model, batch, key, ctx) -> (loss, metrics).
     dataset(paths, manifest, config, model_cfg, process_index, process_count) -> grain IterDataset of host batches
         (dicts of numpy arrays; an optional "stats" entry holds per-sample counters that never enter the step).
@@ -72,6 +73,16 @@ class Family:
     trainable: nnx filter of the trained Params (the others are frozen).
     pictures(model, host_batch, workdir) -> None: end-of-run pictures (optional).
     log_keys: metrics shown on the progress bar.
+    num_examples(manifest, config) -> int or None: the elements of one epoch of the data (default: the manifest's
+        records; GAIR's per-photo sampling: its photos).
+    initial_weights(model_cfg) -> pytree of host arrays or None: weights read from files the config names
+        (pretrained encoders, teachers), read before the train state is initialised and handed to `build`.
+    sample_unit(model_cfg) -> (unit, per_record): what one sample of the learning-rate rule and the recipe card is
+        ("images", "photos", "pairs") and how many one record (a batch row) holds (GAIR: sv_budget photos a patch).
+    recipe_notes(model_cfg, config) -> {field: text}: the family's lines of the recipe card (augmentation, sampling,
+        teachers, …; train/recipe.py).
+    constrain(params, model_cfg) -> params: a projection of the trained params after every optimizer update
+        (DOFA-CLIP's logit-scale clamp, as open_clip's train loop).
     """
 
     name: str
@@ -96,6 +107,11 @@ class Family:
     trainable: object = nnx.Param
     pictures: Callable | None = None
     log_keys: tuple = ("loss",)
+    sample_unit: Callable = lambda model_cfg: ("images", 1)
+    num_examples: Callable = lambda manifest, config: manifest.get("num_records")
+    initial_weights: Callable | None = None
+    recipe_notes: Callable | None = None
+    constrain: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

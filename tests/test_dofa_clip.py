@@ -502,3 +502,55 @@ def test_online_teacher_runs_in_the_step_frozen_and_equals_caching_it():
     np.testing.assert_allclose(float(loss_online), float(loss_cached), rtol=1e-5)
     _, params, frozen, _ = family_lib.split(model, fam)
     assert "teachers" in family_lib.pure(frozen) and "teachers" not in family_lib.pure(params)
+
+
+@pytest.mark.parametrize("kind", ["dinov2_reg", "augreg"])
+def test_teacher_towers_match_timm_and_load_from_its_checkpoint_at_another_size(kind, tmp_path):
+    """The JAX towers of MaKA's DINOv2-with-registers and ViT AugReg teachers equal timm's VisionTransformer (tiny
+    width, their options: class token, 4 registers, positions on the patches only, LayerScale), read from a timm
+    checkpoint for a smaller image (positions resampled as timm's checkpoint filter does), and an online teacher
+    whose `weights` name that file gets them inside the jitted initialisation."""
+    import dataclasses
+
+    import torch
+    from timm.models import vision_transformer as tvt
+
+    from geolink_jax.convert.files import save_weights
+    from geolink_jax.dofa_clip import family as dofa_family
+    from geolink_jax.dofa_clip import maka
+    from geolink_jax.dofa_clip.convert import image_tower_params
+    from geolink_jax.dofa_clip.towers import ImageTower
+
+    base = {"dinov2_reg": maka.DINOV2_L_REG, "augreg": maka.VIT_L_AUGREG}[kind]
+    timm_kw = (dict(reg_tokens=4, no_embed_class=True, init_values=1e-5, patch_size=14) if kind == "dinov2_reg"
+               else dict(patch_size=16))
+    p = timm_kw["patch_size"]
+    torch.manual_seed(0)
+    small = tvt.VisionTransformer(img_size=2 * p, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=0,
+                                  global_pool="", **timm_kw).eval()
+    for name, w in small.named_parameters():  # LayerScale and tokens far from their init, so that they count
+        if "gamma" in name or "token" in name:
+            w.data = torch.randn_like(w) * 0.5
+    sd = {k: v.numpy() for k, v in small.state_dict().items()}
+    save_weights(sd, tmp_path / "teacher.safetensors")
+    big = tvt.VisionTransformer(img_size=3 * p, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=0,
+                                global_pool="", **timm_kw).eval()
+    big.load_state_dict(tvt.checkpoint_filter_fn({k: torch.from_numpy(v) for k, v in sd.items()}, big))
+    tower_cfg = dataclasses.replace(base.tower, width=32, depth=2, heads=4, mlp_dim=64, image_size=3 * p)
+    tower = ImageTower(tower_cfg, rngs=nnx.Rngs(0))
+    state = nnx.state(tower, nnx.Param)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, image_tower_params(
+        tmp_path / "teacher.safetensors", tower_cfg, nnx.to_pure_dict(state))))
+    nnx.update(tower, state)
+    x = np.random.default_rng(0).normal(size=(2, 3 * p, 3 * p, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = big.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()[:, big.num_prefix_tokens:]
+    np.testing.assert_allclose(np.asarray(tower(jnp.asarray(x))[1][-1]), want, atol=2e-5)
+
+    teacher = dataclasses.replace(base, name="t", tokens=9, width=32, tower=tower_cfg, online=True,
+                                  weights=str(tmp_path / "teacher.safetensors"))
+    cfg = _tiny_cfg(teachers=(teacher,))
+    weights = dofa_family.initial_weights(cfg)
+    graph, params = jax.jit(lambda w: nnx.split(dofa_family.build(cfg, nnx.Rngs(0), w)))(weights)
+    got = nnx.merge(graph, params).teachers["t"]
+    np.testing.assert_allclose(np.asarray(got(jnp.asarray(x))[1][-1]), want, atol=2e-5)

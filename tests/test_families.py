@@ -130,6 +130,28 @@ def test_a_family_defined_in_a_test_trains_through_the_public_trainer(toy, tmp_p
     assert saved["family"] == "toy" and saved["derived"]["total_steps"] == 8
 
 
+def test_initial_weights_and_constrain_hooks_run_in_the_trainer(toy, tmp_path, monkeypatch):
+    """A family's weight files reach the jitted initialisation (the teacher is what `initial_weights` read), and its
+    `constrain` projects the params after every update (an Adam step of lr 0.1 would move w by ~0.1)."""
+    teacher = np.arange(4, dtype=np.float32)
+
+    def build(cfg, rngs, weights=None):
+        model = Toy(cfg, rngs)
+        if weights is not None:
+            model.teacher[...] = weights["teacher"]
+        return model
+
+    fam = dataclasses.replace(TOY, build=build, initial_weights=lambda cfg: {"teacher": teacher},
+                              constrain=lambda params, cfg: dict(params, w=jnp.clip(params["w"], -0.05, 0.05)))
+    monkeypatch.setitem(family_lib.FAMILIES, "toy", fam)
+    with toy.unlocked():
+        toy.total_steps = 2
+    trainer.train(toy, tmp_path, progress=False)
+    saved = _restore_raw(tmp_path, 2)
+    np.testing.assert_array_equal(saved["frozen"]["teacher"], teacher)
+    assert np.abs(saved["params"]["w"]).max() == pytest.approx(0.05)
+
+
 # ------------------------------------------------------------------ configs
 def test_every_model_field_is_a_config_field_and_defaults_live_in_the_dataclass():
     from geolink_jax.geolink.model import GeoLinkConfig

@@ -143,6 +143,36 @@ def test_pipeline_budget_padding_subset_and_determinism(gair_shards):
     assert padded["rs"].min() >= 0 and padded["rs"].max() <= 1 and np.allclose(lv, np.round(lv), atol=1e-4)
 
 
+def test_photo_sampling_gives_every_photo_once_an_epoch_with_its_patch(gair_shards):
+    """data.sampling='photo' (the research sample): one element per photo, each with its own patch; an epoch of
+    batches holds every photo exactly once; the manifest's sv_counts are the records' photo counts in order."""
+    from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
+    from geolink_jax.gair import family as gair_family
+
+    manifest = json.loads((gair_shards / "manifest.json").read_text())
+    recs = records(gair_shards)
+    assert manifest["sv_counts"] == [len(r["sv_images"]) for r in recs]
+    config = config_lib.load(["--config=gair_demo", "--config.data.sampling=photo", "--config.model.sv_budget=1",
+                              "--config.batch_size=5", "--config.data.read_threads=0"])
+    cfg = gair_family.FAMILY.config_cls
+    model_cfg = family_lib.model_config("gair", config)
+    assert isinstance(model_cfg, cfg) and gair_family.FAMILY.num_examples(manifest, config) == manifest["num_sv"]
+    paths = shards.manifest_shards(gair_shards, manifest)
+    everything = sorted(map(tuple, np.concatenate([np.asarray(r["sv_lonlat"], np.float32) for r in recs]).tolist()))
+    n = manifest["num_sv"]
+    in_order = iter(pipeline.make_dataset(paths, gair_family.pipeline_config(config, model_cfg, train=False),
+                                          manifest=manifest))
+    seen = np.concatenate([next(in_order)["sv_lonlat"][:, 0] for _ in range(n // 5)])
+    assert sorted(map(tuple, seen.tolist())) == everything  # one epoch: every photo once
+    batch = next(iter(gair_family.dataset(paths, manifest, config, model_cfg)))  # training: shuffled photos
+    assert batch["sv_valid"].shape == (5, 1) and batch["sv_valid"].all()
+    assert {tuple(x) for x in batch["sv_lonlat"][:, 0].tolist()} <= set(everything)
+    with pytest.raises(ValueError, match="model.sv_budget=1"):
+        bad = config_lib.load(["--config=gair_demo", "--config.data.sampling=photo"])
+        gair_family.dataset(paths, manifest, bad, family_lib.model_config("gair", bad))
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_jitter_matches_torchvision_float_ops(seed):
     torch = pytest.importorskip("torch")

@@ -56,6 +56,9 @@ def load_weights(path):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    if isinstance(obj, dict) and obj and all(isinstance(v, dict) for v in obj.values()):
+        # a dict of state_dicts (CROMA's release: s1_encoder, s2_encoder, joint_encoder, …) → one, keys joined
+        obj = {f"{part}.{k}": v for part, sub in obj.items() for k, v in sub.items()}
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
         raise ValueError(f"{path}: expected a state_dict of tensors")
     return {k: _to_numpy(v) for k, v in obj.items()}, config

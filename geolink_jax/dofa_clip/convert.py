@@ -58,20 +58,37 @@ def image_tower_from_open_clip(state_dict, target, prefix="visual.trunk.", sourc
     return params_from_named(sub, target, image_tower_name, (), source)[0]
 
 
-def load_image_tower(tower, path):
-    """An open_clip checkpoint (its `visual.trunk.*`) or a timm SigLIP checkpoint (no prefix) at `path` → into the
-    ImageTower `tower`, in place (online teachers, the teacher-cache job)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
+def image_tower_params(path, cfg, target):
+    """An open_clip checkpoint (its `visual.trunk.*`) or a timm VisionTransformer checkpoint (no prefix: SigLIP,
+    DINOv2 with registers, ViT AugReg) at `path` → ImageTower params like `target` (cfg: its ImageTowerConfig).
+    Position embeddings of another grid (DINOv2's 37 × 37 at 518 px for a 378 px teacher) are resampled as timm does
+    when it builds the model at that size (`timm.layers.resample_abs_pos_embed`, bicubic)."""
+    import numpy as np
 
     from geolink_jax.convert.files import load_weights
 
     sd, _ = load_weights(path)
     prefix = "visual.trunk." if any(k.startswith("visual.trunk.") for k in sd) else ""
+    key = prefix + "pos_embed"
+    if key in sd and tuple(np.shape(sd[key])) != tuple(target["pos_embed"].shape):
+        import torch
+        from timm.layers import resample_abs_pos_embed
+
+        extra = 0 if cfg.no_embed_class else cfg.prefix_tokens
+        sd[key] = resample_abs_pos_embed(torch.from_numpy(np.asarray(sd[key], np.float32)), [cfg.grid, cfg.grid],
+                                         num_prefix_tokens=extra, verbose=False).numpy()
+    return image_tower_from_open_clip(sd, target, prefix, str(path))
+
+
+def load_image_tower(tower, path):
+    """`image_tower_params` into the ImageTower `tower`, in place (the teacher-cache job)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
     state = nnx.state(tower, nnx.Param)
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, image_tower_from_open_clip(
-        sd, nnx.to_pure_dict(state), prefix, str(path))))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, image_tower_params(path, tower.cfg,
+                                                                                 nnx.to_pure_dict(state))))
     nnx.update(tower, state)
     return tower
 

@@ -5,6 +5,7 @@ dofa_clip/pipeline.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from geolink_jax import family as family_lib
 from geolink_jax.dofa_clip import commands, pipeline, preprocess
@@ -15,17 +16,34 @@ from geolink_jax.nn.layers import FrozenParam
 
 def trainable(path, var):
     """nnx filter: every Param but the frozen ones (a locked text tower, online teachers)."""
-    from flax import nnx
-
     return isinstance(var, nnx.Param) and not isinstance(var, FrozenParam)
 
 
-def build(cfg, rngs):
+def build(cfg, rngs, weights=None):
+    """The model; `weights` ({"teachers": {name: params}}, what `initial_weights` read) go into the online teachers
+    (inside the jitted initialisation, as arguments). Without them, online teachers with weight files load them
+    here (the eager paths: converters, embedding)."""
     model = DOFACLIP(cfg, rngs=rngs)
+    if weights is None:
+        weights = initial_weights(cfg) or {}
+    for name, values in weights.get("teachers", {}).items():
+        state = nnx.state(model.teachers[name], nnx.Param)
+        nnx.replace_by_pure_dict(state, values)
+        nnx.update(model.teachers[name], state)
+    return model
+
+
+def initial_weights(cfg):
+    """{"teachers": {name: params}} of the online teachers that name a weight file (host arrays), or None."""
+    out = {}
     for t in cfg.teachers:
         if t.online and t.weights:
-            dofa_convert.load_image_tower(model.teachers[t.name], t.weights)
-    return model
+            from geolink_jax.dofa_clip.towers import ImageTower
+
+            abstract = nnx.eval_shape(lambda t=t: ImageTower(t.tower, rngs=nnx.Rngs(0)))
+            target = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+            out[t.name] = dofa_convert.image_tower_params(t.weights, t.tower, target)
+    return {"teachers": out} if out else None
 
 
 def loss(model, batch, key, ctx):
@@ -297,6 +315,31 @@ def pictures(model, host_batch, workdir, count=8):
     out.save(pathlib.Path(workdir) / "similarity.png")
 
 
+def recipe_notes(cfg):
+    online = [t.name for t in cfg.teachers if t.online]
+    cached = [t.name for t in cfg.teachers if not t.online]
+    crop = "random resized crop (scale 0.9-1) of every image"
+    if cached:
+        crop = f"none (records carry cached features of {', '.join(cached)}, so they are not cropped)"
+        crop += f"; online teachers ({', '.join(online)}) see the whole image" if online else ""
+    elif online:
+        crop += "; the teachers run on the same crop"
+    return {
+        "augmentation": crop,
+        "teachers": ", ".join(f"{t.name} (weight {t.weight:g}{', translator' if t.translate else ''})"
+                              for t in cfg.teachers) or "none",
+        "logit scale": (f"clamped to [0, {cfg.logit_scale_max:.3g}] after every update" if cfg.logit_scale_max
+                        else "not clamped"),
+        "text tower": "locked" if cfg.lock_text else "trained"}
+
+
+def constrain(params, model_cfg):
+    """open_clip's train loop clamps logit_scale to [0, ln 100] after every optimizer step (model.logit_scale_max)."""
+    if not model_cfg.logit_scale_max or "logit_scale" not in params:
+        return params
+    return dict(params, logit_scale=jnp.clip(params["logit_scale"], 0.0, model_cfg.logit_scale_max))
+
+
 FAMILY = family_lib.Family(
     name="dofa_clip",
     config_cls=DOFACLIPConfig,
@@ -320,4 +363,8 @@ FAMILY = family_lib.Family(
     embed_arguments=commands.embed_arguments,
     commands=commands.COMMANDS,
     varied_batches=varied_batches,
+    sample_unit=lambda model_cfg: ("pairs", 1),
+    initial_weights=initial_weights,
+    constrain=constrain,
+    recipe_notes=lambda cfg, config: recipe_notes(cfg),
 )

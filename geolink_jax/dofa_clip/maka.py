@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from geolink_jax.dofa_clip.patch_embed import wavelength_code
+from geolink_jax.dofa_clip.towers import ImageTowerConfig
 from geolink_jax.nn import layers
 
 PROMPT_DIM = 128
@@ -30,7 +31,7 @@ RGB_UM = (0.665, 0.56, 0.49)
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
     """One teacher: its features are `teacher_<name>` [B, tokens, width] in the batch (cached in the shards), or
-    computed in the step by a JAX-native SigLIP tower when `tower` is set (online)."""
+    computed in the step by its JAX-native tower (`online`: on the student's crop, as their training does)."""
 
     name: str
     tokens: int  # a square grid (729 = 27 × 27)
@@ -38,7 +39,7 @@ class TeacherConfig:
     weight: float = 1.0
     translate: bool = True
     image_size: int = 224  # the teacher's input size for the cache job (an online teacher: its tower's)
-    tower: object = None  # towers.ImageTowerConfig of a JAX-native SigLIP teacher (patch_embed="rgb", taps=(-1,))
+    tower: object = None  # towers.ImageTowerConfig of its JAX-native tower (patch_embed="rgb", taps=(-1,))
     timm: str = ""  # or a timm model name (the cache job runs it in torch; e.g. vit_large_patch16_384)
     weights: str = ""  # that teacher's checkpoint (open_clip/timm layout for `tower`; timm's for `timm`); "" = random
     online: bool = False  # run `tower` in the train step instead of reading cached features
@@ -60,12 +61,23 @@ class TeacherConfig:
         return g
 
 
-# Their three teachers (MDistillLoss), for the so400m/14 @384 student (27 × 27 tokens of width 1152).
-SIGLIP_SO400M = TeacherConfig("siglip_so400m_patch14_384", 729, 1152, weight=2.0, translate=False, image_size=384)
-DINOV2_L_REG = TeacherConfig("dinov2_vitl14_reg", 729, 1024, image_size=378)
-VIT_L_AUGREG = TeacherConfig("vit_large_patch16_384_augreg_in21k_ft_in1k", 576, 1024, image_size=384)
+# Their three teachers (MDistillLoss), for the so400m/14 @384 student (27 × 27 tokens of width 1152), each with its
+# JAX-native tower (timm's architecture; weights: timm's checkpoint of `timm`, or open_clip's for SigLIP), so that
+# it can be cached (`geolink-jax dofa-teachers`) or run in the step on the student's crop (online).
+_L = dict(width=1024, depth=24, heads=16, mlp_dim=4096, patch_embed="rgb", taps=(-1,), class_token=True, head="none")
+SIGLIP_SO400M = TeacherConfig("siglip_so400m_patch14_384", 729, 1152, weight=2.0, translate=False, image_size=384,
+                              tower=ImageTowerConfig(width=1152, depth=27, heads=16, mlp_dim=4304, patch_size=14,
+                                                     image_size=384, patch_embed="rgb", taps=(-1,)),
+                              timm="vit_so400m_patch14_siglip_384")
+DINOV2_L_REG = TeacherConfig("dinov2_vitl14_reg", 729, 1024, image_size=378, timm="vit_large_patch14_reg4_dinov2",
+                             tower=ImageTowerConfig(patch_size=14, image_size=378, reg_tokens=4, no_embed_class=True,
+                                                    layer_scale=1e-5, **_L))
+VIT_L_AUGREG = TeacherConfig("vit_large_patch16_384_augreg_in21k_ft_in1k", 576, 1024, image_size=384,
+                             timm="vit_large_patch16_384.augreg_in21k_ft_in1k",
+                             tower=ImageTowerConfig(patch_size=16, image_size=384, **_L))
 # Their (commented) base teacher, for the B/16 @224 student (14 × 14 × 768).
-SIGLIP_B16 = TeacherConfig("siglip_base_patch16_224", 196, 768, weight=2.0, translate=False, image_size=224)
+SIGLIP_B16 = TeacherConfig("siglip_base_patch16_224", 196, 768, weight=2.0, translate=False, image_size=224,
+                           tower=ImageTowerConfig(patch_embed="rgb", taps=(-1,)), timm="vit_base_patch16_siglip_224")
 
 
 def teacher_bands(wavelengths_um, rule="nearest_rgb"):

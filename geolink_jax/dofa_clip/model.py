@@ -43,10 +43,13 @@ class DOFACLIPConfig:
     image: ImageTowerConfig = ImageTowerConfig(taps=(-1,))
     patch_padding: int = 0  # DOFA-CLIP: 0; torchgeo's DOFAEmbedding: 1
     text: TextTowerConfig = TextTowerConfig()
-    tokenizer: str = "clip_bpe"  # "clip_bpe[:<path>]" or "sentencepiece:<path>" (SigLIP's, vocab 32,000)
+    # "sentencepiece:<path>" (SigLIP's spiece.model: 32,000 pieces, the text tower's vocabulary; no file ships with
+    # the library, so the path must be given) or "clip_bpe[:<path>]" (49,408 tokens: text.vocab_size must match)
+    tokenizer: str = "sentencepiece:"
     lock_text: bool = True  # their --lock-text: the text tower gets no gradient and no optimizer state
     init_logit_scale: float = math.log(10.0)
     init_logit_bias: float = -10.0
+    logit_scale_max: float = math.log(100.0)  # clamp to [0, this] after every update (open_clip's train loop); 0: off
     teachers: tuple = ()  # maka.TeacherConfig
     maka_scale: float = 1.0  # their training script (the class default is 0.1)
     maka_tap: int = -1  # the student tokens the translators read: -1 the final LayerNorm's output, or a block index

@@ -4,8 +4,9 @@ with `teacher_<name>` float16 [T, D] in every record, so that the training step 
 Each teacher sees 3 bands chosen by their channel-sampling rule (maka.teacher_bands), the whole image resized
 bilinearly to the teacher's input size, normalised as the student's input ((x/255 − 0.5)/0.5, their code feeds the
 student's tensor to the teachers), and gives its patch tokens (prefix tokens dropped):
-- a JAX-native SigLIP tower (`TeacherConfig.tower`, weights from an open_clip / timm checkpoint, or random);
-- a timm model (`TeacherConfig.timm`, torch, weights from a local file: DINOv2-L/14-reg, ViT-L/16 AugReg, …).
+- its JAX-native tower (`TeacherConfig.tower`: SigLIP, DINOv2-L/14-reg, ViT-L/16 AugReg as timm builds them;
+  weights from a timm or open_clip checkpoint, or random), the same tower an online teacher runs in the step;
+- else a timm model (`TeacherConfig.timm`, torch, weights from a local file).
 The output is staged (appears whole or not at all); its manifest lists the cached teachers and their shapes.
 """
 
@@ -106,7 +107,8 @@ def cache_features(in_dir, out_dir, teachers, rule="nearest_rgb", batch_size=16,
         out = dict(manifest)
         out["teachers"] = {**manifest.get("teachers", {}), **{
             t.name: dict(shape=[t.tokens, t.width], image_size=t.image_size, band_rule=rule,
-                         model=t.timm or "jax siglip tower", weights=t.weights or f"random (seed {seed})")
+                         model=f"jax tower ({t.timm or 'SigLIP'})" if t.tower is not None else t.timm,
+                         weights=t.weights or f"random (seed {seed})")
             for t in teachers}}
         (staging / outputs.ERRORS).write_bytes((pathlib.Path(in_dir) / outputs.ERRORS).read_bytes()
                                               if (pathlib.Path(in_dir) / outputs.ERRORS).exists() else b"")

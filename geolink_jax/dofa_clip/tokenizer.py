@@ -126,8 +126,12 @@ def make_tokenizer(spec, context_length):
     kind, _, path = spec.partition(":")
     if kind == "clip_bpe":
         return ClipBPETokenizer(path or None, context_length)
-    if kind == "sentencepiece":
-        return SentencePieceTokenizer(path, context_length)
     from geolink_jax.config import ConfigError
+
+    if kind == "sentencepiece":
+        if not path:
+            raise ConfigError(f"model.tokenizer {spec!r} names no model file: set --config.model.tokenizer="
+                              "sentencepiece:<path to SigLIP's spiece.model> (or clip_bpe with text.vocab_size 49408)")
+        return SentencePieceTokenizer(path, context_length)
 
     raise ConfigError(f"model.tokenizer {spec!r}: 'clip_bpe', 'clip_bpe:<path>' or 'sentencepiece:<path>'")

@@ -34,6 +34,19 @@ class ImageTowerConfig:
     taps: tuple = (11,)
     dtype: str = "float32"
     attention_impl: str | None = None
+    # The other timm VisionTransformers MaKA's teachers are (DINOv2-L/14 with registers, ViT-L/16 AugReg), so that
+    # every teacher can run in the train step on the student's crop: a class token, register tokens, position
+    # embeddings over the patches only (timm no_embed_class: the prefix tokens get none) or over [class, patches],
+    # LayerScale (timm init_values), and no MAP head ("none": the tower gives tokens, pooled = their mean).
+    class_token: bool = False
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    layer_scale: float = 0.0
+    head: str = "map"
+
+    @property
+    def prefix_tokens(self):
+        return int(self.class_token) + self.reg_tokens
 
     @property
     def grid(self):
@@ -97,20 +110,45 @@ class ImageTower(nnx.Module):
             self.patch_embed = DynamicPatchEmbed(patch_cfg, rngs=rngs)
         else:
             raise ValueError(f"patch_embed {cfg.patch_embed!r}: 'dynamic' or 'rgb'")
-        self.pos_embed = layers.param(rngs, layers.trunc_normal(0.02), (1, cfg.grid ** 2, cfg.width),
+        if cfg.head not in ("map", "none"):
+            raise ValueError(f"head {cfg.head!r}: 'map' or 'none'")
+        embedded = cfg.grid ** 2 + (0 if cfg.no_embed_class else cfg.prefix_tokens)
+        self.pos_embed = layers.param(rngs, layers.trunc_normal(0.02), (1, embedded, cfg.width),
                                       (None, None, "embed"))
+        init = layers.trunc_normal(1e-6)
+        self.cls_token = layers.param(rngs, init, (1, 1, cfg.width), (None, None, "embed")) if cfg.class_token \
+            else None
+        self.reg_token = layers.param(rngs, init, (1, cfg.reg_tokens, cfg.width), (None, None, "embed")) \
+            if cfg.reg_tokens else None
         self.blocks = nnx.List([
             layers.Block(cfg.width, cfg.heads, cfg.mlp_dim / cfg.width, rngs=rngs, eps=1e-6,
-                         init=layers.trunc_normal(0.02), dtype=dt, attention_impl=cfg.attention_impl)
+                         init=layers.trunc_normal(0.02), dtype=dt, attention_impl=cfg.attention_impl,
+                         layer_scale=cfg.layer_scale)
             for _ in range(cfg.depth)])
         self.norm = layers.LayerNorm(cfg.width, eps=1e-6, axes=("embed",), dtype=dt)
-        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dt)
+        self.attn_pool = MAPHead(cfg.width, cfg.heads, cfg.mlp_dim, rngs=rngs, dtype=dt) if cfg.head == "map" \
+            else None
+
+    def _prefix(self, x):
+        """timm's _pos_embed: [class, registers] before the patches; positions added to the patches only
+        (no_embed_class) or to the whole sequence."""
+        b, _, d = x.shape
+        cls = [jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d))] if self.cls_token is not None else []
+        reg = ([jnp.broadcast_to(self.reg_token[...].astype(x.dtype), (b, self.cfg.reg_tokens, d))]
+               if self.reg_token is not None else [])
+        pos = self.pos_embed[...].astype(x.dtype)
+        if self.cfg.no_embed_class:
+            return jnp.concatenate([*cls, *reg, x + pos], axis=1)
+        return jnp.concatenate([*cls, *reg, x], axis=1) + pos
 
     def __call__(self, images, wavelengths_um=None, band_valid=None):
+        """→ (pooled [B, D], {tap: patch tokens [B, T, D]}): prefix tokens (class, registers) are not in the taps."""
         x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um, band_valid)
-        x = x + self.pos_embed[...].astype(x.dtype)
+        x = self._prefix(x)
         x, taps = partitioning.run_blocks(self.blocks, x, taps=self.cfg.taps)
         x = self.norm(x)
         if -1 in self.cfg.taps:
             taps[-1] = x
-        return self.attn_pool(x), taps
+        n = self.cfg.prefix_tokens
+        taps = {k: v[:, n:] for k, v in taps.items()}
+        return (self.attn_pool(x) if self.attn_pool is not None else x[:, n:].mean(1)), taps

@@ -161,13 +161,29 @@ def gair_state_dict(params, queue=None):
 
 
 # ------------------------------------------------------------------ the single encoders' reference layouts
-def rs_from_torchgeo(state_dict, target, source="torchgeo CROMA ViT"):
-    """torchgeo `croma.ViT` state_dict → our RSEncoder params (like `target`)."""
+def rs_from_torchgeo(state_dict, target, source="torchgeo CROMA ViT", reinit_patch_layer=False):
+    """torchgeo `croma.ViT` state_dict → our RSEncoder params (like `target`). Also CROMA's released file (its optical
+    encoder under `s2_encoder.`; the radar and joint encoders are ignored) and GAIR's (`rs_encoder.s2_encoder.`).
+
+    reinit_patch_layer: a `linear_input` for another band count (CROMA's 12 bands, GAIR's 10) is left out of the
+    result, so the caller keeps its fresh initialisation, as GAIR's research code does; otherwise it is an error."""
+    for prefix in ("rs_encoder.s2_encoder.", "s2_encoder."):
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            break
+    target = dict(target)
+    if reinit_patch_layer and "linear_input.weight" in state_dict and (
+            np.shape(state_dict["linear_input.weight"])[1] != target["linear_input"]["kernel"].shape[0]):
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("linear_input.")}
+        del target["linear_input"]
     return params_from_named(state_dict, target, lambda p: _croma(tuple(map(str, p))), (), source)[0]
 
 
 def sv_from_hf(state_dict, target, source="HF ViTModel"):
-    """transformers `ViTModel` state_dict → our SVEncoder params."""
+    """transformers `ViTModel` state_dict (e.g. google/vit-base-patch16-224-in21k's file; a `vit.` prefix is
+    dropped) → our SVEncoder params."""
+    if any(k.startswith("vit.") for k in state_dict):
+        state_dict = {k.removeprefix("vit."): v for k, v in state_dict.items()}
     return params_from_named(hf_vit_names(state_dict), target, lambda p: _hf_vit(tuple(map(str, p))), (), source)[0]
 
 

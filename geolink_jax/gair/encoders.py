@@ -14,6 +14,7 @@ Images are NHWC float [B, H, W, C].
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -45,6 +46,12 @@ class SVEncoderConfig:
     mlp_dim: int = 3072
     patch_size: int = 16
     image_size: int = 224
+    # in training steps only (the teachers and evaluation never drop): attention_probs_dropout_prob 0.1 as the
+    # research code and the inference package build it; hidden_dropout_prob (embeddings, each branch's output) 0.1 in
+    # the inference package, 0 in the research run. Attention dropout takes the explicit-softmax path (no fused
+    # attention kernel): `sv.attention_dropout=0` is the faster, named deviation.
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.0
 
 
 def alibi_slopes(num_heads):
@@ -107,16 +114,21 @@ class SVEncoder(nnx.Module):
                                       (None, None, "embed"))
         self.blocks = nnx.List([
             layers.Block(d, cfg.num_heads, cfg.mlp_dim / d, rngs=rngs, eps=1e-12, init=layers.trunc_normal(0.02),
-                         dtype=dtype, attention_impl=attention_impl)
+                         dtype=dtype, attention_impl=attention_impl, attention_dropout=cfg.attention_dropout,
+                         dropout=cfg.hidden_dropout)
             for _ in range(cfg.depth)])
         self.norm = layers.LayerNorm(d, eps=1e-12, axes=("embed",), dtype=dtype)
         self.pooler = layers.Dense(d, d, rngs=rngs, axes=("embed", "embed_out"), kernel_init=layers.trunc_normal(0.02),
                                    dtype=dtype)
 
-    def __call__(self, images):
+    def __call__(self, images, dropout_key=None):
+        """dropout_key: a key in training steps (the config's dropouts apply), None otherwise."""
         x = self.patch_embed(images)
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-        x = partitioning.run_blocks(self.blocks, x)
+        if dropout_key is not None:
+            embed_key, dropout_key = jax.random.split(dropout_key)
+            x = layers.dropout(x, self.cfg.hidden_dropout, embed_key)
+        x = partitioning.run_blocks(self.blocks, x, dropout_key=dropout_key)
         x = self.norm(x)
         return jnp.tanh(self.pooler(x[:, 0])), x

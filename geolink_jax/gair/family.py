@@ -7,6 +7,7 @@ location queue is model state: the trainer carries it out of every step and chec
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx, traverse_util
 
 from geolink_jax import family as family_lib
 from geolink_jax.gair import commands, pipeline, preprocess
@@ -14,16 +15,74 @@ from geolink_jax.gair import convert as gair_convert
 from geolink_jax.gair.model import GAIR, GAIRConfig, trainable
 
 
-def build(cfg, rngs):
+def build(cfg, rngs, weights=None):
+    """The GAIR module; `weights` (what `initial_weights` read from the files the config names, passed into the
+    jitted initialisation as arguments, not constants) replace the students' and teachers' initial weights, and a
+    teacher_init "student" copies its student after that."""
     model = GAIR(cfg, rngs=rngs)
+    if weights:
+        for part, values in weights.items():
+            _load(getattr(model, part), values)
+        if cfg.teachers:
+            for enc in ("rs", "sv"):
+                if getattr(cfg.teacher_init, enc) == "student":
+                    _load(getattr(model, f"teacher_{enc}"), nnx.to_pure_dict(nnx.state(getattr(model, f"{enc}_encoder"),
+                                                                                       nnx.Param)))
     if cfg.location_init:
-        from flax import nnx
-
         state = nnx.state(model.location_encoder, nnx.Param)
         target = nnx.to_pure_dict(state)
         nnx.replace_by_pure_dict(state, geoclip_location_params(cfg.location_init, target, cfg.location.out_dim))
         nnx.update(model.location_encoder, state)
     return model
+
+
+def _load(module, values):
+    """Param values (a nested dict, possibly partial: a re-initialised patch layer is absent) into `module`."""
+    state = nnx.state(module, nnx.Param)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    flat.update(traverse_util.flatten_dict(values))  # partial: keys the dict lacks keep their initialisation
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(flat))
+    nnx.update(module, state)
+
+
+def initial_weights(cfg):
+    """{part: params} read from the weight files `student_init` / `teacher_init` name (host arrays), or None. Parts:
+    rs_encoder, sv_encoder (students), teacher_rs, teacher_sv. Checked: a student takes "" or a file, a teacher
+    "student" or a file."""
+    from geolink_jax.convert.files import load_weights
+
+    out = {}
+    abstract = family_lib.abstract_params(FAMILY, cfg)
+    for role, init, keep in (("student", cfg.student_init, ""), ("teacher", cfg.teacher_init, "student")):
+        for enc in ("rs", "sv"):
+            source = getattr(init, enc)
+            if source == keep:
+                continue
+            if source in ("", "student"):
+                raise ValueError(f"model.{role}_init.{enc}={source!r}: a {role} takes {keep!r} or a weight file")
+            part = f"{enc}_encoder" if role == "student" else f"teacher_{enc}"
+            if role == "teacher" and not cfg.teachers:
+                continue
+            path = _weight_file(source)
+            sd, _ = load_weights(path)
+            if enc == "rs":
+                out[part] = gair_convert.rs_from_torchgeo(sd, abstract[part], str(path), reinit_patch_layer=True)
+            else:
+                out[part] = gair_convert.sv_from_hf(sd, abstract[part], str(path))
+    return out or None
+
+
+def _weight_file(source):
+    """A weight file, or a model directory holding one (model.safetensors, pytorch_model.bin, as HF writes them)."""
+    import pathlib
+
+    path = pathlib.Path(source)
+    if path.is_dir():
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: a directory without model.safetensors or pytorch_model.bin")
+        return found[0]
+    return path
 
 
 def geoclip_location_params(source, target, out_dim):
@@ -54,7 +113,7 @@ def geoclip_location_params(source, target, out_dim):
 
 
 def loss(model, batch, key, ctx):
-    return model.loss(pipeline.step_inputs(batch), ctx.batch_groups)
+    return model.loss(pipeline.step_inputs(batch), ctx.batch_groups, dropout_key=key if ctx.train else None)
 
 
 def pipeline_config(config, model_cfg, train=True, process_count=1):
@@ -63,12 +122,12 @@ def pipeline_config(config, model_cfg, train=True, process_count=1):
         batch_size=config.batch_size // process_count, sv_budget=model_cfg.sv_budget,
         rs_size=model_cfg.rs.image_size, sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
         band_std=tuple(model_cfg.band_std), train=train, seed=config.seed, worker_count=d.worker_count,
-        read_threads=d.read_threads)
+        read_threads=d.read_threads, sampling=d.get("sampling", "patch"))
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
     return pipeline.make_dataset(paths, pipeline_config(config, model_cfg, process_count=process_count),
-                                 process_index, process_count)
+                                 process_index, process_count, manifest)
 
 
 def default_data(config, workdir):
@@ -195,12 +254,11 @@ def _gair_import(state_dict, cfg, source, **_):
 
 def _encoder_import(part, from_fn):
     """One encoder from its reference layout into a fresh GAIR (every other parameter its initialisation)."""
-    def imp(state_dict, cfg, source, **_):
-        from flax import nnx
-
+    def imp(state_dict, cfg, source, **options):
         cfg = cfg or GAIRConfig()
         target = nnx.to_pure_dict(nnx.state(build(cfg, nnx.Rngs(0)), nnx.Param))
-        target[part] = from_fn(state_dict, target[part], source)
+        fresh = target[part]
+        target[part] = dict(fresh, **from_fn(state_dict, fresh, source, **options))  # a left-out layer stays fresh
         if cfg.teachers and f"teacher_{part[:2]}" in target:  # the teachers start as copies of the encoders
             target[f"teacher_{part[:2]}"] = target[part]
         return target, cfg, dict(converted=len(state_dict))
@@ -211,11 +269,18 @@ CONVERTERS = {
     "gair": family_lib.Converter(lambda params, cfg: gair_convert.gair_state_dict(params), _gair_import,
                                  "GAIR's checkpoint.pth layout (research code; `module.` prefix and the `model` "
                                  "entry accepted)"),
-    "torchgeo_croma": family_lib.Converter(lambda params, cfg: gair_convert.rs_to_torchgeo(params["rs_encoder"]),
-                                           _encoder_import("rs_encoder", gair_convert.rs_from_torchgeo),
-                                           "the RS encoder as torchgeo's croma.ViT"),
+    "torchgeo_croma": family_lib.Converter(
+        lambda params, cfg: gair_convert.rs_to_torchgeo(params["rs_encoder"]),
+        _encoder_import("rs_encoder", lambda sd, target, source, reinit_patch_layer=False, **_:
+                        gair_convert.rs_from_torchgeo(sd, target, source, reinit_patch_layer)),
+        "the RS encoder as torchgeo's croma.ViT (or CROMA's release: its optical encoder)",
+        arguments=lambda parser: parser.add_argument(
+            "--reinit-patch-layer", action="store_true",
+            help="a CROMA patch layer for another band count (its 12 bands into GAIR's 10) keeps the fresh "
+                 "initialisation, as GAIR's research code does, instead of failing")),
     "hf_vit": family_lib.Converter(lambda params, cfg: gair_convert.sv_to_hf(params["sv_encoder"]),
-                                   _encoder_import("sv_encoder", gair_convert.sv_from_hf),
+                                   _encoder_import("sv_encoder", lambda sd, target, source, **_:
+                                                   gair_convert.sv_from_hf(sd, target, source)),
                                    "the SV encoder as a transformers ViTModel"),
 }
 
@@ -240,4 +305,17 @@ FAMILY = family_lib.Family(
     preprocess=commands.PREPROCESS,
     write_embeddings=commands.write_embeddings,
     embed_arguments=commands.embed_arguments,
+    # the research lr rule counts photos (a sample there is one photo with a patch); a record of ours is a patch
+    # with up to sv_budget photos
+    sample_unit=lambda model_cfg: ("photos", model_cfg.sv_budget),
+    num_examples=lambda manifest, config: manifest.get(
+        "num_sv" if config.data.get("sampling", "patch") == "photo" else "num_records"),
+    initial_weights=initial_weights,
+    recipe_notes=lambda cfg, config: {
+        "sampling": (f"a patch with up to {cfg.sv_budget} of its photos per record"
+                     if config.data.get("sampling", "patch") == "patch" else "one photo with its own patch per record"),
+        "augmentation": "as the research code: RS clipped to mean ± 2σ, bicubic resize, ColorJitter(0.2, 0.2) p 0.7 on "
+                        "bands 1-3; photos resized, flipped, ColorJitter(0.1 × 4) p 0.3 after normalisation",
+        "dropout": f"SV attention probabilities {cfg.sv.attention_dropout:g}, hidden {cfg.sv.hidden_dropout:g} "
+                   "(students in training steps; teachers none)"},
 )

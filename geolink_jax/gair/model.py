@@ -13,8 +13,8 @@ Loss = (CE(sv→rs) + CE(rs→sv) + L(sv, loc) + L(rs, loc)) / 2 − α·cos(sv,
   (negatives), re-encoded every step; the queue holds raw coordinates, is global (every device's SV), lives in the
   model state (checkpointed; a resumed run continues with it) and is updated after the loss with this step's valid
   SV locations;
-- distillation to frozen teachers (copies of the encoders at build time): the SV pooler output and the RS token
-  mean, α = 0.2.
+- distillation to frozen teachers (`teacher_init`: copies of the initial encoders or weight files): the SV pooler
+  output and the RS token mean, α = 0.2.
 """
 
 import dataclasses
@@ -33,18 +33,34 @@ from geolink_jax.nn.layers import FrozenParam
 
 
 @dataclasses.dataclass(frozen=True)
+class EncoderInit:
+    """Where the RS and SV encoders' initial weights come from, per role (student_init, teacher_init):
+    "" (students only) the run's random initialisation; "student" (teachers only) a copy of the student's initial
+    weights; or a weight file: RS reads CROMA's optical ViT (its release, torchgeo's `croma.ViT`, or GAIR's layout;
+    a patch layer for another band count is re-initialised), SV an HF `ViTModel` (safetensors or torch file, or
+    the model directory holding one)."""
+
+    rs: str = ""
+    sv: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class GAIRConfig:
     """Every GAIR hyperparameter; defaults = the released GAIR."""
 
     rs: RSEncoderConfig = RSEncoderConfig()
     sv: SVEncoderConfig = SVEncoderConfig()
     location: LocationEncoderConfig = LocationEncoderConfig()
-    query_mode: str = "nili"  # or the ablation baselines "bilinear", "bicubic"
-    nili_convention: str = "research"  # or "head" (GAIR's inference package), see gair/nili.py
+    query_mode: str = "nili"  # or the ablation baselines "bilinear", "bicubic" (always HEAD's coordinate mapping)
+    nili_convention: str = "research"  # or "head" (GAIR's inference package), see gair/nili.py; NILI only
     temperature: float = 0.07  # fixed, for the RS↔SV and the location terms alike
     queue_size: int = 4096
     distill_weight: float = 0.2
-    teachers: bool = True  # frozen teacher copies for the distillation terms
+    teachers: bool = True  # frozen teachers for the distillation terms
+    # GAIR's research run: student_init.rs = CROMA's optical weights (10-band patch layer fresh), student SV random;
+    # teacher_init.rs = "student", teacher_init.sv = google/vit-base-patch16-224-in21k. The defaults need no files.
+    student_init: EncoderInit = EncoderInit()
+    teacher_init: EncoderInit = EncoderInit(rs="student", sv="student")
     # "": a fresh location encoder (GAIR's research model); "geoclip": GeoCLIP's pretrained weights as its wheel ships
     # them, or a path to such a location_encoder_weights.pth: every weight but the heads (768 vs GeoCLIP's 512 wide)
     location_init: str = ""
@@ -73,7 +89,7 @@ class GAIR(nnx.Module):
         self.location_encoder = LocationEncoder(cfg.location, rngs=rngs)
         self.imnet = layers.Dense(9 * d + 2, d, rngs=rngs, axes=(None, "embed"), dtype=dt)
         self.sv_proj = layers.Dense(cfg.sv.width, cfg.sv.width, rngs=rngs, axes=("embed", "embed_out"), dtype=dt)
-        if cfg.teachers:  # frozen copies of the encoders as built (the reference deep-copies its initial encoders)
+        if cfg.teachers:  # copies of the encoders as built; gair/family.build loads the files the config names
             self.teacher_rs = RSEncoder(cfg.rs, rngs=rngs, dtype=dt, attention_impl=cfg.attention_impl)
             self.teacher_sv = SVEncoder(cfg.sv, rngs=rngs, dtype=dt, attention_impl=cfg.attention_impl)
             nnx.update(self.teacher_rs, nnx.state(self.rs_encoder))
@@ -94,23 +110,27 @@ class GAIR(nnx.Module):
     def query(self, grid, rel, mode=None):
         """grid [B, h, w, D], rel [B, S, 2] relative (x, y) → localized RS embeddings [B, S, D]."""
         mode = mode or self.cfg.query_mode
-        pos = nili.grid_position(rel.astype(jnp.float32), self.cfg.nili_convention)
+        # the research code has no bilinear/bicubic modes: they follow the inference package (HEAD's
+        # interp_query_embedding: [−1, 1], x as the column) under either NILI convention
+        convention = self.cfg.nili_convention if mode == "nili" else "head"
+        pos = nili.grid_position(rel.astype(jnp.float32), convention)
         if mode == "nili":
             return nili.nili(grid, pos, self.imnet.kernel[...], self.imnet.bias[...],
                              offsets_col_first=self.cfg.nili_convention == "head")
         return nili.interpolate(grid, pos, mode)
 
-    def sv_embed(self, sv):
-        """sv [..., 224, 224, 3] → pooler output [..., D] (before the projection)."""
+    def sv_embed(self, sv, dropout_key=None):
+        """sv [..., 224, 224, 3] → pooler output [..., D] (before the projection); dropout only with a key."""
         lead = sv.shape[:-3]
-        pooled, _ = self.sv_encoder(sv.reshape(-1, *sv.shape[-3:]))
+        pooled, _ = self.sv_encoder(sv.reshape(-1, *sv.shape[-3:]), dropout_key=dropout_key)
         return pooled.reshape(*lead, -1)
 
     def location_embed(self, lonlat):
         return self.location_encoder(lonlat)
 
     # ------------------------------------------------------------------ loss
-    def loss(self, batch, ctx_groups=1, return_outputs=False):
+    def loss(self, batch, ctx_groups=1, return_outputs=False, dropout_key=None):
+        """dropout_key: the training step's key (the SV encoder's dropouts), None for a deterministic loss."""
         cfg = self.cfg
         b, s = batch["sv_valid"].shape
         if b * s > cfg.queue_size:
@@ -118,7 +138,7 @@ class GAIR(nnx.Module):
         valid = batch["sv_valid"].reshape(-1)
         grid, rs_emb = self.rs_tokens(batch["rs"])
         queried = self.query(grid, batch["sv_rel"]).reshape(b * s, -1)
-        sv_emb = self.sv_embed(batch["sv"]).reshape(b * s, -1)
+        sv_emb = self.sv_embed(batch["sv"], dropout_key).reshape(b * s, -1)
         sv_z = self.sv_proj(sv_emb)
         ce, acc = losses.contrastive_loss(sv_z, queried, valid, cfg.temperature, ctx_groups)
 

@@ -10,6 +10,7 @@ in degrees (a projected patch gets CRS-aware relative coordinates from preproces
   indexes rows, y (from lat) columns, and positions stay in [0, 1] (the lower-right quarter of the grid);
 - "head" (GAIR's later inference package): p = (2y − 1, 2x − 1), rows from north to south, columns west to east;
   its imnet takes the relative offsets in (column, row) order.
+The bilinear / bicubic baselines exist only in the inference package, so they always use its ("head") mapping.
 
 NILI (LIIF's local ensemble). The tokens [B, h, w, D] are unfolded 3 × 3 (zero padded; features channel-major,
 9D wide). For each of the 4 corners (±1/h, ±1/w shifts, + 1e-6, clamped to ±(1 − 1e-6)) the nearest cell is looked

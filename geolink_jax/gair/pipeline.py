@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from geolink_jax.data import shards
-from geolink_jax.data.pipeline import batched
+from geolink_jax.data.pipeline import batched, batches, iterate
 from geolink_jax.gair import augment
 from geolink_jax.gair.preprocess import decode
 
@@ -36,6 +36,12 @@ class GAIRPipelineConfig:
     seed: int = 0
     worker_count: int = 0
     read_threads: int = 2
+    # "patch": an element is a patch with up to sv_budget of its photos (ours, the default); "photo": an element is
+    # one photo with its patch, every photo once per epoch (the research code's sample; needs sv_budget 1)
+    sampling: str = "patch"
+
+
+SAMPLINGS = ("patch", "photo")
 
 
 def resize_bands(x, size):
@@ -52,14 +58,19 @@ class PatchToSample(grain.transforms.RandomMap):
         self.cfg = cfg
 
     def random_map(self, data, rng):
+        """data: a record's bytes, or (bytes, photo index) under per-photo sampling."""
         cfg = self.cfg
+        data, photo = data if isinstance(data, tuple) else (data, None)
         record = decode(data)
         if len(cfg.band_mean) != record["rs"].shape[-1]:
             raise shards.DataError(f"patch {record['patch_id']}: {record['rs'].shape[-1]} bands but "
                                    f"{len(cfg.band_mean)} band statistics (set model band_mean/band_std)")
         rs = resize_bands(augment.normalize_rs(record["rs"], cfg.band_mean, cfg.band_std), cfg.rs_size)
         n, s = len(record["sv_images"]), cfg.sv_budget
-        chosen = np.sort(rng.choice(n, s, replace=False)) if n > s else np.arange(n)
+        if photo is not None:
+            chosen = np.array([photo])
+        else:
+            chosen = np.sort(rng.choice(n, s, replace=False)) if n > s else np.arange(n)
         sv = np.zeros((s, cfg.sv_size, cfg.sv_size, 3), np.uint8)
         jit_apply, jit_f, jit_o = np.zeros(s, bool), np.tile([1, 1, 1, 0], (s, 1)).astype(np.float32), \
             np.tile(np.arange(4), (s, 1)).astype(np.int32)
@@ -82,10 +93,39 @@ class PatchToSample(grain.transforms.RandomMap):
                     sv_jitter_apply=jit_apply, sv_jitter_factors=jit_f, sv_jitter_order=jit_o)
 
 
-def make_dataset(paths, cfg: GAIRPipelineConfig, process_index=0, process_count=1):
-    return batched(paths, PatchToSample(cfg), None, cfg.batch_size, train=cfg.train, seed=cfg.seed,
-                   read_threads=cfg.read_threads, worker_count=cfg.worker_count, process_index=process_index,
-                   process_count=process_count)
+class PhotoSource(grain.sources.RandomAccessDataSource):
+    """Per-photo sampling: element i is (the bytes of the record holding photo i, its index there)."""
+
+    def __init__(self, paths, sv_counts):
+        self._records = shards.ShardSource(paths)
+        counts = np.asarray(sv_counts, np.int64)
+        self._record = np.repeat(np.arange(len(counts)), counts)
+        self._photo = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+    def __len__(self):
+        return len(self._record)
+
+    def __getitem__(self, i):
+        return self._records[int(self._record[i])], int(self._photo[i])
+
+
+def make_dataset(paths, cfg: GAIRPipelineConfig, process_index=0, process_count=1, manifest=None):
+    if cfg.sampling not in SAMPLINGS:
+        raise ValueError(f"data.sampling {cfg.sampling!r}: one of {', '.join(SAMPLINGS)}")
+    if cfg.sampling == "patch":
+        return batched(paths, PatchToSample(cfg), None, cfg.batch_size, train=cfg.train, seed=cfg.seed,
+                       read_threads=cfg.read_threads, worker_count=cfg.worker_count, process_index=process_index,
+                       process_count=process_count)
+    if cfg.sv_budget != 1:
+        raise ValueError(f"data.sampling='photo' takes one photo per element: set model.sv_budget=1 (is "
+                         f"{cfg.sv_budget})")
+    if "sv_counts" not in (manifest or {}):
+        raise shards.DataError("data.sampling='photo' needs the photos per patch in manifest.json (sv_counts): "
+                               "preprocess the patches again with this version")
+    ds = batches(grain.MapDataset.source(PhotoSource(paths, manifest["sv_counts"])), PatchToSample(cfg), None,
+                 cfg.batch_size, train=cfg.train, seed=cfg.seed, process_index=process_index,
+                 process_count=process_count)
+    return iterate(ds, cfg.read_threads, cfg.worker_count)
 
 
 def step_inputs(batch):

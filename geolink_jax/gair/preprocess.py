@@ -218,6 +218,8 @@ def make_manifest(summaries, shard_infos, extra_problems, cfg, num_patches):
         "problems": {k: sum(p["severity"] == k for p in problems) for k in ("error", "warning", "note")},
         "bands": list(cfg.bands),
         "sv_per_patch": outputs.stats([s["counts"]["sv"] for s in written]),
+        # photos of each record in record order (shards by name, items by index): what per-photo sampling indexes
+        "sv_counts": [s["counts"]["sv"] for s in sorted(written, key=lambda s: s["index"])],
         "rs_size": {k: outputs.stats([s["counts"][k] for s in written]) for k in ("height", "width")},
         "shards": sorted(shard_infos, key=lambda s: s["path"]),
         "writer_options": shards.WRITER_OPTIONS,

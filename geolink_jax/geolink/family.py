@@ -198,4 +198,6 @@ FAMILY = family_lib.Family(
     varied_batches=varied_batches,
     pictures=pictures,
     log_keys=("loss", "img_loss", "contrastive_loss", "node_loss"),
+    recipe_notes=lambda cfg, config: dict(pipeline.recipe_notes(config), masking=(
+        f"image {cfg.img_mask_ratio:g}, OSM nodes {cfg.osm_mask_ratio:g} (at most {cfg.max_masked_nodes})")),
 )

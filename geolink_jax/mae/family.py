@@ -107,4 +107,5 @@ FAMILY = family_lib.Family(
                                   tile_commands.preprocess_arguments, tile_commands.run_preprocess),
     pictures=pictures,
     log_keys=("loss",),
+    recipe_notes=lambda cfg, config: dict(pipeline.recipe_notes(config), masking=f"image {cfg.img_mask_ratio:g}"),
 )

@@ -259,19 +259,40 @@ class Block(nnx.Module):
     timm's trunc_normal(0.02) for encoder blocks and xavier_uniform for decoder blocks (spec §3.10)."""
 
     def __init__(self, dim, num_heads, mlp_ratio, *, rngs, eps, init, dtype=jnp.float32, attention_impl=None,
-                 qkv_bias=True):
+                 qkv_bias=True, attention_dropout=0.0, dropout=0.0, layer_scale=0.0):
         self.norm1 = LayerNorm(dim, eps=eps, axes=("embed",), dtype=dtype)
         # timm's qkv is one Linear(dim, 3*dim): fan-in dim, fan-out 3*dim for xavier; trunc-normal ignores fans.
         qkv_init = init if init is not None else xavier_uniform((0,), (1, 2, 3))
         self.attn = MultiHeadAttention(dim, num_heads, rngs=rngs, qkv_init=qkv_init,
                                        out_init=_flat_out_init(init), dtype=dtype, implementation=attention_impl,
-                                       qkv_bias=qkv_bias)
+                                       qkv_bias=qkv_bias, dropout=attention_dropout)
         self.norm2 = LayerNorm(dim, eps=eps, axes=("embed",), dtype=dtype)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), rngs=rngs, init=init or xavier_uniform(), dtype=dtype)
+        self.dropout = dropout  # on each branch's output before its residual add (HF ViT's hidden_dropout_prob)
+        if layer_scale:  # timm LayerScale (init_values, DINOv2): each branch's output × a learned per-channel γ
+            const = lambda key, shape, dtype=jnp.float32: jnp.full(shape, layer_scale, dtype)  # noqa: E731
+            self.ls1 = nnx.Dict(gamma=param(rngs, const, (dim,), ("embed",)))
+            self.ls2 = nnx.Dict(gamma=param(rngs, const, (dim,), ("embed",)))
+        else:
+            self.ls1 = self.ls2 = None
 
-    def __call__(self, x, attn_bias=None):
-        x = x + self.attn(self.norm1(x), bias=attn_bias)
-        return x + self.mlp(self.norm2(x))
+    def _scale(self, ls, y):
+        return y if ls is None else y * ls["gamma"][...].astype(y.dtype)
+
+    def __call__(self, x, attn_bias=None, dropout_key=None):
+        """dropout_key: None (evaluation, teachers) or a key for the attention-probability and hidden dropouts."""
+        k_attn, k_out, k_mlp = jax.random.split(dropout_key, 3) if dropout_key is not None else (None,) * 3
+        y = self._scale(self.ls1, self.attn(self.norm1(x), bias=attn_bias, dropout_key=k_attn))
+        x = x + dropout(y, self.dropout, k_out)
+        return x + dropout(self._scale(self.ls2, self.mlp(self.norm2(x))), self.dropout, k_mlp)
+
+
+def dropout(x, rate, key):
+    """Inverted dropout; the identity without a key or at rate 0."""
+    if key is None or not rate:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def _flat_out_init(init):

@@ -44,10 +44,14 @@ def constrain_batch(x):
 
 
 def run_blocks(blocks, x, taps=None, **kwargs):
-    """x [B, T, D] through each block in turn, its batch axis constrained before every block (`constrain_batch`).
-    Returns x, or (x, {i: output of block i for i in taps}) when `taps` is given."""
+    """x [B, T, D] through each block in turn, its batch axis constrained before every block (`constrain_batch`);
+    a `dropout_key` is folded with the block index. Returns x, or (x, {i: output of block i for i in taps}) when
+    `taps` is given."""
     outputs = {}
+    key = kwargs.pop("dropout_key", None)
     for i, block in enumerate(blocks):
+        if key is not None:  # each block its own dropout draws
+            kwargs["dropout_key"] = jax.random.fold_in(key, i)
         x = block(constrain_batch(x), **kwargs)
         if taps is not None and i in taps:
             outputs[i] = x

@@ -135,3 +135,11 @@ def make_dataset(paths, cfg: TilePipelineConfig, process_index=0, process_count=
 def to_graph_batch(batch):
     """The batch dict's graph fields → GraphBatch (numpy or jax arrays alike)."""
     return GraphBatch(**batch["graph"])
+
+
+def recipe_notes(config):
+    """The recipe card's augmentation line of a tile run (GeoLink, MAE)."""
+    d = config.data
+    crop = "the reference's always-tall random resized crop" if d.faithful_crop else "random resized crop"
+    where = "in the train step (on device)" if d.augment_on_device else "on the host"
+    return {"augmentation": f"spec §5.2: {crop}, flip, colour jitter, the graph cropped with the image; {where}"}

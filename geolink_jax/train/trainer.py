@@ -36,8 +36,8 @@ def resolve(config, manifest):
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.model.update(fam.model_fields_from_data(manifest or {}))
-        derived = config_lib.derive(config, (manifest or {}).get("num_records"))
-        config.derived = dict(total_steps=derived.total_steps, lr=derived.lr, warmup_steps=derived.warmup_steps)
+        derived = config_lib.derive(config, fam.num_examples(manifest or {}, config))
+        config.derived = derived.as_dict()
     config_lib.check(config)
     return config
 
@@ -71,16 +71,20 @@ class Setup:
                                in_shardings=(self.state_shardings, None, self.replicated),
                                out_shardings=(self.state_shardings, self.replicated))
 
-    def _init_state(self):
-        model = self.family.build(self.model_cfg, nnx.Rngs(self.config.seed))
+    def _init_state(self, weights=None):
+        rngs = nnx.Rngs(self.config.seed)
+        model = (self.family.build(self.model_cfg, rngs) if weights is None
+                 else self.family.build(self.model_cfg, rngs, weights))
         _, params, frozen, state = family_lib.split(model, self.family)
         params = family_lib.pure(params)
         return dict(params=params, frozen=family_lib.pure(frozen), state=family_lib.pure(state),
                     opt_state=self.tx.init(params), step=jnp.zeros((), jnp.int32))
 
     def init_state(self):
+        # weight files the config names, read on the host and passed in as arguments (not baked in as constants)
+        weights = self.family.initial_weights(self.model_cfg) if self.family.initial_weights else None
         with jax.set_mesh(self.mesh):
-            state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
+            state = jax.jit(self._init_state, out_shardings=self.state_shardings)(weights)
             # Commit every leaf to exactly the step's in_shardings, or the second step recompiles.
             return jax.device_put(state, self.state_shardings)
 
@@ -110,7 +114,10 @@ class Setup:
 
         def update(_):
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            return optax.apply_updates(state["params"], updates), opt_state, model_state
+            params = optax.apply_updates(state["params"], updates)
+            if self.family.constrain is not None:  # e.g. a clamp after every update, as the family's recipe
+                params = self.family.constrain(params, self.model_cfg)
+            return params, opt_state, model_state
 
         # A non-finite step changes nothing (params, optimizer moments, model state), so no checkpoint ever holds
         # its result. lax.cond runs one branch: no elementwise select pass over the whole state on every step.

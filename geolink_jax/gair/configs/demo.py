@@ -13,6 +13,7 @@ def get_config(arg=None):
     config.model.sv.update(width=64, depth=2, num_heads=4, mlp_dim=128, image_size=64)
     config.model.location.update(hidden=128, out_dim=64)
     config.model.update(sv_budget=4, queue_size=256)
+    config.data.sampling = "patch"  # or "photo" with model.sv_budget=1 (see gair/pipeline.py)
     config.batch_size = 4
     config.total_steps = 60
     config.log_every = 5

@@ -34,4 +34,10 @@ def get_config(arg=None):
     # split over the same axis.
     config.mesh = dict(data=1, fsdp=-1, tensor=1)
     config.pictures = False
+    config.reference = dict(
+        name="none published: GeoLink releases no training script (spec §5.1, §10); the optimiser of Rose, its "
+             "predecessor (spec §5.1)",
+        source="geolink_reference_spec.md §5.1: Rose used AdamW betas (0.9, 0.95), lr = 1.5e-4·bs/256, wd 0.05",
+        values={"lr rule": "1.5e-4 × effective batch / 256",
+                "optimiser": "AdamW β = (0.9, 0.95), eps 1e-8, weight decay 0.05"})
     return config
