@@ -271,6 +271,29 @@ def cmd_probe(args):
     return 0
 
 
+def _evaluate_parser(sub):
+    p = sub.add_parser("evaluate", help="downstream evaluation sweeps: encoders (any family's weights, workdir "
+                                        "checkpoints, random, raw pixels) × tasks × protocols × fractions × seeds",
+                       description="Rows go to OUT/rows.jsonl as each cell finishes; a rerun skips finished cells; "
+                                   "OUT/results.md and results.csv summarise them (geolink_jax/evaluate.py "
+                                   "says what a sweep file holds).")
+    p.add_argument("--config", required=True, help="sweep file (get_config() → encoders, tasks, protocols, "
+                                                    "fractions, seeds, batch_size, knn_k)")
+    p.add_argument("--out", required=True, help="output directory (rows.jsonl, features/, results.md/csv)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_evaluate(args):
+    from geolink_jax import evaluate
+
+    settings = evaluate.load_sweep(args.config)
+    ran = evaluate.run(settings, args.out, progress=not args.no_progress)
+    md = evaluate.report(args.out)
+    print(md + f"{ran} cells run; rows in {args.out}/rows.jsonl")
+    return 0
+
+
 def _bench_parser(sub):
     p = sub.add_parser("bench", help="benchmark suites → JSON rows, markdown/CSV table, plots; or `bench report`",
                        description="Run a benchmark sweep (a named sweep of geolink_jax/bench/sweeps or a sweep "
@@ -404,6 +427,7 @@ def main(argv=None):
     _convert_parser(sub).set_defaults(func=cmd_convert)
     _embed_parser(sub).set_defaults(func=cmd_embed)
     _probe_parser(sub).set_defaults(func=cmd_probe)
+    _evaluate_parser(sub).set_defaults(func=cmd_evaluate)
     _bench_parser(sub).set_defaults(func=cmd_bench)
     _plan_parser(sub).set_defaults(func=cmd_plan)
     family_commands = {}

@@ -66,6 +66,10 @@ class Family:
     write_embeddings(model, args) -> summary line: `geolink-jax embed` for this family's models (args: the command's
         parsed arguments, `embed_arguments` included).
     embed_arguments(parser): the family's own `embed` flags (e.g. GAIR's --queries).
+    features(model, wavelengths_um) -> f(images) -> {"pooled": [B, D], "grid": [B, h, w, D]}: what downstream
+        tasks read (`geolink-jax evaluate`); images float32 [B, H, W, C] in [0, 1] whose bands are at
+        `wavelengths_um`; f is compiled once for all batches of one shape; a band set the encoder cannot take is a
+        ValueError naming it, raised before any batch.
     preprocess: Command of `geolink-jax preprocess --family NAME` (its flags and job), or None.
     commands: further `geolink-jax` subcommands of the family (GeoLink's finetune, DOFA-CLIP's zeroshot, …).
     varied_batches(model_cfg, batch_size, count) -> VariedBatches: host batches whose contents vary the way the
@@ -99,6 +103,7 @@ class Family:
     embed: Callable | None = None
     write_embeddings: Callable | None = None
     embed_arguments: Callable | None = None
+    features: Callable | None = None
     preprocess: "Command | None" = None
     commands: tuple = ()
     varied_batches: Callable | None = None

@@ -105,9 +105,9 @@ def _merge(a, b):
     return out
 
 
-def load_params(path):
+def load_params(path, step=None):
     """A converted directory (params/ + model_config.json) or a pretraining workdir (latest checkpoint +
-    config.json) → Weights(family, params, model config)."""
+    config.json; `step`: that checkpoint) → Weights(family, params, model config)."""
     path = pathlib.Path(path).absolute()
     if (path / CONFIG_FILE).exists():
         with ocp.StandardCheckpointer() as ckptr:
@@ -120,7 +120,7 @@ def load_params(path):
     from geolink_jax.train.checkpoint import CheckpointError, load_verified
 
     try:  # the newest checkpoint that verifies (damaged ones are reported and skipped)
-        _, state = load_verified(path / "checkpoints", report=lambda line: print(line, file=sys.stderr))
+        _, state = load_verified(path / "checkpoints", report=lambda line: print(line, file=sys.stderr), step=step)
     except CheckpointError as e:
         raise FileNotFoundError(str(e)) from None
     params = _int_keys(_merge(state["params"], state.get("frozen") or {}))
@@ -142,7 +142,8 @@ def model_from_params(family, params, model_cfg):
     return nnx.merge(graphdef, state, rest)
 
 
-def load_model(path):
-    """A converted directory or a pretraining workdir → (family name, module)."""
-    weights = load_params(path)
+def load_model(path, step=None):
+    """A converted directory or a pretraining workdir (`step`: that checkpoint, else the newest) → (family name,
+    module)."""
+    weights = load_params(path, step)
     return weights.family, model_from_params(*weights)

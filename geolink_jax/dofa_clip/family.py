@@ -315,6 +315,34 @@ def pictures(model, host_batch, workdir, count=8):
     out.save(pathlib.Path(workdir) / "similarity.png")
 
 
+def features(model, wavelengths_um):
+    """`geolink-jax evaluate`: the image tower's pooled (MAP) output and its final tokens as a grid, for images
+    [B, H, W, C] in [0, 1] with any bands (their wavelengths condition the patch embedding): resized to the tower's
+    size, (x − 0.5) / 0.5 as the pipeline's 8-bit pixels, bands zero-padded to the model's bucket."""
+    cfg = model.cfg
+    c = len(wavelengths_um)
+    cb = cfg.bucket(c)
+    size, g = cfg.image.image_size, cfg.image.grid
+    wl = jnp.asarray(np.pad(np.asarray(wavelengths_um, np.float32), (0, cb - c)))
+    valid = jnp.arange(cb) < c
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, x):
+        if x.shape[1:3] != (size, size):
+            x = jax.image.resize(x, (x.shape[0], size, size, c), "bilinear", antialias=True)
+        x = jnp.pad((x - 0.5) / 0.5, ((0, 0), (0, 0), (0, 0), (0, cb - c)))
+        pooled, taps = nnx.merge(graphdef, state).image(x, wl, valid)
+        tokens = taps[-1] if -1 in taps else taps[max(taps)]
+        return pooled.astype(jnp.float32), tokens.reshape(x.shape[0], g, g, -1).astype(jnp.float32)
+
+    def f(images):
+        pooled, grid = run(state, jnp.asarray(np.asarray(images, np.float32)))
+        return dict(pooled=np.asarray(pooled), grid=np.asarray(grid))
+
+    return f
+
+
 def recipe_notes(cfg):
     online = [t.name for t in cfg.teachers if t.online]
     cached = [t.name for t in cfg.teachers if not t.online]
@@ -361,6 +389,7 @@ FAMILY = family_lib.Family(
     preprocess=commands.PREPROCESS,
     write_embeddings=commands.write_embeddings,
     embed_arguments=commands.embed_arguments,
+    features=features,
     commands=commands.COMMANDS,
     varied_batches=varied_batches,
     sample_unit=lambda model_cfg: ("pairs", 1),

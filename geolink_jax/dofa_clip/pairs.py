@@ -3,15 +3,8 @@ may name, and the errors.jsonl row a bad pair is reported with (shared by the ta
 
 import dataclasses
 
-RGB = (0.665, 0.56, 0.49)
-# central wavelengths (µm) by band, in file order
-SENSORS = {
-    "rgb": RGB,
-    "sentinel2_l1c": (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.375, 1.61, 2.19),
-    "sentinel2_l2a": (0.443, 0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 0.945, 1.61, 2.19),
-    "landsat8_oli": (0.443, 0.482, 0.561, 0.655, 0.865, 1.609, 2.201),  # B1–B7
-    "sentinel1": (5.405e4, 5.405e4),  # C band VV, VH
-}
+from geolink_jax.data.sensors import RGB, SENSORS  # noqa: F401  (the tables a pair table may name)
+
 BY_COUNT = {13: "sentinel2_l1c", 12: "sentinel2_l2a", 7: "landsat8_oli", 3: "rgb", 2: "sentinel1"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

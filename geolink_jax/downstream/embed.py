@@ -130,3 +130,40 @@ def tile_embed_arguments(p):
     """`geolink-jax embed` flags of tile embeddings."""
     p.add_argument("--encoder", default="e5", help="tag encoder for raw OSM tiles (must match the pretraining's)")
     p.add_argument("--maps", default=None, help="also write the [N, h, w, D] maps to this .npz")
+
+
+def resize_images(images, size):
+    """float [B, H, W, C] → [B, size, size, C], bilinear with antialiasing (jax.image.resize)."""
+    images = jnp.asarray(images, jnp.float32)
+    if images.shape[1:3] == (size, size):
+        return images
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bilinear", antialias=True)
+
+
+def rgb_of(wavelengths_um, what):
+    """Indices of the red, green and blue bands (nearest to 665/560/490 nm within 50 nm) for an RGB encoder;
+    ValueError naming `what` where one is missing."""
+    from geolink_jax.data.sensors import RGB, nearest_bands
+
+    idx = nearest_bands(wavelengths_um, RGB, tolerance_um=0.05)
+    if None in idx:
+        raise ValueError(f"{what} takes red, green and blue bands; the task's bands are at "
+                         f"{', '.join(f'{w:g}' for w in wavelengths_um)} µm")
+    return idx
+
+
+def image_mae_features(model, wavelengths_um):
+    """An image-MAE encoder (GeoLink's image branch, the MAE family): RGB at the model's size, ImageNet-normalised,
+    unmasked → pooled = mean of the normed patch tokens [B, D], grid [B, h, w, D]."""
+    from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    idx = rgb_of(wavelengths_um, "an RGB image encoder")
+    embed_fn = make_image_embed_fn(model)
+    size = model.cfg.vit.image_size
+
+    def f(images):
+        x = resize_images(np.asarray(images, np.float32)[..., idx], size)
+        out = embed_fn((x - IMAGENET_MEAN) / IMAGENET_STD, None)
+        return dict(pooled=np.asarray(out["patch"].mean((1, 2))), grid=np.asarray(out["patch"]))
+
+    return f

