@@ -1,6 +1,7 @@
 """An evaluation sweep: raw pixels, each family at its random initialisation and each family's demo-pretrained
 workdir (the README commands write out/demo, out/mae_demo, out/gair_demo, out/dofa_clip_demo; a missing one is a
-failed row, the rest run) on the real Landsat 7 land-cover task, kNN and linear probe, all labels and 10 % of them, three seeds.
+failed row, the rest run) on the real Landsat 7 land-cover task, kNN and linear probe, all labels and 10 % of
+them, three seeds.
 
     geolink-jax evaluate --config configs/evaluate_demo.py --out out/evaluate
 """
