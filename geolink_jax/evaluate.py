@@ -109,8 +109,10 @@ def encoder_fn(spec, wavelengths_um):
     return lambda images: f(images)["pooled"]
 
 
-def features(spec, task, batch_size, cache_dir):
-    """Pooled features of every image of `task` [N, D], cached per (encoder, task) in `cache_dir`."""
+def features(spec, task, batch_size, cache_dir, progress=False):
+    """(pooled features of every image of `task` [N, D], timing): cached per (encoder, task) in `cache_dir` (timing
+    {} then); features_s includes building and compiling the encoder, features_per_s counts the batches after the
+    first."""
     from tqdm import tqdm
 
     from geolink_jax.data import outputs
@@ -118,19 +120,26 @@ def features(spec, task, batch_size, cache_dir):
     key = hashlib.sha1(f"{spec}|{task.name}|{task.images.shape}".encode()).hexdigest()[:16]
     path = pathlib.Path(cache_dir) / f"{key}.npy"
     if path.exists():
-        return np.load(path)
+        return np.load(path), {}
+    start = time.perf_counter()
     fn = encoder_fn(spec, task.wavelengths_um)
     n = len(task.images)
-    out = []
-    for i in tqdm(range(0, n, batch_size), desc=f"features {task.name}", leave=False, disable=n <= batch_size):
+    out, steady = [], None
+    for i in tqdm(range(0, n, batch_size), desc=f"features {task.name}", leave=False, disable=not progress):
+        if i == batch_size:  # the first batch built and compiled the encoder: throughput counts from here
+            steady = time.perf_counter()
         batch = task.images[i:i + batch_size]
         pad = batch_size - len(batch)  # one static batch shape: the last batch is padded, its padding dropped
         full = np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)]) if pad else batch
         out.append(np.asarray(fn(full), np.float32)[:len(batch)])
     x = np.concatenate(out)
+    end = time.perf_counter()
+    timing = dict(features_s=round(end - start, 3))
+    if steady is not None:
+        timing["features_per_s"] = round((n - batch_size) / (end - steady), 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     outputs.write_bytes(path, _npy_bytes(x))
-    return x
+    return x, timing
 
 
 def _npy_bytes(x):
@@ -222,8 +231,8 @@ def run(settings, out_dir, progress=True, stop_after=None):
                 if cell.task not in loaded:
                     loaded[cell.task] = tasks_lib.load(spec)
                 task = loaded[cell.task]
-                x = features(cell.encoder, task, settings["batch_size"], out_dir / "features")
-                row.update(status="ok", **run_cell(cell, task, x, settings), dropped_inputs=task.dropped)
+                x, timing = features(cell.encoder, task, settings["batch_size"], out_dir / "features", progress)
+                row.update(status="ok", **run_cell(cell, task, x, settings), dropped_inputs=task.dropped, **timing)
             except (ValueError, FileNotFoundError, OSError) as e:  # this cell cannot run: recorded, the rest go on
                 row.update(status="failed", reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
             row["seconds"] = round(time.perf_counter() - start, 3)
@@ -274,7 +283,44 @@ def report(out_dir):
         lines.append(f"| {enc} | {task} | {proto} | {frac:g} | {n} | {cells[0]} | {cells[1]} |")
         csv.append(",".join([enc, task, proto, f"{frac:g}", str(n), f"{am:.6f}", f"{asd:.6f}", f"{fm:.6f}",
                              f"{fsd:.6f}", json.dumps(reason)]))
-    md = "\n".join(lines) + "\n"
+    picture = plot(table, pathlib.Path(out_dir) / "results.png")
+    md = "\n".join(lines) + "\n" + (f"\n![accuracy per encoder]({picture.name})\n" if picture else "")
     outputs.write_bytes(pathlib.Path(out_dir) / "results.md", md.encode())
     outputs.write_bytes(pathlib.Path(out_dir) / "results.csv", ("\n".join(csv) + "\n").encode())
     return md
+
+
+def plot(table, path):
+    """results.png: per task, accuracy (mean ± std over seeds) of every encoder, one bar per protocol and label
+    fraction. None (no picture) without matplotlib."""
+    import importlib.util
+
+    ok = [r for r in table if r[4]]
+    if not ok or importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r[1] for r in ok})
+    encoders = sorted({r[0] for r in ok})
+    series = sorted({(r[2], r[3]) for r in ok}, key=lambda x: (x[0], -x[1]))
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6, 1.1 * len(encoders) + 2), 3.6 * len(tasks)),
+                             squeeze=False)
+    width = 0.8 / len(series)
+    for ax, task in zip(axes[:, 0], tasks):
+        for j, (proto, frac) in enumerate(series):
+            vals = {r[0]: (r[5], r[6]) for r in ok if r[1] == task and r[2] == proto and r[3] == frac}
+            xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(encoders))]
+            ax.bar(xs, [vals.get(e, (np.nan, 0))[0] for e in encoders], width,
+                   yerr=[vals.get(e, (0, 0))[1] for e in encoders], capsize=2, label=f"{proto}, {frac:.0%} of labels")
+        ax.set_xticks(range(len(encoders)), encoders, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1.15)  # room for the legend above the bars
+        ax.set_title(f"{task}: accuracy per encoder (mean ± std over seeds)")
+        ax.legend(fontsize=7, loc="upper center", ncols=len(series), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
