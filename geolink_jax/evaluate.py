@@ -216,6 +216,11 @@ def run_cell(cell, task, x, settings):
                 n_test=int(task.test.sum()))
 
 
+def task_name(spec):
+    """A task spec's name in rows and caches: its `name`, else its `kind`."""
+    return dict(spec).get("name", dict(spec).get("kind", ""))
+
+
 def finished(rows_path):
     """Keys of the cells rows.jsonl already holds (ok or failed)."""
     path = pathlib.Path(rows_path)
@@ -255,7 +260,7 @@ def run(settings, out_dir, progress=True, stop_after=None):
     encoders = expand_encoders(settings["encoders"])
     task_specs = settings["tasks"]
     # a task spec may name its own protocols (a segmentation task: linear_seg) instead of the sweep's
-    todo = [Cell(e, dict(t).get("name", dict(t).get("kind", "")), p, float(f), int(s)) for e in encoders
+    todo = [Cell(e, task_name(t), p, float(f), int(s)) for e in encoders
             for t in task_specs for p in dict(t).get("protocols", settings["protocols"])
             for f in settings["fractions"] for s in settings["seeds"]]
     todo = [c for c in todo if c.key not in done]
@@ -267,7 +272,7 @@ def run(settings, out_dir, progress=True, stop_after=None):
             start = time.perf_counter()
             row = dataclasses.asdict(cell)
             try:
-                spec = next(t for t in task_specs if dict(t).get("name", dict(t).get("kind", "")) == cell.task)
+                spec = next(t for t in task_specs if task_name(t) == cell.task)
                 if cell.task not in loaded:
                     loaded[cell.task] = tasks_lib.load({k: v for k, v in dict(spec).items() if k != "protocols"})
                 task = loaded[cell.task]

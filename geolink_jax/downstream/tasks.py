@@ -87,12 +87,10 @@ def stretch(band, nodata=None):
     return np.clip((band - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32), valid
 
 
-def raster_points(name, rasters, points, label_field, patch=8, wavelengths=None, test_fraction=0.3, seed=0,
-                  source=""):
-    """Patches of `patch` × `patch` pixels around labelled points. rasters: one multiband file or a list of
-    single-band files (band order = wavelength order); points: a vector file; label_field: its class column
-    (integers or names; classes sorted)."""
-    import geopandas as gpd
+def read_raster(name, rasters, wavelengths=None):
+    """One multiband file or a list of single-band files on one grid (band order = wavelength order) → (bands
+    stretched to [0, 1] [H, W, C], valid bool [H, W] (no band is nodata), crs, transform, paths, wavelengths: given,
+    or those of the sensor the band count implies)."""
     import rasterio
 
     paths = [rasters] if isinstance(rasters, (str, pathlib.Path)) else list(rasters)
@@ -113,6 +111,17 @@ def raster_points(name, rasters, points, label_field, patch=8, wavelengths=None,
     wl = tuple(wavelengths) if wavelengths else SENSORS.get({6: "landsat7_etm", 3: "rgb"}.get(stack.shape[-1], ""))
     if not wl or len(wl) != stack.shape[-1]:
         raise TaskError(f"task {name}: {stack.shape[-1]} bands; give their wavelengths (µm)")
+    return stack, valid, crs, transform, paths, wl
+
+
+def raster_points(name, rasters, points, label_field, patch=8, wavelengths=None, test_fraction=0.3, seed=0,
+                  source=""):
+    """Patches of `patch` × `patch` pixels around labelled points. rasters: one multiband file or a list of
+    single-band files (band order = wavelength order); points: a vector file; label_field: its class column
+    (integers or names; classes sorted)."""
+    import geopandas as gpd
+
+    stack, valid, crs, transform, paths, wl = read_raster(name, rasters, wavelengths)
     try:
         pts = gpd.read_file(points)
     except Exception as e:  # noqa: BLE001 — any unreadable vector file is the user's input
@@ -152,22 +161,8 @@ def raster_mask(name, rasters, mask, tile=16, wavelengths=None, test_fraction=0.
     import rasterio
     from rasterio.warp import Resampling, reproject
 
-    paths = [rasters] if isinstance(rasters, (str, pathlib.Path)) else list(rasters)
-    bands, valid = [], None
-    for path in paths:
-        try:
-            with rasterio.open(path) as src:
-                for b in range(1, src.count + 1):
-                    x, ok = stretch(src.read(b).astype(np.float32), src.nodata)
-                    bands.append(x)
-                    valid = ok if valid is None else valid & ok
-                crs, transform, shape = src.crs, src.transform, (src.height, src.width)
-        except rasterio.errors.RasterioIOError as e:
-            raise TaskError(f"{path}: not a readable raster ({e})") from None
-    stack = np.stack(bands, -1)
-    wl = tuple(wavelengths) if wavelengths else SENSORS.get({6: "landsat7_etm", 3: "rgb"}.get(stack.shape[-1], ""))
-    if not wl or len(wl) != stack.shape[-1]:
-        raise TaskError(f"task {name}: {stack.shape[-1]} bands; give their wavelengths (µm)")
+    stack, valid, crs, transform, paths, wl = read_raster(name, rasters, wavelengths)
+    shape = stack.shape[:2]
     try:
         with rasterio.open(mask) as m:
             values, nodata = m.read(1).astype(np.float64), m.nodata

@@ -51,8 +51,7 @@ def initial_weights(cfg):
     "student" or a file."""
     from geolink_jax.convert.files import load_weights
 
-    out = {}
-    abstract = family_lib.abstract_params(FAMILY, cfg)
+    out, abstract = {}, None
     for role, init, keep in (("student", cfg.student_init, ""), ("teacher", cfg.teacher_init, "student")):
         for enc in ("rs", "sv"):
             source = getattr(init, enc)
@@ -65,6 +64,8 @@ def initial_weights(cfg):
                 continue
             path = _weight_file(source)
             sd, _ = load_weights(path)
+            # the target shapes, traced only when a file is named (the default run reads none)
+            abstract = abstract if abstract is not None else family_lib.abstract_params(FAMILY, cfg)
             if enc == "rs":
                 out[part] = gair_convert.rs_from_torchgeo(sd, abstract[part], str(path), reinit_patch_layer=True)
             else:
