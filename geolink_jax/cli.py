@@ -104,6 +104,10 @@ def cmd_pretrain(args, overrides):
             from geolink_jax import family as family_lib
             from geolink_jax.data import outputs
 
+            path = config.data.path
+            if not outputs.is_remote(path) and not (pathlib.Path(path) / outputs.MANIFEST).exists():
+                raise config_lib.ConfigError(f"--config.data.path {path}: no {outputs.MANIFEST} there "
+                                             "(preprocess the data first, or leave data.path unset)")
             num = family_lib.get_family(config.family).num_examples(outputs.load_manifest(config.data.path), config)
         print(recipe.format_card(config, recipe.card(config, num)))
         return 0

@@ -206,7 +206,10 @@ def load_file(spec):
     module_spec = importlib.util.spec_from_file_location(f"geolink_config_{pathlib.Path(file).stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        return module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # a config refusing its argument (gair_vit_b:bogus) is the user's mistake: one line
+        raise ConfigError(str(e)) from None
 
 
 def load(argv, base=None):

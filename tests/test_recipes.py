@@ -82,6 +82,11 @@ def test_dry_run_prints_the_recipe_card_beside_the_reference(capsys):
     # an override that leaves the recipe without a reason is flagged
     assert cli.main(["pretrain", "--config", "dofa_clip_b16", "--dry-run", "--config.optim.clip_norm=1.0"]) == 0
     assert "WARNING: clipping is global norm 1, the reference's none" in capsys.readouterr().out
+    for args, message in ((["--config", "gair_vit_b:bogus"], "the argument is 'photo'"),
+                          (["--config", "gair_vit_b", "--config.data.path=/nonexistent"], "no manifest.json there")):
+        assert cli.main(["pretrain", *args, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, err
 
 
 # ------------------------------------------------------------------ GAIR
