@@ -66,10 +66,12 @@ class Family:
     write_embeddings(model, args) -> summary line: `geolink-jax embed` for this family's models (args: the command's
         parsed arguments, `embed_arguments` included).
     embed_arguments(parser): the family's own `embed` flags (e.g. GAIR's --queries).
-    features(model, wavelengths_um) -> f(images) -> {"pooled": [B, D], "grid": [B, h, w, D]}: what downstream
-        tasks read (`geolink-jax evaluate`); images float32 [B, H, W, C] in [0, 1] whose bands are at
-        `wavelengths_um`; f is compiled once for all batches of one shape; a band set the encoder cannot take is a
-        ValueError naming it, raised before any batch.
+    features(model, wavelengths_um, modality="image") -> FeatureFn (downstream/features.py): what downstream
+        tasks read (`geolink-jax evaluate`): f(inputs) -> {"pooled": [B, D], "grid": [B, h, w, D], "levels",
+        "embedding", …} as numpy, and f.apply(model, inputs), traceable (fine-tuning). modality "image": float32
+        [B, H, W, C] in [0, 1] whose bands are at `wavelengths_um`; also "image+osm", "photo", "location", "text"
+        where the family has that encoder. A band set or modality the model cannot take is a ValueError naming it,
+        raised before any batch.
     preprocess: Command of `geolink-jax preprocess --family NAME` (its flags and job), or None.
     commands: further `geolink-jax` subcommands of the family (GeoLink's finetune, DOFA-CLIP's zeroshot, …).
     varied_batches(model_cfg, batch_size, count) -> VariedBatches: host batches whose contents vary the way the

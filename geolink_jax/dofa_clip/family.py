@@ -315,32 +315,41 @@ def pictures(model, host_batch, workdir, count=8):
     out.save(pathlib.Path(workdir) / "similarity.png")
 
 
-def features(model, wavelengths_um):
-    """`geolink-jax evaluate`: the image tower's pooled (MAP) output and its final tokens as a grid, for images
+def features(model, wavelengths_um, modality="image"):
+    """`geolink-jax evaluate` (downstream/features.py). "image": the image tower's pooled (MAP) output, its
+    L2-normalised image–text embedding, its final tokens as a grid and four block outputs (levels), for images
     [B, H, W, C] in [0, 1] with any bands (their wavelengths condition the patch embedding): resized to the tower's
-    size, (x − 0.5) / 0.5 as the pipeline's 8-bit pixels, bands zero-padded to the model's bucket."""
+    size, (x − 0.5) / 0.5 as the pipeline's 8-bit pixels, bands zero-padded to the model's bucket. "text": the text
+    tower's normalised embedding of strings (zero-shot prompts, captions)."""
+    from geolink_jax.dofa_clip.tokenizer import make_tokenizer
+    from geolink_jax.downstream import features as features_lib
+    from geolink_jax.nn.losses import l2_normalize
+
     cfg = model.cfg
+    if modality == "text":
+        tokenize = make_tokenizer(cfg.tokenizer, cfg.text.context_length)
+        return features_lib.FeatureFn(model, lambda m, ids: dict(embedding=m.encode_text(ids)), modality,
+                                      prepare=lambda texts: jnp.asarray(tokenize(list(texts))))
+    if modality != "image":
+        raise features_lib.unsupported("dofa_clip", modality, ("image", "text"))
     c = len(wavelengths_um)
     cb = cfg.bucket(c)
     size, g = cfg.image.image_size, cfg.image.grid
     wl = jnp.asarray(np.pad(np.asarray(wavelengths_um, np.float32), (0, cb - c)))
     valid = jnp.arange(cb) < c
-    graphdef, state = nnx.split(model)
+    blocks = features_lib.level_blocks(cfg.image.depth)
 
-    @jax.jit
-    def run(state, x):
+    def image(m, x):
         if x.shape[1:3] != (size, size):
             x = jax.image.resize(x, (x.shape[0], size, size, c), "bilinear", antialias=True)
         x = jnp.pad((x - 0.5) / 0.5, ((0, 0), (0, 0), (0, 0), (0, cb - c)))
-        pooled, taps = nnx.merge(graphdef, state).image(x, wl, valid)
-        tokens = taps[-1] if -1 in taps else taps[max(taps)]
-        return pooled.astype(jnp.float32), tokens.reshape(x.shape[0], g, g, -1).astype(jnp.float32)
+        pooled, taps = m.image(x, wl, valid, taps=(*blocks, -1))
+        pooled = pooled.astype(jnp.float32)
+        return dict(pooled=pooled, embedding=l2_normalize(pooled),
+                    grid=taps[-1].reshape(x.shape[0], g, g, -1).astype(jnp.float32),
+                    levels=features_lib.stack_levels(taps, blocks, (g, g)))
 
-    def f(images):
-        pooled, grid = run(state, jnp.asarray(np.asarray(images, np.float32)))
-        return dict(pooled=np.asarray(pooled), grid=np.asarray(grid))
-
-    return f
+    return features_lib.FeatureFn(model, image, modality)
 
 
 def recipe_notes(cfg):

@@ -141,13 +141,15 @@ class ImageTower(nnx.Module):
             return jnp.concatenate([*cls, *reg, x + pos], axis=1)
         return jnp.concatenate([*cls, *reg, x], axis=1) + pos
 
-    def __call__(self, images, wavelengths_um=None, band_valid=None):
-        """→ (pooled [B, D], {tap: patch tokens [B, T, D]}): prefix tokens (class, registers) are not in the taps."""
+    def __call__(self, images, wavelengths_um=None, band_valid=None, taps=None):
+        """→ (pooled [B, D], {tap: patch tokens [B, T, D]}): prefix tokens (class, registers) are not in the taps;
+        `taps` replaces the config's (downstream feature maps)."""
         x = self.patch_embed(images.astype(jnp.dtype(self.cfg.dtype)), wavelengths_um, band_valid)
         x = self._prefix(x)
-        x, taps = partitioning.run_blocks(self.blocks, x, taps=self.cfg.taps)
+        wanted = self.cfg.taps if taps is None else tuple(taps)
+        x, taps = partitioning.run_blocks(self.blocks, x, taps=wanted)
         x = self.norm(x)
-        if -1 in self.cfg.taps:
+        if -1 in wanted:
             taps[-1] = x
         n = self.cfg.prefix_tokens
         taps = {k: v[:, n:] for k, v in taps.items()}

@@ -152,18 +152,25 @@ def rgb_of(wavelengths_um, what):
     return idx
 
 
-def image_mae_features(model, wavelengths_um):
-    """An image-MAE encoder (GeoLink's image branch, the MAE family): RGB at the model's size, ImageNet-normalised,
-    unmasked → pooled = mean of the normed patch tokens [B, D], grid [B, h, w, D]."""
+def image_mae_features(model, wavelengths_um, modality="image", family="mae"):
+    """An image-MAE encoder (GeoLink's image branch, the MAE family), modality "image": RGB at the model's size,
+    ImageNet-normalised, unmasked → pooled = mean of the normed patch tokens [B, D], grid [B, h, w, D], levels [B, 4,
+    h, w, D] (raw outputs of the four quarters' last blocks)."""
+    from geolink_jax.downstream import features as features_lib
     from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
 
+    if modality != "image":
+        raise features_lib.unsupported(family, modality, ("image",))
     idx = rgb_of(wavelengths_um, "an RGB image encoder")
-    embed_fn = make_image_embed_fn(model)
     size = model.cfg.vit.image_size
+    blocks = features_lib.level_blocks(model.cfg.vit.depth)
 
-    def f(images):
-        x = resize_images(np.asarray(images, np.float32)[..., idx], size)
-        out = embed_fn((x - IMAGENET_MEAN) / IMAGENET_STD, None)
-        return dict(pooled=np.asarray(out["patch"].mean((1, 2))), grid=np.asarray(out["patch"]))
+    def apply(model, images):
+        x = resize_images(images[..., jnp.asarray(idx)], size)
+        enc = model.encode_image((x - IMAGENET_MEAN) / IMAGENET_STD, key=None, taps=blocks)
+        gh, gw = enc["grid"]
+        grid = enc["tokens"][:, 1:].astype(jnp.float32).reshape(x.shape[0], gh, gw, -1)
+        levels = features_lib.stack_levels({b: t[:, 1:] for b, t in enc["taps"].items()}, blocks, (gh, gw))
+        return dict(pooled=grid.mean((1, 2)), grid=grid, levels=levels)
 
-    return f
+    return features_lib.FeatureFn(model, apply)

@@ -160,17 +160,36 @@ GAIR_WAVELENGTHS = (0.49, 0.56, 0.665, 0.705, 0.74, 0.783, 0.842, 0.865, 1.61, 2
 BAND_TOLERANCE_UM = 0.1
 
 
-def features(model, wavelengths_um):
-    """`geolink-jax evaluate`: the RS encoder's token mean (pooled) and token grid of images [B, H, W, C] in [0, 1]
-    (a task's stretch stands in for GAIR's clip to mean ± 2σ), resized bicubically to the encoder's size. Each of
-    GAIR's ten Sentinel-2 bands takes the task's nearest band within 0.1 µm (Landsat: the red edge from red or NIR);
-    a band with none is a ValueError."""
+def features(model, wavelengths_um, modality="image"):
+    """`geolink-jax evaluate` (downstream/features.py). "image": the RS encoder's token mean (pooled), token grid and
+    four block outputs (levels) of images [B, H, W, C] in [0, 1] (a task's stretch stands in for GAIR's clip to
+    mean ± 2σ), resized bicubically to the encoder's size; each of GAIR's ten Sentinel-2 bands takes the task's
+    nearest band within 0.1 µm (Landsat: the red edge from red or NIR), a band with none is a ValueError. "photo":
+    the street-view encoder's pooler output of photos in [0, 1] (×255, normalised as in training, resized to its
+    size). "location": the location encoder's embedding of (lon, lat)."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from geolink_jax.data.sensors import nearest_bands
+    from geolink_jax.downstream import features as features_lib
+    from geolink_jax.gair import augment
 
+    if modality == "location":
+        return features_lib.FeatureFn(model, lambda m, lonlat: dict(pooled=m.location_embed(lonlat)), modality)
+    if modality == "photo":
+        size = model.cfg.sv.image_size
+
+        def photo(m, x):
+            if x.shape[1:3] != (size, size):
+                x = jax.image.resize(x, (x.shape[0], size, size, 3), "bilinear", antialias=True)
+            x = (x * 255.0 - jnp.asarray(augment.SV_MEAN)) / jnp.asarray(augment.SV_STD)
+            pooled, tokens = m.sv_encoder(x)
+            return dict(pooled=pooled, grid=tokens[:, 1:].reshape(x.shape[0], size // m.cfg.sv.patch_size, -1,
+                                                                  tokens.shape[-1]))
+
+        return features_lib.FeatureFn(model, photo, modality)
+    if modality != "image":
+        raise features_lib.unsupported("gair", modality, ("image", "photo", "location"))
     if model.cfg.rs.in_channels != len(GAIR_WAVELENGTHS):
         raise ValueError(f"a GAIR RS encoder of {model.cfg.rs.in_channels} bands: features need its 10 Sentinel-2 "
                          "bands (GAIR_BANDS)")
@@ -180,17 +199,16 @@ def features(model, wavelengths_um):
         raise ValueError(f"GAIR's RS encoder takes Sentinel-2 {', '.join(GAIR_BANDS)}; the task has no band within "
                          f"{BAND_TOLERANCE_UM} µm of {', '.join(missing)} (its bands: "
                          f"{', '.join(f'{w:g}' for w in wavelengths_um)} µm)")
-    size = model.cfg.rs.image_size
-    graphdef, state = nnx.split(model)
+    size, p = model.cfg.rs.image_size, model.cfg.rs.patch_size
+    blocks = features_lib.level_blocks(model.cfg.rs.depth)
 
-    @jax.jit
-    def run(state, x):
+    def image(m, x):
+        x = x[..., jnp.asarray(idx)]
         if x.shape[1:3] != (size, size):
             x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bicubic", antialias=True)
-        return nnx.merge(graphdef, state).rs_tokens(x)
+        tokens, taps = m.rs_encoder(x, taps=blocks)
+        grid = tokens.reshape(x.shape[0], size // p, size // p, -1).astype(jnp.float32)
+        return dict(pooled=grid.mean((1, 2)), grid=grid,
+                    levels=features_lib.stack_levels(taps, blocks, (size // p, size // p)))
 
-    def f(images):
-        grid, pooled = run(state, jnp.asarray(np.asarray(images, np.float32)[..., idx]))
-        return dict(pooled=np.asarray(pooled, np.float32), grid=np.asarray(grid, np.float32))
-
-    return f
+    return features_lib.FeatureFn(model, image, modality)

@@ -92,13 +92,17 @@ class RSEncoder(nnx.Module):
             for _ in range(cfg.depth)])
         self.norm_out = layers.LayerNorm(d, eps=1e-5, axes=("embed",), dtype=dtype) if cfg.final_norm else None
 
-    def __call__(self, images):
+    def __call__(self, images, taps=None):
+        """`taps`: also {i: raw output of block i [B, T, D]} (a second value)."""
         p = self.cfg.patch_size
         gh, gw = images.shape[1] // p, images.shape[2] // p
         bias = alibi_2d(self.cfg.num_heads, gh, gw)  # a compile-time constant of the grid
         x = self.linear_input(patchify_channel_major(images, p))
-        x = partitioning.run_blocks(self.blocks, x, attn_bias=bias)
-        return self.norm_out(x) if self.norm_out is not None else x
+        x = partitioning.run_blocks(self.blocks, x, taps=taps, attn_bias=bias)
+        if taps is not None:
+            x, tapped = x
+        x = self.norm_out(x) if self.norm_out is not None else x
+        return x if taps is None else (x, tapped)
 
 
 class SVEncoder(nnx.Module):

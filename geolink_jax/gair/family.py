@@ -113,10 +113,10 @@ def geoclip_location_params(source, target, out_dim):
     return target
 
 
-def _features(model, wavelengths_um):
+def _features(model, wavelengths_um, modality="image"):
     from geolink_jax.gair import embed
 
-    return embed.features(model, wavelengths_um)
+    return embed.features(model, wavelengths_um, modality)
 
 
 def loss(model, batch, key, ctx):
@@ -312,7 +312,7 @@ FAMILY = family_lib.Family(
     preprocess=commands.PREPROCESS,
     write_embeddings=commands.write_embeddings,
     embed_arguments=commands.embed_arguments,
-    features=lambda model, wavelengths_um: _features(model, wavelengths_um),
+    features=_features,
     # the research lr rule counts photos (a sample there is one photo with a patch); a record of ours is a patch
     # with up to sv_budget photos
     sample_unit=lambda model_cfg: ("photos", model_cfg.sv_budget),

@@ -152,6 +152,12 @@ CONVERTERS = {
 }
 
 
+def _features(model, wavelengths_um, modality="image"):
+    from geolink_jax.geolink import embed
+
+    return embed.features(model, wavelengths_um, modality)
+
+
 def _embed(model, tiles, batch_size=8, progress=True):
     from geolink_jax.geolink import embed
 
@@ -192,7 +198,7 @@ FAMILY = family_lib.Family(
     embed=_embed,
     write_embeddings=lambda model, args: embed_lib.write_tile_embeddings(_embed, model, args),
     embed_arguments=embed_lib.tile_embed_arguments,
-    features=embed_lib.image_mae_features,
+    features=_features,
     preprocess=family_lib.Command("geolink", "image + OSM tiles → tile graph shards (GeoLink and MAE read them)",
                                   tile_commands.preprocess_arguments, tile_commands.run_preprocess),
     commands=commands.COMMANDS,

@@ -70,12 +70,13 @@ class ImageMAE(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[2]))
         return jnp.concatenate([cls, x], axis=1)
 
-    def encode_image(self, images, key=None, mask_ratio=None):
+    def encode_image(self, images, key=None, mask_ratio=None, taps=None):
         """Masked image encoding (spec §3.1, §4.1).
 
         Returns a dict: tokens [B, 1+K, D] after img_norm (cls first, then the K kept tokens in shuffled order),
         ids_keep int32 [B, K], ids_restore int32 [B, L], mask float32 [B, L] (1 = removed), grid (gh, gw).
-        mask_ratio 0 (or key None) keeps every token in order."""
+        mask_ratio 0 (or key None) keeps every token in order. `taps`: block indices whose raw outputs (cls first,
+        no norm) come back as taps {i: [B, 1+K, D]}."""
         mask_ratio = self.cfg.img_mask_ratio if mask_ratio is None else mask_ratio
         x, grid = self._embed_patches(images)
         b, num_tokens = x.shape[:2]
@@ -86,8 +87,12 @@ class ImageMAE(nnx.Module):
         else:
             ids_keep = ids_restore = jnp.broadcast_to(jnp.arange(num_tokens, dtype=jnp.int32), (b, num_tokens))
             mask = jnp.zeros((b, num_tokens), jnp.float32)
-        x = self.img_encoder(self._with_cls(x))
-        return dict(tokens=self.img_norm(x), ids_keep=ids_keep, ids_restore=ids_restore, mask=mask, grid=grid)
+        out = {}
+        if taps is None:
+            x = self.img_encoder(self._with_cls(x))
+        else:
+            x, out["taps"] = self.img_encoder(self._with_cls(x), taps=taps)
+        return dict(tokens=self.img_norm(x), ids_keep=ids_keep, ids_restore=ids_restore, mask=mask, grid=grid, **out)
 
     def decode_image(self, tokens, ids_restore, grid):
         """MAE decoder (spec §3.2): tokens [B, 1+K, D] → predicted patches [B, L, p·p·C] (cls dropped)."""

@@ -96,6 +96,6 @@ class ViTEncoder(nnx.Module):
             for _ in range(cfg.depth)
         ])
 
-    def __call__(self, x):
-        """x [B, T, D] tokens → [B, T, D] after every block."""
-        return partitioning.run_blocks(self.blocks, x)
+    def __call__(self, x, taps=None):
+        """x [B, T, D] tokens → [B, T, D] after every block; with `taps`, also {i: output of block i}."""
+        return partitioning.run_blocks(self.blocks, x, taps=taps)
