@@ -66,6 +66,8 @@ def test_every_family_gives_features_of_the_landsat_task(landsat, config):
 
 
 def test_bad_task_inputs_are_one_line_each(tmp_path, landsat):
+    import geopandas as gpd
+
     with pytest.raises(tasks_lib.TaskError, match="no column 'kind'"):
         tasks_lib.load(dict(kind="raster_points", name="t", rasters=_pss("lsat7_2000_10.tif"),
                             points=_pss("landsat96_points.shp"), label_field="kind", wavelengths=[0.483]))
@@ -81,6 +83,11 @@ def test_bad_task_inputs_are_one_line_each(tmp_path, landsat):
     table.write_text("lon,lat,zone\n-78.6,35.8,a\n-78.7,95.0,b\n-78.5,35.7,b\n-78.6,35.9,a\n")
     task = tasks_lib.load(dict(kind="point_table", name="pts", path=table, label_field="zone", test_fraction=0.5))
     assert task.dropped == 1 and len(task.images) == 3  # latitude 95: dropped and counted
+    parquet = tmp_path / "points.parquet"
+    landsat_points = gpd.read_file(_pss("landsat96_points.shp"))[["label", "geometry"]]
+    landsat_points.to_parquet(parquet)  # GeoParquet in the scene's CRS: reprojected to (lon, lat)
+    pts = tasks_lib.load(dict(kind="point_table", name="pq", path=parquet, label_field="label"))
+    assert len(pts.images) == 1000 and (-79 < pts.images[:, 0]).all() and (pts.images[:, 0] < -78).all()
     with pytest.raises(tasks_lib.TaskError, match="points.csv: no column 'label'"):
         tasks_lib.load(dict(kind="point_table", name="pts", path=table, label_field="label"))
     with pytest.raises(ValueError, match="the gair family has no text encoder"):

@@ -368,7 +368,8 @@ def tfds_task(name, data_dir, image_key=None, label_key=None, scale=None, wavele
 
 def point_table(name, path, label_field, kind="classification", lon_field="lon", lat_field="lat", log10=False,
                 crs=None, test_fraction=0.3, seed=0, source=""):
-    """A location task: a CSV with (lon, lat) columns or a vector file of points (reprojected to EPSG:4326; `crs`
+    """A location task: a CSV with (lon, lat) columns, a GeoParquet or another vector file of points (reprojected to
+    EPSG:4326; `crs`
     replaces the file's own where that is wrong) and a label column: classes (classification) or numbers
     (regression; log10 with `log10`, for skewed concentrations). Inputs are (lon, lat) [N, 2] in degrees: a family's
     location encoder reads them."""
@@ -384,7 +385,8 @@ def point_table(name, path, label_field, kind="classification", lon_field="lon",
                 raise TaskError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, table.columns))})")
             lonlat = table[[lon_field, lat_field]].to_numpy(np.float64)
         else:
-            table = gpd.read_file(path)
+            table = gpd.read_parquet(path) if path.suffix.lower() in (".parquet", ".geoparquet") else \
+                gpd.read_file(path)
             if crs is not None:
                 table = table.set_crs(crs, allow_override=True)
             if table.crs is not None:
