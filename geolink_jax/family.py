@@ -84,7 +84,9 @@ class Family:
     initial_weights(model_cfg) -> pytree of host arrays or None: weights read from files the config names
         (pretrained encoders, teachers), read before the train state is initialised and handed to `build`.
     sample_unit(model_cfg) -> (unit, per_record): what one sample of the learning-rate rule and the recipe card is
-        ("images", "photos", "pairs") and how many one record (a batch row) holds (GAIR: sv_budget photos a patch).
+        ("images", "photos", "pairs") and how many one record (a batch row) holds at most (GAIR: sv_budget photos a
+        patch); a dataset that knows the real count puts it in the batch's stats under the unit's name.
+    device_augment: whether the family's pipeline reads `data.augment_on_device` (augmentation in the step).
     recipe_notes(model_cfg, config) -> {field: text}: the family's lines of the recipe card (augmentation, sampling,
         teachers, …; train/recipe.py).
     constrain(params, model_cfg) -> params: a projection of the trained params after every optimizer update
@@ -115,6 +117,7 @@ class Family:
     pictures: Callable | None = None
     log_keys: tuple = ("loss",)
     sample_unit: Callable = lambda model_cfg: ("images", 1)
+    device_augment: bool = False
     num_examples: Callable = lambda manifest, config: manifest.get("num_records")
     initial_weights: Callable | None = None
     recipe_notes: Callable | None = None

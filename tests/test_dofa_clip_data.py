@@ -134,6 +134,36 @@ def test_batches_are_modality_homogeneous_mixed_by_weight_and_deterministic(pair
         np.testing.assert_array_equal(next(again)["image"], b["image"])
 
 
+def test_on_device_crops_give_the_host_paths_pixels(pairs):
+    """data.augment_on_device (issue 27): the host sends the decoded image on a canvas with the drawn box; the step's
+    crop + resize + normalise equals the host path's pixels within Pillow's resampling (≤ 8 levels, ≤ 0.5 on
+    average), padded bands zero, for RGB, Landsat and Sentinel-2 pairs; the abstract batch describes the samples."""
+    import jax.numpy as jnp
+
+    from geolink_jax.dofa_clip import family as dofa_family
+
+    manifest = json.loads((pairs / "manifest.json").read_text())
+    source = shards.ShardSource(shards.manifest_shards(pairs, manifest))
+    cfg = pipeline.DOFACLIPPipelineConfig(batch_size=1, image_size=64, context_length=16, tokenizer="clip_bpe",
+                                          band_buckets=(3, 8, 16))
+    dev = dataclasses.replace(cfg, canvas=dofa_family.canvas(manifest))
+    bands = set()
+    for i in range(0, len(source), 4):
+        host = pipeline.PairToSample(cfg).random_map(source[i], np.random.default_rng(i))
+        sample = pipeline.PairToSample(dev).random_map(source[i], np.random.default_rng(i))
+        assert sample["image"].dtype == np.uint8 and sample["image"].shape[:2] == dev.canvas
+        x = np.asarray(pipeline.step_inputs({k: jnp.asarray(v)[None] for k, v in sample.items()}, 64)["image"][0])
+        levels = np.abs(x - host["image"]) * 127.5
+        assert levels.max() <= 8 and levels.mean() <= 0.5, (i, levels.max(), levels.mean())
+        assert (x[..., ~host["band_valid"]] == 0).all()
+        bands.add(int(host["band_valid"].sum()))
+    assert bands == {3, 7, 13}
+    model_cfg = dataclasses.replace(dofa_family.FAMILY.config_cls(), band_buckets=(3, 8, 16))
+    want = dofa_family.abstract_batch(model_cfg, 1, manifest, dict(augment_on_device=True))
+    assert want["image"].shape[1:3] == dev.canvas and want["image"].dtype == np.uint8
+    assert set(want) - {"image"} >= {"crop", "image_hw"} and set(sample) == set(want)
+
+
 def test_compilations_are_bounded_by_the_band_buckets():
     """Batches of 2, 3, 4, 7, 9 and 13 bands, padded to buckets (4, 8, 16): the jitted loss traces 3 times."""
     from flax import nnx

