@@ -303,6 +303,31 @@ def test_frozen_parameters_get_no_gradient():
     assert any(p.startswith("teacher_rs") for p in frozen) and sum(p.endswith("/b") for p in frozen) == 3
 
 
+def test_remat_of_both_towers_keeps_the_loss_and_gradients():
+    """model.rs.remat / model.sv.remat = "full" recompute the blocks in the backward pass: the same loss and
+    gradients (the memory it saves is the memory suite's row), and an unknown policy is refused by name."""
+    def grads(model):
+        graphdef, params, rest = nnx.split(model, trainable, ...)
+        batch = _batch(tiny_config(), 2, 3)
+
+        def f(p):
+            return nnx.merge(graphdef, p, rest).loss(batch, dropout_key=jax.random.key(1))[0]
+
+        return jax.value_and_grad(f)(params)
+
+    cfg = tiny_config()
+    remat = dataclasses.replace(cfg, rs=dataclasses.replace(cfg.rs, remat="full"),
+                                sv=dataclasses.replace(cfg.sv, remat="full", attention_dropout=0.1))
+    base = dataclasses.replace(cfg, sv=dataclasses.replace(cfg.sv, attention_dropout=0.1))
+    (l0, g0), (l1, g1) = grads(GAIR(base, rngs=nnx.Rngs(0))), grads(GAIR(remat, rngs=nnx.Rngs(0)))
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="remat 'some': one of none, full, dots"):
+        GAIR(dataclasses.replace(cfg, sv=dataclasses.replace(cfg.sv, remat="some")), rngs=nnx.Rngs(0)).sv_embed(
+            jnp.zeros((1, 32, 32, 3)))
+
+
 # ------------------------------------------------------------------ the checkpoint converter
 def test_gair_checkpoint_round_trip_and_strict_keys():
     model = tiny_model()

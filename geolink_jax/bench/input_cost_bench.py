@@ -179,9 +179,12 @@ def run(cfg):
     from geolink_jax import family as family_lib
     from geolink_jax.bench import rows
 
-    row = rows.new_row("input", cfg.get("name") or f"{cfg.config} input cost, {cfg.workers} worker(s)",
-                       rows.flatten(cfg))
     overrides = tuple((k, v) for k, v in cfg.get("overrides", ()))
+    args = " ".join(cfg.get("preprocess_args", ()))
+    name = cfg.get("name") or (f"{cfg.config} input cost, {cfg.workers} worker(s)" + (f", preprocess {args}" if args
+                                                                                       else "")
+                               + "".join(f", {k}={v}" for k, v in overrides))
+    row = rows.new_row("input", name, rows.flatten(cfg))
     config = config_lib.load_file(cfg.config)
     config.update_from_flattened_dict(dict(overrides))
     fam = family_lib.get_family(config.family)

@@ -25,10 +25,10 @@ from geolink_jax.train import sharding, trainer  # noqa: E402
 from geolink_jax.train.plan import compiled_step, shard_bytes  # noqa: E402
 
 
-def measure(config_name, mesh_shape, batch_size, dtype=""):
+def measure(config_name, mesh_shape, batch_size, dtype="", overrides=()):
     data, fsdp, tensor = mesh_shape
     bench = dict(config=config_name, batch=batch_size, dtype=dtype,
-                 mesh=dict(data=data, fsdp=fsdp, tensor=tensor))
+                 mesh=dict(data=data, fsdp=fsdp, tensor=tensor), overrides=[list(kv) for kv in overrides])
     import ml_collections
 
     config = training_config(ml_collections.ConfigDict(bench))
@@ -52,11 +52,13 @@ def run(cfg):
     """Suite `memory`: one row for the meshes in cfg.meshes (needs 8 devices; the runner provides them on CPU)."""
     from geolink_jax.bench import rows
 
-    row = rows.new_row("memory", cfg.get("name") or f"{cfg.config} b{cfg.batch} memory per mesh", rows.flatten(cfg))
+    overrides = tuple((k, v) for k, v in cfg.get("overrides", ()))
+    row = rows.new_row("memory", cfg.get("name") or f"{cfg.config} b{cfg.batch} memory per mesh" + "".join(
+        f", {k}={v}" for k, v in overrides), rows.flatten(cfg))
     m = row["metrics"]
     labels = []
     for shape in cfg.meshes:
-        r = measure(cfg.config, tuple(shape), cfg.batch)
+        r = measure(cfg.config, tuple(shape), cfg.batch, overrides=overrides)
         label = "x".join(str(s) for s in shape)
         labels.append(label)
         for k in ("state_bytes_compiled", "state_bytes_shardings", "temp_bytes", "argument_bytes", "output_bytes",

@@ -43,6 +43,7 @@ def training_config(cfg, mask_ratio=None):
     mask_ratio = cfg.get("mask_ratio") if mask_ratio is None else mask_ratio
     if mask_ratio is not None and "img_mask_ratio" in config.model:  # families with a masked image encoder
         config.model.img_mask_ratio = mask_ratio
+    config.update_from_flattened_dict(dict(cfg.get("overrides", ())))  # e.g. [("model.sv.remat", "full")]
     config.mesh = dict(cfg.mesh)
     config.total_steps = 1000
     config.epochs = 0.0

@@ -29,8 +29,12 @@ def headline(row):
         return (f"pipeline {_fmt(m['pipeline_samples_per_s'])} vs step {_fmt(m['step_samples_per_s'])} samples/s; "
                 f"loop waits {_fmt(100 * m['loop_input_wait_fraction'], 2)}%")
     if s == "input":
-        return (f"host path {_fmt(m['host_ms_core_per_sample'])} vs on-device augment "
-                f"{_fmt(m['device_ms_core_per_sample'])} ms·core/sample ({m['workers']} workers)")
+        unit = m.get("unit", "sample").removesuffix("s")
+        per = "image" if "host_ms_core_per_image" in m else "sample"
+        out = f"host path {_fmt(m[f'host_ms_core_per_{per}'])}"
+        if f"device_ms_core_per_{per}" in m:
+            out += f" vs on-device augment {_fmt(m[f'device_ms_core_per_{per}'])}"
+        return out + f" ms·core/{unit if per == 'image' else 'sample'} ({m['workers']} workers)"
     if s == "preprocess":
         return (f"relations {_fmt(m['relations_vectorised_tiles_per_s'])} vs "
                 f"{_fmt(m['relations_pairwise_tiles_per_s'])}"

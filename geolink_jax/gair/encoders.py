@@ -34,6 +34,7 @@ class RSEncoderConfig:
     image_size: int = 96
     in_channels: int = 10
     final_norm: bool = True  # the research code's (and CROMA's) norm_out; GAIR's inference package drops it
+    remat: str = "none"  # nn/partitioning.REMAT_POLICIES: recompute block activations in the backward pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,7 @@ class SVEncoderConfig:
     # attention kernel): `sv.attention_dropout=0` is the faster, named deviation.
     attention_dropout: float = 0.1
     hidden_dropout: float = 0.0
+    remat: str = "none"  # nn/partitioning.REMAT_POLICIES: its 32 photos a patch are most of a step's activations
 
 
 def alibi_slopes(num_heads):
@@ -98,7 +100,7 @@ class RSEncoder(nnx.Module):
         gh, gw = images.shape[1] // p, images.shape[2] // p
         bias = alibi_2d(self.cfg.num_heads, gh, gw)  # a compile-time constant of the grid
         x = self.linear_input(patchify_channel_major(images, p))
-        x = partitioning.run_blocks(self.blocks, x, taps=taps, attn_bias=bias)
+        x = partitioning.run_blocks(self.blocks, x, taps=taps, remat=self.cfg.remat, attn_bias=bias)
         if taps is not None:
             x, tapped = x
         x = self.norm_out(x) if self.norm_out is not None else x
@@ -133,6 +135,6 @@ class SVEncoder(nnx.Module):
         if dropout_key is not None:
             embed_key, dropout_key = jax.random.split(dropout_key)
             x = layers.dropout(x, self.cfg.hidden_dropout, embed_key)
-        x = partitioning.run_blocks(self.blocks, x, dropout_key=dropout_key)
+        x = partitioning.run_blocks(self.blocks, x, remat=self.cfg.remat, dropout_key=dropout_key)
         x = self.norm(x)
         return jnp.tanh(self.pooler(x[:, 0])), x

@@ -35,7 +35,7 @@ def base_config():
                         target=20.0)
     # per-device memory from XLA's compiled memory analysis; the first mesh is the data-parallel reference
     c.memory = dict(name="", config="geolink_vit_b", batch=8, meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]], devices=8,
-                    target_factor=1.25)
+                    target_factor=1.25, overrides=[])
     # compilations over varied graphs (padded to the budget; naive: padded per batch, for contrast)
     c.compile = dict(model, name="", config="demo", batches=8, naive=True)
     # DOFA-CLIP's sigmoid loss: per-device temporaries, dense vs blockwise, as devices and batch grow together
