@@ -307,13 +307,11 @@ def test_remat_of_both_towers_keeps_the_loss_and_gradients():
     """model.rs.remat / model.sv.remat = "full" recompute the blocks in the backward pass: the same loss and
     gradients (the memory it saves is the memory suite's row), and an unknown policy is refused by name."""
     def grads(model):
-        graphdef, params, rest = nnx.split(model, trainable, ...)
         batch = _batch(tiny_config(), 2, 3)
-
-        def f(p):
-            return nnx.merge(graphdef, p, rest).loss(batch, dropout_key=jax.random.key(1))[0]
-
-        return jax.value_and_grad(f)(params)
+        f = nnx.value_and_grad(lambda m: m.loss(batch, dropout_key=jax.random.key(1))[0],
+                               argnums=nnx.DiffState(0, trainable))
+        loss, g = f(model)
+        return loss, nnx.to_pure_dict(g)
 
     cfg = tiny_config()
     remat = dataclasses.replace(cfg, rs=dataclasses.replace(cfg.rs, remat="full"),
@@ -323,6 +321,11 @@ def test_remat_of_both_towers_keeps_the_loss_and_gradients():
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    def jaxpr(cfg):  # the SV tower's forward: its blocks under a checkpoint (remat) or not
+        gd, st = nnx.split(GAIR(cfg, rngs=nnx.Rngs(0)).sv_encoder)
+        return str(jax.make_jaxpr(jax.jit(lambda st, x: nnx.merge(gd, st)(x)[0]))(st, jnp.zeros((1, 32, 32, 3))))
+
+    assert "remat" in jaxpr(remat) and "remat" not in jaxpr(base)  # jax's checkpoint primitive
     with pytest.raises(ValueError, match="remat 'some': one of none, full, dots"):
         GAIR(dataclasses.replace(cfg, sv=dataclasses.replace(cfg.sv, remat="some")), rngs=nnx.Rngs(0)).sv_embed(
             jnp.zeros((1, 32, 32, 3)))
