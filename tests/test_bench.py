@@ -170,6 +170,24 @@ def test_input_cost_suite_measures_both_paths(tmp_path):
     assert row["ratios"]["device_over_host"]["value"] < 0.8
 
 
+def test_input_cost_suite_runs_gair_on_its_own_data_per_photo(tmp_path):
+    """Any family on its bundled data (issue 27): GAIR's demo patches preprocessed with photos stored at the
+    model's size, cost per record and per real photo (counted from the batches: 5 a patch, up to the budget)."""
+    base, _ = runner.load_sweep(str(MINIMAL))
+    cfgs = runner.plan(base, [{"suite": "input", "config": "gair_demo", "batch": 4, "batches": 2, "rounds": 1,
+                               "settle_s": 0.2, "preprocess_args": ["--sv-size", "32", "--sv-format", "raw"]}])
+    (row,) = runner.execute(cfgs, tmp_path, progress=False)
+    assert row["status"] == "ok", row.get("reason")
+    from geolink_jax import config as config_lib
+
+    m = row["metrics"]
+    photos = min(5, config_lib.load_file("gair_demo").model.sv_budget)  # a demo patch has 5
+    assert m["unit"] == "photos" and m["images_per_record"] == photos and "sv-size 32" in row["name"]
+    for path in ("host", "device"):
+        assert m[f"{path}_ms_core_per_image"] == pytest.approx(m[f"{path}_ms_core_per_sample"] / photos)
+        assert m[f"{path}_ms_core_per_sample"] > 0
+
+
 def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     base, _ = runner.load_sweep(str(MINIMAL))
     cfgs = runner.plan(base, [{"suite": "pipeline", "config": "no_such_config"},
