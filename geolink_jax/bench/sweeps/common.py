@@ -18,7 +18,7 @@ def base_config():
     model = dict(config="geolink_vit_b", batch=4, dtype="float32", mask_ratio=0.75, attention_impl="",
                  mesh=dict(ONE_DEVICE), devices=1, repeats=5)
     # train-step throughput, FLOPs (analytic vs XLA), MFU when the peak is known or given (peak_tflops > 0)
-    c.step = dict(model, name="", peak_tflops=0.0, mfu_target=0.0)
+    c.step = dict(model, name="", peak_tflops=0.0, mfu_target=0.0, overrides=[])
     # sparse vs dense encoding: the step at each image mask ratio (the first is the dense reference)
     c.mask = dict(model, name="", mask_ratios=[0.0, 0.5, 0.75, 0.9], target_075=0.35)
     # input pipeline rate vs the step's consumption on the bundled shards (batch 0: the config's own)
