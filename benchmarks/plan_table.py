@@ -14,6 +14,8 @@ import pathlib
 import subprocess
 import sys
 
+from geolink_jax import config as config_lib
+
 CONFIGS = ("geolink_vit_b", "geolink_vit_l", "geolink_vit_h")
 DEVICES = (8, 64, 256)
 CHIPS = ("h100", "v5p")
@@ -79,8 +81,13 @@ def main():
             # configs that count epochs need an example count to derive their schedule (not the compiled step)
             cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", config, "--devices", str(devices),
                    "--chip", ",".join(CHIPS), "--json", str(path), "--config.data.num_examples=1000000"]
+            batch = config_lib.load_file(config).batch_size
+            if batch % devices:  # a global batch the devices do not divide: one record a device
+                cmd += ["--batch", str(max(devices, batch - batch % devices))]
             print(" ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:  # a plan the config cannot make (its last line says why): reported, the rest go on
+                print(f"  failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
     picture(out, configs)
     print("| config | devices | mesh | params | params + AdamW / device (GiB) | peak / device (GiB) | "
           "TFLOP / device / step | collectives sent / device (GiB) | H100 | TPU v5p |")
