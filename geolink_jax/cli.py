@@ -119,7 +119,8 @@ def cmd_pretrain(args, overrides):
     if rows:
         last = rows[-1]
         parts = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k.endswith("_loss"))
-        print(f"step {last['step']}: loss {last['loss']:.4f}" + (f" ({parts})" if parts else "")
+        skipped = f"; {last['skipped_steps']} step(s) skipped as non-finite" if last.get("skipped_steps") else ""
+        print(f"step {last['step']}: loss {last['loss']:.4f}" + (f" ({parts})" if parts else "") + skipped
               + f"; outputs in {args.workdir}")
     return 0
 
@@ -397,6 +398,7 @@ def cmd_plan(args, overrides):
         from geolink_jax import config as config_lib
 
         mesh = config_lib.load([f"--config={args.config}", *overrides]).mesh.to_dict()
+    check_plan_mesh(args.devices, mesh)
     plan.ensure_devices(args.devices)  # before anything starts JAX's backend
     result = plan.plan(args.config, args.devices, mesh, chips, args.batch or None, overrides,
                        suggest=not args.no_suggest, hbm_gib=args.hbm_gib)
@@ -404,6 +406,24 @@ def cmd_plan(args, overrides):
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def check_plan_mesh(devices, mesh):
+    """`plan --devices N [--mesh …]`: N ≥ 1 and a mesh whose axes (one of them may be -1) multiply to N, or one
+    ConfigError line (exit 2)."""
+    from geolink_jax.config import ConfigError
+
+    if devices < 1:
+        raise ConfigError(f"--devices {devices}: plan for at least 1 device")
+    sizes = {k: int(v) for k, v in mesh.items()}
+    bad = [f"{k}={v}" for k, v in sizes.items() if v == 0 or v < -1]
+    if bad or list(sizes.values()).count(-1) > 1:
+        raise ConfigError(f"mesh {sizes}: axis sizes are positive, with at most one -1 (the rest of the devices)")
+    fixed = 1
+    for v in sizes.values():
+        fixed *= v if v > 0 else 1
+    if (fixed != devices) if -1 not in sizes.values() else devices % fixed:
+        raise ConfigError(f"mesh {sizes} does not fit {devices} devices (its fixed axes multiply to {fixed})")
 
 
 def argv_is_cli():
@@ -421,6 +441,8 @@ def user_errors(command, family_commands):
     codes = {ConfigError: 2, CheckpointMismatch: 2, FileNotFoundError: 1, DataError: 1, CheckpointError: 1}
     if command in ("embed", "probe"):
         codes.update({ValueError: 1, KeyError: 1})
+    if command == "pretrain":  # non-finite steps past the configured fraction, or on_nonfinite="stop"
+        codes[FloatingPointError] = 1
     if command == "preprocess":  # a --strict run stopped on a problem
         codes[JobError] = 1
     if command == "convert":  # ConversionError is a ValueError; .pth files and timm need torch

@@ -54,6 +54,7 @@ def base_config(family):
     c.keep_period = 0  # also keep every N-th step forever (0: off)
     c.async_checkpoints = True
     c.on_nonfinite = "skip"  # skip the update, or "stop" (raise at the next log line)
+    c.nonfinite_max_fraction = 0.05  # a run that skipped more of its steps as non-finite ends with exit 1
     c.faithful_batch_groups = True  # per-device batch statistics and contrastive negatives, as the reference
     c.tensorboard = True
     c.pictures = True  # end-of-run pictures in the workdir (single-host runs)

@@ -73,7 +73,10 @@ def _bad_table(tmp):
     rows = [("ok.jpg", "a glacier", "", "a"), ("l8.tif", "landsat", "landsat8_oli", "b"),
             ("l8.tif", "too few wavelengths", "[0.4, 0.5]", "b"), ("l8.tif", "unknown sensor", "sentinel9", "b"),
             ("broken.png", "broken", "", "a"), ("missing.jpg", "missing", "", "a"), ("ok.jpg", "", "", "a"),
-            ("tiny.png", "tiny", "", "a")]
+            ("tiny.png", "tiny", "", "a"),
+            # issue 28, item 4: wavelengths not finite, in nanometres, not positive
+            ("ok.jpg", "nan", "[NaN, 0.56, 0.49]", "a"), ("ok.jpg", "nm", "[665, 560, 490]", "a"),
+            ("ok.jpg", "negative", "[-0.665, -0.56, 0.0]", "a")]
     with open(tmp / "pairs.csv", "w") as f:
         f.write("image,caption,wavelengths,source\n")
         for r in rows:
@@ -84,12 +87,15 @@ def _bad_table(tmp):
 def test_bad_rows_are_reported_and_skipped(tmp_path):
     table = _bad_table(tmp_path)
     m = dp.run_local([table], tmp_path / "out", progress=False)
-    assert (m["num_records"], m["num_pairs"], m["num_dropped"]) == (2, 7, 6)
+    # every table row counted (issue 28, item 11): 11 rows, 2 written, 9 dropped
+    assert (m["num_records"], m["num_pairs"], m["num_dropped"]) == (2, 11, 9)
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     reasons = " | ".join(e["reason"] for e in errors)
     for expected in ("unknown sensor", "2 wavelengths for 7 bands", "unreadable image", "empty caption",
-                     "smaller than min_size"):
+                     "smaller than min_size", "not finite", "look like nanometres", "not positive"):
         assert expected in reasons, reasons
+    unknown = next(e for e in errors if "unknown sensor" in e["reason"])
+    assert unknown["tile_id"] == "b/3" and unknown["detail"] == "row 5: l8.tif"  # its row, not another image
     assert sum("No such file" in e["reason"] or "unreadable" in e["reason"] for e in errors) == 2
     assert all(e["file"] for e in errors) and all(e["detail"].startswith("row ") for e in errors)
     recs = records(tmp_path / "out")

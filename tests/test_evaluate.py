@@ -92,6 +92,10 @@ def test_bad_task_inputs_are_one_line_each(tmp_path, landsat):
         tasks_lib.load(dict(kind="point_table", name="pts", path=table, label_field="label"))
     with pytest.raises(ValueError, match="the gair family has no text encoder"):
         evaluate.encoder("random:gair_demo", (), "text")
+    nm = tasks_lib.Task("t", landsat.images[:4], np.array([0, 1, 1, 0]), (483, 560, 662, 835, 1648, 2206),
+                        ("a", "b"), np.array([True, False, False, False]))
+    with pytest.raises(tasks_lib.TaskError, match="look like nanometres"):
+        nm.check()
     bad = tasks_lib.Task("t", landsat.images[:4], np.array([0, 1, 9, 0]), landsat.wavelengths_um, ("a", "b"),
                          np.array([True, False, False, False]))
     with pytest.raises(tasks_lib.TaskError, match="label values outside 0..1"):

@@ -85,6 +85,27 @@ def test_bad_inputs_are_reported_and_skipped(tmp_path):
     np.testing.assert_allclose(by_id["array"]["sv_rel"], [[0.5, 0.5]], atol=1e-5)
 
 
+def test_a_photo_row_with_a_text_coordinate_is_an_error_row_and_the_rest_run(tmp_path):
+    """Issue 28, item 6: `abc` as a longitude is one error row naming the table's line; the other photos of the
+    patch are preprocessed."""
+    table = tmp_path / "bad.csv"
+    lines = TABLE.read_text().splitlines()
+    header, rows = lines[0], lines[1:6]  # patch s2_0's five photos
+    bad = rows[1].split(",")
+    bad[1] = "abc"
+    table.write_text("\n".join([header, rows[0], ",".join(bad), *rows[2:]]) + "\n")
+    (tmp_path / "street_view").mkdir()
+    for i in range(5):
+        shutil.copy(samples.GAIR_DIR / "street_view" / f"s2_0_{i}.jpg", tmp_path / "street_view" / f"s2_0_{i}.jpg")
+    pdir = tmp_path / "patches"
+    pdir.mkdir()
+    shutil.copy(PATCHES / "s2_0.tif", pdir / "s2_0.tif")
+    manifest = gp.run_local(pdir, table, tmp_path / "out", progress=False)
+    assert manifest["num_records"] == 1 and manifest["num_sv"] == 4
+    errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert any("coordinate not a number: lon 'abc'" in e["reason"] and "row 3" in e["detail"] for e in errors), errors
+
+
 def test_geoparquet_table_and_crs_relative_coordinates(tmp_path):
     import geopandas as gpd
     import pandas as pd

@@ -111,3 +111,10 @@ def test_plan_cli_prints_a_plan_and_refuses_bad_input(tmp_path, capsys):
     assert cli.main(cmd[3:-4] + ["--chip", "tpu9"]) == 2  # refused before any device is asked for
     err = capsys.readouterr().err
     assert err.strip().startswith("error: --chip tpu9: unknown") and "Traceback" not in err
+    # impossible device counts and meshes (issue 28, item 9): exit 2, one line, before JAX starts
+    for devices, mesh, message in (("0", [], "--devices 0: plan for at least 1 device"),
+                                   ("-4", [], "--devices -4: plan for at least 1 device"),
+                                   ("4", ["--mesh", "data=3"], "does not fit 4 devices")):
+        assert cli.main(["plan", "--config", "mae_demo", "--devices", devices, *mesh]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and "Traceback" not in err, err

@@ -280,3 +280,32 @@ def test_convert_import_blames_only_the_wrong_shaped_tensor(tmp_path, capsys, ke
     blamed = [p.split(":")[0] for p in err.split("bad.safetensors: ", 1)[1].strip().split("; ")]
     assert blamed == [key], err
     assert f"{(good[0] + 1, *good[1:])}" in err and f"expected {good}" in err, err
+
+
+def test_a_second_damaged_checkpoint_of_a_step_is_kept_beside_the_first(tmp_path):
+    """Issue 28, item 3: setting a damaged checkpoint aside never deletes an earlier one of the same step."""
+    from geolink_jax.train.checkpoint import aside_path
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "6").mkdir(parents=True)
+    first = aside_path(ckpts, 6)
+    (ckpts / "6").rename(first)
+    (ckpts / "6").mkdir()
+    (ckpts / "6" / "marker").write_text("second")
+    second = aside_path(ckpts, 6)
+    (ckpts / "6").rename(second)
+    assert (first.name, second.name) == ("skipped-6", "skipped-6-2") and first.is_dir()
+    assert (second / "marker").read_text() == "second" and aside_path(ckpts, 6).name == "skipped-6-3"
+
+
+def test_a_run_that_skipped_too_many_steps_as_nonfinite_fails_in_one_line():
+    """Issue 28, item 4: skipped steps are counted (metrics.jsonl `skipped_steps`, the final line) and past
+    `nonfinite_max_fraction` of the run the run fails: exit 1 through the CLI's one-line error."""
+    from geolink_jax.train.trainer import check_skipped
+
+    check_skipped(1, 40, 0.05, "W")  # 2.5 %: a warning in the final line, not a failure
+    with pytest.raises(FloatingPointError, match="3 of the 40 steps this run made were skipped as non-finite"):
+        check_skipped(3, 40, 0.05, "W")
+    from geolink_jax import cli
+
+    assert cli.user_errors("pretrain", {})[FloatingPointError] == 1

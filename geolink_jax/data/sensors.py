@@ -12,6 +12,25 @@ SENSORS = {
 }
 
 
+OPTICAL_MAX_UM = 30.0  # the longest optical/thermal band (thermal infrared ends near 15 µm)
+MICROWAVE_MIN_UM = 2.0e4  # the shortest SAR band in orbit (X band, ~3 cm; Ka ~0.8 cm is not an imaging SAR's)
+
+
+def check_wavelengths(wavelengths_um):
+    """Band wavelengths in µm → the same as floats; ValueError naming the problem where one is not finite, not
+    positive, or between 30 µm and 2 cm (no sensor band is: such values are nanometres, e.g. 665 for red)."""
+    wl = tuple(float(w) for w in wavelengths_um)
+    bad = [w for w in wl if not (w == w and abs(w) != float("inf"))]
+    if bad:
+        raise ValueError(f"wavelengths {list(wl)}: not finite")
+    if any(w <= 0 for w in wl):
+        raise ValueError(f"wavelengths {list(wl)}: not positive (µm)")
+    if any(OPTICAL_MAX_UM < w < MICROWAVE_MIN_UM for w in wl):
+        raise ValueError(f"wavelengths {list(wl)}: between {OPTICAL_MAX_UM:g} µm and 2 cm no sensor band lies; "
+                         "these look like nanometres (give micrometres, e.g. 0.665 for red)")
+    return wl
+
+
 def nearest_bands(wavelengths_um, targets_um, tolerance_um=None):
     """For each target wavelength, the index of the nearest band; with `tolerance_um`, None where the nearest is
     farther than that."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from geolink_jax.data import item_job, outputs, record_format, shards
 from geolink_jax.data.image_rule import ImageRuleError, parse_stretch, stretch_to_uint8
+from geolink_jax.data.sensors import check_wavelengths
 from geolink_jax.dofa_clip.pairs import BY_COUNT, IMAGE_SUFFIXES, RGB, SENSORS, PairSpec, problem  # noqa: F401
 
 FORMAT, VERSION = "geolink_jax.dofa_clip_pair", 1
@@ -39,14 +40,15 @@ class PairPreprocessConfig:
 
 
 def parse_wavelengths(value):
-    """A table cell → tuple of µm, or None (from the file); raises ValueError for an unknown sensor."""
+    """A table cell → tuple of µm, or None (from the file); raises ValueError for an unknown sensor or wavelengths
+    that are not finite, not positive or clearly nanometres (`data.sensors.check_wavelengths`)."""
     if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
         return None
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(float(v) for v in value)
+        return check_wavelengths(value)
     text = str(value).strip()
     if text.startswith("["):
-        return tuple(float(v) for v in json.loads(text))
+        return check_wavelengths(json.loads(text))
     if text not in SENSORS:
         raise ValueError(f"unknown sensor {text!r} (known: {', '.join(SENSORS)}; or give a JSON list of µm)")
     return SENSORS[text]
@@ -72,13 +74,13 @@ def read_table(path):
     first = 2 if suffix == ".csv" else 0
     for i, r in enumerate(frame.to_dict("records")):
         where = f"row {i + first}"
-        try:
-            wl = parse_wavelengths(r.get("wavelengths"))
-        except (ValueError, TypeError) as e:
-            problems.append(problem(str(r["image"]), f"bad wavelengths: {e}", path, where))
-            continue
         source = r.get("source")
         source = path.stem if source is None or source != source or not str(source) else str(source)
+        try:
+            wl = parse_wavelengths(r.get("wavelengths"))
+        except (ValueError, TypeError) as e:  # the row's id, as a spec of it would have had
+            problems.append(problem(f"{source}/{i}", f"bad wavelengths: {e}", path, f"{where}: {r['image']}"))
+            continue
         caption = "" if r["caption"] is None or r["caption"] != r["caption"] else str(r["caption"])
         specs.append(PairSpec(len(specs), f"{source}/{i}", str(path.parent / str(r["image"])), caption, wl, source,
                               row=where))
@@ -192,7 +194,7 @@ def make_manifest(summaries, shard_infos, extra_problems, cfg, num_pairs):
     return {
         "format": FORMAT, "record_version": VERSION, "family": "dofa_clip",
         "num_pairs": num_pairs, "num_records": len(written),
-        "num_dropped": num_pairs - len(written) + len(extra_problems),
+        "num_dropped": num_pairs - len(written),  # num_pairs counts every input row, those the table refused too
         "problems": {k: sum(p["severity"] == k for p in problems) for k in ("error", "warning", "note")},
         "groups": groups,
         "record_groups": runs,
@@ -209,7 +211,7 @@ def make_manifest(summaries, shard_infos, extra_problems, cfg, num_pairs):
 
 def _job(specs, extra, cfg):
     return dict(specs=specs, process=functools.partial(process_pair, cfg=cfg),
-                manifest=functools.partial(make_manifest, cfg=cfg, num_pairs=len(specs)),
+                manifest=functools.partial(make_manifest, cfg=cfg, num_pairs=len(specs) + len(extra)),
                 items_per_shard=cfg.pairs_per_shard, extra_problems=extra)
 
 

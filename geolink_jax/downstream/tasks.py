@@ -23,7 +23,7 @@ import pathlib
 
 import numpy as np
 
-from geolink_jax.data.sensors import RGB, SENSORS
+from geolink_jax.data.sensors import RGB, SENSORS, check_wavelengths
 
 IGNORE = -1  # an unlabelled pixel of a segmentation mask
 
@@ -91,6 +91,11 @@ class Task:
         if self.modality in ("image", "image+osm") and self.images.shape[-1] != len(self.wavelengths_um):
             raise TaskError(f"task {self.name}: {self.images.shape[-1]} bands but {len(self.wavelengths_um)} "
                             "wavelengths")
+        if self.modality in ("image", "image+osm"):
+            try:
+                check_wavelengths(self.wavelengths_um)
+            except ValueError as e:
+                raise TaskError(f"task {self.name}: {e}") from None
         return self
 
 

@@ -120,10 +120,18 @@ def read_table(path):
     rows = []
     for i, r in enumerate(frame.itertuples(index=False)):
         d = r._asdict()
-        rows.append(dict(sv_path=str(path.parent / str(d["sv_path"])), lon=float(d["lon"]), lat=float(d["lat"]),
+        rows.append(dict(sv_path=str(path.parent / str(d["sv_path"])), lon=_number(d["lon"]), lat=_number(d["lat"]),
                          time="" if d.get("time") is None or d.get("time") != d.get("time") else str(d["time"]),
                          patch=str(d["patch"]), row=i + 2 if path.suffix.lower() == ".csv" else i))
     return rows
+
+
+def _number(value):
+    """A coordinate cell → float, or the cell's text where it is not a number (that row becomes an error row)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def discover(patches_dir, table):
@@ -135,6 +143,11 @@ def discover(patches_dir, table):
     by_patch = {p.stem: [] for p in files}
     problems = []
     for r in read_table(table):
+        text = [f"{k} {r[k]!r}" for k in ("lon", "lat") if isinstance(r[k], str)]
+        if text:
+            problems.append(_problem(r["patch"], f"coordinate not a number: {', '.join(text)}", table,
+                                     f"row {r['row']}: {r['sv_path']}"))
+            continue
         if r["patch"] not in by_patch:
             problems.append(_problem(r["patch"], "row names no patch in the patches directory", table,
                                      f"row {r['row']}: {r['sv_path']}"))

@@ -14,7 +14,6 @@ one is tried.
 
 import json
 import pathlib
-import shutil
 
 import grain
 import jax
@@ -22,6 +21,15 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from geolink_jax.train import hosts
+
+
+def aside_path(directory, step):
+    """The first free checkpoints/skipped-<step>[-k]: every damaged checkpoint set aside is kept for inspection."""
+    path, k = pathlib.Path(directory) / f"skipped-{step}", 1
+    while path.exists():
+        k += 1
+        path = pathlib.Path(directory) / f"skipped-{step}-{k}"
+    return path
 
 
 class CheckpointError(RuntimeError):
@@ -181,13 +189,11 @@ class Checkpointer:
         return None, None
 
     def set_aside(self, step):
-        """Move a step out of orbax's view (and its retention policy): checkpoints/skipped-<step>."""
+        """Move a step out of orbax's view (and its retention policy): checkpoints/skipped-<step> (-2, -3, … when
+        an earlier damaged checkpoint of that step is already kept there)."""
         src = self.directory / str(step)
         if src.exists() and jax.process_index() == 0:  # one filesystem, one mover; the others wait for it
-            dst = self.directory / f"skipped-{step}"
-            if dst.exists():
-                shutil.rmtree(dst)
-            src.rename(dst)
+            src.rename(aside_path(self.directory, step))
         hosts.barrier(f"geolink_jax: checkpoint {step} set aside")
         self.manager.reload()
 

@@ -237,6 +237,7 @@ def train(config, workdir, progress=True):
     # analytic model FLOPs per sample (matmuls, forward + backward) → TFLOP/s and MFU in the log
     flops_per_step = family_lib.step_flops(fam, setup.model_cfg, config.batch_size, manifest)
     peak = chips.peak_flops(jax.devices()[0].device_kind, config_lib.model_dtype(config))
+    skipped = jnp.zeros((), jnp.int32)
     try:
         with jax.set_mesh(mesh):
             for step in range(start, total_steps):
@@ -249,6 +250,7 @@ def train(config, workdir, progress=True):
                     setup.step_fn.lower(state, batch, key).compile()
                     hosts.barrier("geolink_jax: step compiled")
                 state, metrics = setup.step_fn(state, batch, key)
+                skipped = skipped + metrics["nonfinite"]  # on the device: no host round trip per step
                 seen += config.batch_size
                 done = step + 1
                 if done % config.log_every == 0 or done == total_steps:
@@ -256,6 +258,7 @@ def train(config, workdir, progress=True):
                     now = time.perf_counter()
                     row.update(step=done, samples_per_s=seen / (now - t_last))
                     row.update({k: int(np.sum(v)) for k, v in stats.items()})
+                    row["skipped_steps"] = int(skipped)  # updates skipped as non-finite since this run started
                     row["tflops_per_s_per_device"] = (row["samples_per_s"] / config.batch_size * flops_per_step
                                                       / mesh.size / 1e12)
                     if peak:
@@ -285,11 +288,21 @@ def train(config, workdir, progress=True):
         preempt.restore()
         if writer:
             writer.flush()
+    check_skipped(int(skipped), total_steps - start, config.get("nonfinite_max_fraction", 0.05), workdir)
     if config.get("pictures") and last_host is not None and fam.pictures and jax.process_count() == 1:
         # the inputs are this host's samples: single-host runs only
         with jax.set_mesh(mesh):
             fam.pictures(setup.model(state), last_host, workdir)
     return rows
+
+
+def check_skipped(skipped, ran, max_fraction, workdir):
+    """FloatingPointError (exit 1, one line) where more than `max_fraction` of the `ran` steps of this run were
+    skipped as non-finite: a run that trained on little but its skips must not end as a success."""
+    if ran and skipped / ran > max_fraction:
+        raise FloatingPointError(f"{skipped} of the {ran} steps this run made were skipped as non-finite (more than "
+                                 f"nonfinite_max_fraction {max_fraction:g}): their data or learning rate need a "
+                                 f"look; checkpoints in {workdir}/checkpoints")
 
 
 def _progress(start, total, enabled):
