@@ -486,6 +486,11 @@ def main(argv=None):
             raise
         print(f"error: {e}", file=sys.stderr)
         return next(code for cls, code in codes.items() if isinstance(e, cls))
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handler is in place (start-up, compilation)
+        if args.debug:
+            raise
+        print(f"interrupted: {args.command} stopped before it began its work (nothing written)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -309,3 +309,17 @@ def test_a_run_that_skipped_too_many_steps_as_nonfinite_fails_in_one_line():
     from geolink_jax import cli
 
     assert cli.user_errors("pretrain", {})[FloatingPointError] == 1
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Issue 28, item 10: Ctrl-C before pretraining has its own SIGINT handler (loading, initialising, compiling)
+    ends with one line and exit 130, not a KeyboardInterrupt traceback."""
+    from geolink_jax import cli
+
+    def interrupted(args, overrides=()):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_pretrain", interrupted)
+    assert cli.main(["pretrain", "--config", "demo", "--workdir", "W"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("interrupted: pretrain") and "Traceback" not in err
