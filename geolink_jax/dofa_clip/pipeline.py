@@ -31,6 +31,7 @@ from geolink_jax.data import pipeline, shards
 from geolink_jax.dofa_clip import maka
 from geolink_jax.dofa_clip.model import bucket
 from geolink_jax.dofa_clip.preprocess import decode, decode_image
+from geolink_jax.nn import image_ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,26 +139,13 @@ class PairToSample(grain.transforms.RandomMap):
         return out
 
 
-def _device_pixels(canvas, image_hw, box, size):
-    """canvas uint8 [Hc, Wc, C], the box (x0, y0, w, h) of its top-left image_hw image → float32 [size, size, C]
-    in 8-bit levels: Pillow's box resize (bilinear, its filter widened when shrinking), rounded to levels."""
-    # the image's last row and column repeated over the canvas, so the kernel never reads the zero padding (Pillow
-    # clamps its kernel to the image)
-    rows = jnp.minimum(jnp.arange(canvas.shape[0]), image_hw[0] - 1)
-    cols = jnp.minimum(jnp.arange(canvas.shape[1]), image_hw[1] - 1)
-    x = canvas[rows][:, cols].astype(jnp.float32)
-    scale = jnp.stack([size / box[3], size / box[2]])
-    x = jax.image.scale_and_translate(x, (size, size, x.shape[-1]), (0, 1), scale, -jnp.stack([box[1], box[0]]) * scale,
-                                      method="linear", antialias=True)
-    return jnp.clip(jnp.round(x), 0.0, 255.0)
-
-
 def step_inputs(batch, size):
     """A batch as the model reads it: as it is, or (on-device augmentation: `crop` in it) its canvases cropped,
     resized and normalised here, padded bands zero."""
     if "crop" not in batch:
         return batch
-    x = jax.vmap(lambda c, hw, b: _device_pixels(c, hw, b, size))(batch["image"], batch["image_hw"], batch["crop"])
+    x = jax.vmap(lambda c, hw, b: image_ops.crop_resize(c, hw, jnp.concatenate([b[:2], b[:2] + b[2:]]), size))(
+        batch["image"], batch["image_hw"], batch["crop"])  # crop (x0, y0, w, h) → (left, top, right, bottom)
     x = jnp.where(batch["band_valid"][:, None, None, :], (x / 255.0 - 0.5) / 0.5, 0.0)
     return {**{k: v for k, v in batch.items() if k not in ("crop", "image_hw")}, "image": x}
 

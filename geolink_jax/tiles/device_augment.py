@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geolink_jax.nn import image_ops
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
 
@@ -136,17 +137,7 @@ def _pixel_box(bbox, image_size):
 def _pixels(canvas, image_size, bbox, flip, factors, order, size):
     """canvas uint8 [Hc, Wc, 3], the crop bbox (normalised x0, y0, x1, y1) → float32 [size, size, 3] in 8-bit
     levels (0..255)."""
-    box = _pixel_box(bbox, image_size)
-    # the image's last row and column repeated over the canvas, so the resize kernel never reads the zero padding
-    # (PIL clamps its kernel to the image)
-    rows = jnp.minimum(jnp.arange(canvas.shape[0]), image_size[0] - 1)
-    cols = jnp.minimum(jnp.arange(canvas.shape[1]), image_size[1] - 1)
-    x = canvas[rows][:, cols].astype(jnp.float32)
-    scale = jnp.stack([size / (box[3] - box[1]), size / (box[2] - box[0])])
-    translation = -jnp.stack([box[1], box[0]]) * scale
-    x = jax.image.scale_and_translate(x, (size, size, 3), (0, 1), scale, translation, method="linear",
-                                      antialias=True)
-    x = _u8(x)
+    x = image_ops.crop_resize(canvas, image_size, _pixel_box(bbox, image_size), size)
     x = jnp.where(flip, x[:, ::-1], x)
     for k in range(4):  # the drawn order; a disabled op has an identity factor
         op = order[k]
