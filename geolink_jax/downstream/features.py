@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-MODALITIES = ("image", "image+osm", "photo", "location", "text")
-
 
 def as_float32(inputs):
     return jnp.asarray(np.asarray(inputs, np.float32))
@@ -29,24 +27,39 @@ def as_float32(inputs):
 
 class FeatureFn:
     """model: the nnx module; apply(model, prepared inputs) → {output: jax array}; prepare(host inputs) → jax
-    inputs (default: float32 arrays); modality: what the inputs are."""
+    inputs (default: float32 arrays); modality: what the inputs are. With several devices the weights are
+    replicated once and every batch whose size they divide is split over them (data parallel)."""
 
     def __init__(self, model, apply, modality="image", prepare=as_float32):
         self.model, self.apply, self.modality, self.prepare = model, apply, modality, prepare
         graphdef, state = nnx.split(model)
-        self._state = state
-        self._run = jax.jit(lambda state, x: apply(nnx.merge(graphdef, state), x))
-
-    def __call__(self, inputs):
-        x = self.prepare(inputs)
-        if jax.device_count() > 1:  # data parallel: the batch split over every device, the weights replicated
+        self._batch_sharding = None
+        if jax.device_count() > 1:
             mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-            split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-            self._state = jax.device_put(self._state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-            x = jax.tree.map(lambda a: jax.device_put(a, split) if a.ndim and a.shape[0] % jax.device_count() == 0
+            state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+            self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+        self._state = state
+        # `keep` (static): the outputs wanted; the others are neither computed beyond what those need nor copied
+        self._run = jax.jit(lambda state, x, keep: _kept(apply(nnx.merge(graphdef, state), x), keep),
+                            static_argnums=2)
+
+    def device_outputs(self, inputs, keep=None):
+        """{output: jax array} of host inputs, on the devices; keep: the outputs wanted (None: all)."""
+        x = self.prepare(inputs)
+        if self._batch_sharding is not None:
+            n = jax.device_count()
+            x = jax.tree.map(lambda a: jax.device_put(a, self._batch_sharding) if a.ndim and a.shape[0] % n == 0
                              else a, x)
+        return self._run(self._state, x, None if keep is None else tuple(keep))
+
+    def __call__(self, inputs, keep=None):
+        """{output: numpy float32 (a tuple of them for per-level maps of several widths)}."""
         return {k: tuple(np.asarray(a, np.float32) for a in v) if isinstance(v, (tuple, list)) else
-                np.asarray(v, np.float32) for k, v in self._run(self._state, x).items()}
+                np.asarray(v, np.float32) for k, v in self.device_outputs(inputs, keep).items()}
+
+
+def _kept(outputs, keep):
+    return outputs if keep is None else {k: outputs[k] for k in keep if k in outputs}
 
 
 def level_blocks(depth):
