@@ -22,9 +22,7 @@ from geolink_jax.dofa_clip.model import bucket
 from geolink_jax.dofa_clip.pipeline import model_pixels
 from geolink_jax.dofa_clip.tokenizer import make_tokenizer
 from geolink_jax.downstream.metrics import UFZ_CLASSES, recall_at_k  # noqa: F401  (recall_at_k: this module's API)
-
-TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
-             "a satellite photo of the {}.", "an overhead view of {}.")
+from geolink_jax.downstream.protocols import TEMPLATES  # the prompt templates, one copy for the sweeps and here
 
 
 def ufz_crops(ufz_dir, crop=112):

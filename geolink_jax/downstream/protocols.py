@@ -35,7 +35,7 @@ TRAINING_FREE = ("zeroshot", "retrieval")  # one cell per task and encoder: labe
 PRIMARY = {"classification": "accuracy", "multilabel": "map", "regression": "rmse", "segmentation": "miou",
            "change": "change_f1", "retrieval": "recall@1"}
 TEMPLATES = ("a satellite image of {}.", "an aerial image of {}.", "a remote sensing image of {}.",
-             "a satellite photo of the {}.", "an overhead view of {}.")  # CLIP-style prompts (DOFA-CLIP's set)
+             "a satellite photo of the {}.", "an overhead view of {}.")  # CLIP-style (DOFA-CLIP's zeroshot too)
 SETTINGS = dict(knn_k=20, finetune_steps=100, finetune_lr=5e-4, layer_decay=0.75, finetune_batch=32,
                 upernet_steps=200, upernet_channels=128, upernet_lr=1e-3, prompt_templates=TEMPLATES)
 

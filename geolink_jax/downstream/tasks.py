@@ -110,6 +110,11 @@ def split(labels, test_fraction, seed):
     return test
 
 
+def random_split(n, test_fraction, seed):
+    """bool [n]: a random `test_fraction` of n samples (at least one) to test."""
+    return np.random.default_rng(seed).permutation(n) < max(1, round(n * test_fraction))
+
+
 def stretch(band, nodata=None):
     """A band → [0, 1] between its 2nd and 98th percentiles (nodata and NaN left out of the percentiles)."""
     valid = np.isfinite(band) & (band != nodata if nodata is not None else True)
@@ -374,21 +379,17 @@ def tfds_task(name, data_dir, image_key=None, label_key=None, scale=None, wavele
 def point_table(name, path, label_field, kind="classification", lon_field="lon", lat_field="lat", log10=False,
                 crs=None, test_fraction=0.3, seed=0, source=""):
     """A location task: a CSV with (lon, lat) columns, a GeoParquet or another vector file of points (reprojected to
-    EPSG:4326; `crs`
-    replaces the file's own where that is wrong) and a label column: classes (classification) or numbers
-    (regression; log10 with `log10`, for skewed concentrations). Inputs are (lon, lat) [N, 2] in degrees: a family's
-    location encoder reads them."""
+    EPSG:4326; `crs` replaces the file's own where that is wrong) and a label column: classes (classification) or
+    numbers (regression; log10 with `log10`, for skewed concentrations). Inputs are (lon, lat) [N, 2] in degrees:
+    a family's location encoder reads them."""
     import geopandas as gpd
     import pandas as pd
 
     path = pathlib.Path(path)
+    csv = path.suffix.lower() == ".csv"
     try:
-        if path.suffix.lower() == ".csv":
+        if csv:
             table = pd.read_csv(path)
-            missing = [c for c in (lon_field, lat_field) if c not in table]
-            if missing:
-                raise TaskError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, table.columns))})")
-            lonlat = table[[lon_field, lat_field]].to_numpy(np.float64)
         else:
             table = gpd.read_parquet(path) if path.suffix.lower() in (".parquet", ".geoparquet") else \
                 gpd.read_file(path)
@@ -396,13 +397,13 @@ def point_table(name, path, label_field, kind="classification", lon_field="lon",
                 table = table.set_crs(crs, allow_override=True)
             if table.crs is not None:
                 table = table.to_crs("EPSG:4326")
-            lonlat = np.stack([table.geometry.x.to_numpy(), table.geometry.y.to_numpy()], -1)
     except (OSError, ValueError) as e:
-        if isinstance(e, TaskError):
-            raise
         raise TaskError(f"{path}: not a readable table of points ({type(e).__name__})") from None
-    if label_field not in table:
-        raise TaskError(f"{path}: no column {label_field!r} (columns: {', '.join(map(str, table.columns))})")
+    missing = [c for c in ((lon_field, lat_field) if csv else ()) + (label_field,) if c not in table]
+    if missing:
+        raise TaskError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, table.columns))})")
+    lonlat = (table[[lon_field, lat_field]].to_numpy(np.float64) if csv else
+              np.stack([table.geometry.x.to_numpy(), table.geometry.y.to_numpy()], -1))
     bad = ~np.isfinite(lonlat).all(1) | (np.abs(lonlat[:, 0]) > 180) | (np.abs(lonlat[:, 1]) > 90)
     values = table[label_field].to_numpy()
     if kind == "regression":
@@ -500,7 +501,7 @@ def change_rasters(name, before, after, mask, tile=16, wavelengths=None, test_fr
     if not cut:
         raise TaskError(f"{mask}: no labelled pixel")
     stack = lambda x: np.stack([x[r:r + tile, c:c + tile] for r, c in cut])  # noqa: E731
-    test = np.random.default_rng(seed).permutation(len(cut)) < max(1, round(len(cut) * test_fraction))
+    test = random_split(len(cut), test_fraction, seed)
     return Task(name, stack(a), stack(labels), wl, ("no change", "change"), test, after=stack(b),
                 dropped=(a.shape[0] // tile) * (a.shape[1] // tile) - len(cut),
                 source=f"{len(cut)} tile pairs of {before} → {after}, change mask {mask}").check()
@@ -521,14 +522,14 @@ def ufz_tiles(name="ufz", root=None, size=112, osm=True, test_fraction=0.3, seed
         raise TaskError(str(e).splitlines()[0]) from None
     images = np.stack([np.clip(t.image * IMAGENET_STD + IMAGENET_MEAN, 0, 1) for t in tiles]).astype(np.float32)
     labels = np.stack([np.where(t.label == tiles_lib.IGNORE, IGNORE, t.label) for t in tiles]).astype(np.int64)
-    test = np.random.default_rng(seed).permutation(len(tiles)) < max(1, round(len(tiles) * test_fraction))
+    test = random_split(len(tiles), test_fraction, seed)
     return Task(name, images, labels, RGB, UFZ_CLASSES, test, kind="segmentation",
                 modality="image+osm" if osm else "image", graphs=[t.graph for t in tiles] if osm else None,
                 source=f"{len(tiles)} UFZ tiles of {root} ({size} px){' with their OSM graphs' if osm else ''}"
                 ).check()
 
 
-def captioned_images(name, table, root=None, source_filter=None, size=None, seed=0, test_fraction=0.5):
+def captioned_images(name, table, root=None, source_filter=None, seed=0, test_fraction=0.5):
     """Image–caption retrieval: a CSV (image, caption, wavelengths: a sensor name of data/sensors.py or a list of
     µm) of rasters of one band set; `source_filter` keeps the rows of that `source`. Every pair is scored (the
     retrieval protocol needs no training); the split is kept for other protocols."""
@@ -550,7 +551,7 @@ def captioned_images(name, table, root=None, source_filter=None, size=None, seed
     if not images:
         raise TaskError(f"{table}: no rows{f' of source {source_filter}' if source_filter else ''}")
     n = len(images)
-    test = np.random.default_rng(seed).permutation(n) < max(1, round(n * test_fraction))
+    test = random_split(n, test_fraction, seed)
     return Task(name, np.stack(images), np.arange(n), wl, tuple(captions), test, captions=tuple(captions),
                 source=f"{n} captioned images of {table}").check()
 
