@@ -177,7 +177,8 @@ def test_input_cost_suite_runs_gair_on_its_own_data_per_photo(tmp_path):
     """Any family on its bundled data (issue 27): GAIR's demo patches preprocessed with photos stored at the
     model's size, cost per record and per real photo (counted from the batches: 5 a patch, up to the budget)."""
     base, _ = runner.load_sweep(str(MINIMAL))
-    cfgs = runner.plan(base, [{"suite": "input", "config": "gair_demo", "batch": 4, "batches": 2, "rounds": 1,
+    # 64 patches: enough CPU time (~0.1 s) that psutil's 10 ms ticks and the idle-rate correction cannot zero it
+    cfgs = runner.plan(base, [{"suite": "input", "config": "gair_demo", "batch": 8, "batches": 8, "rounds": 1,
                                "settle_s": 0.2, "preprocess_args": ["--sv-size", "32", "--sv-format", "raw"]}])
     (row,) = runner.execute(cfgs, tmp_path, progress=False)
     assert row["status"] == "ok", row.get("reason")

@@ -51,14 +51,6 @@ def _config(name, data_dir, batch, on_device, workers, threads, overrides=()):
     return trainer.resolve(config, manifest), paths, manifest
 
 
-def has_device_path(name):
-    """Whether the named config's family has on-device augmentation (`Family.device_augment`)."""
-    from geolink_jax import config as config_lib
-    from geolink_jax import family as family_lib
-
-    return family_lib.get_family(config_lib.load_file(name).family).device_augment
-
-
 def bundled_data(name, workdir, overrides=(), preprocess_args=()):
     """The named config's family's bundled real data, prepared in workdir as a run without data.path does, or, with
     `preprocess_args`, by `geolink-jax preprocess --family <its family> <args>` (e.g. GAIR's --sv-size 224)."""
@@ -189,7 +181,7 @@ def run(cfg):
     config.update_from_flattened_dict(dict(overrides))
     fam = family_lib.get_family(config.family)
     unit, _ = fam.sample_unit(family_lib.model_config(fam, config))
-    paths = (False, True) if has_device_path(cfg.config) else (False,)
+    paths = (False, True) if fam.device_augment else (False,)  # the family reads data.augment_on_device
     with tempfile.TemporaryDirectory() as tmp:
         data = bundled_data(cfg.config, tmp, overrides, tuple(cfg.get("preprocess_args", ())))
         ms, rates, idle, per_record = {p: [] for p in paths}, {p: [] for p in paths}, [], []
