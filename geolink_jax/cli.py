@@ -2,6 +2,7 @@
 family adds (GeoLink: finetune, attention; DOFA-CLIP: zeroshot, dofa-teachers). Nothing here names a family: what
 differs per family comes from its `Family` record (geolink_jax/family.py)."""
 import argparse
+import json
 import pathlib
 import sys
 
@@ -177,7 +178,8 @@ def _converter_options(conv, args):
 def cmd_convert(args):
     from geolink_jax import convert
     from geolink_jax import family as family_lib
-    from geolink_jax.convert import params_store
+    from geolink_jax.convert import params_store, rules
+    from geolink_jax.convert.rules import ConversionError
 
     if args.direction == "graphs":
         from geolink_jax.convert import graphs
@@ -193,10 +195,18 @@ def cmd_convert(args):
             params_store.check_finite(sd, args.src)
         record = params_store.recorded_config(meta)
         recorded = record is not None
+        if recorded and args.family and args.family != record["family"]:
+            raise ConversionError(f"{args.src}: its metadata records a {record['family']} model, not --family "
+                                  f"{args.family}; leave --family out (the file says which) or give "
+                                  f"--family {record['family']}")
         family = args.family or (record["family"] if recorded else next(iter(family_lib.FAMILIES)))
         cfg = params_store.config_from_record(record)[1] if recorded and record["family"] == family else None
         fmt, conv = _converter(family, args.format)
-        params, cfg, report = conv.from_state_dict(sd, cfg, args.src, **_converter_options(conv, args))
+        try:
+            params, cfg, report = conv.from_state_dict(sd, cfg, args.src, **_converter_options(conv, args))
+        except KeyError as e:  # a converter inferring the config from tensors another layout does not have
+            raise ConversionError(f"{args.src}: not a {family} {fmt} state dict (no tensor {e.args[0]!r}; "
+                                  f"{rules.key_summary(sd)})") from None
         params_store.save_params(args.out, params, cfg)
         print(f"imported {report['converted']} tensors from {args.src} ({family} {fmt}; model config "
               f"{'from the file' if recorded else 'inferred from the tensors'}; listed unused: "
@@ -244,8 +254,30 @@ def cmd_embed(args):
     fam = family_lib.get_family(family)
     if fam.write_embeddings is None:
         raise ValueError(f"{args.params}: a {family} model; that family has no embeddings")
+    check_embed_inputs(fam, args.tiles, args.params)
     print(fam.write_embeddings(model, args))
     return 0
+
+
+def check_embed_inputs(fam, inputs, params):
+    """A DataError naming the --tiles directory when it is not what the model's family embeds: another family's
+    shards, or (for families that read only their own preprocessed shards) a directory without a manifest, such as
+    the default, the bundled GeoLink tiles."""
+    from geolink_jax import family as family_lib
+    from geolink_jax.data import outputs, record_format
+    from geolink_jax.data.shards import DataError
+
+    if outputs.is_remote(inputs):
+        return
+    manifest = pathlib.Path(inputs) / outputs.MANIFEST
+    if manifest.exists():
+        problem = family_lib.data_problem(fam, json.loads(manifest.read_text()), inputs)
+        if problem:
+            raise DataError(problem)
+    elif fam.record_format != record_format.FORMAT:
+        default = " (the default: the bundled GeoLink tiles)" if str(inputs) == str(samples.OSM_TILES_DIR) else ""
+        raise DataError(f"--tiles {inputs}{default}: no {outputs.MANIFEST}; {params} is a {fam.name} model, which "
+                        f"embeds `geolink-jax preprocess --family {fam.name}` output: give --tiles DIR")
 
 
 def _probe_parser(sub):
@@ -437,12 +469,13 @@ def user_errors(command, family_commands):
     from geolink_jax.data.outputs import JobError
     from geolink_jax.data.shards import DataError
     from geolink_jax.train.checkpoint import CheckpointError, CheckpointMismatch
+    from geolink_jax.train.workdir_lock import WorkdirInUse
 
     codes = {ConfigError: 2, CheckpointMismatch: 2, FileNotFoundError: 1, DataError: 1, CheckpointError: 1}
     if command in ("embed", "probe"):
         codes.update({ValueError: 1, KeyError: 1})
-    if command == "pretrain":  # non-finite steps past the configured fraction, or on_nonfinite="stop"
-        codes[FloatingPointError] = 1
+    if command == "pretrain":  # non-finite steps past the allowed fraction (or on_nonfinite="stop"); a held workdir
+        codes.update({FloatingPointError: 1, WorkdirInUse: 1})
     if command == "preprocess":  # a --strict run stopped on a problem
         codes[JobError] = 1
     if command == "convert":  # ConversionError is a ValueError; .pth files and timm need torch

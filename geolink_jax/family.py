@@ -91,6 +91,7 @@ class Family:
         teachers, …; train/recipe.py).
     constrain(params, model_cfg) -> params: a projection of the trained params after every optimizer update
         (DOFA-CLIP's logit-scale clamp, as open_clip's train loop).
+    record_format: the record format (a data manifest's "format") that `dataset` reads; `data_problem` compares it.
     """
 
     name: str
@@ -122,6 +123,7 @@ class Family:
     initial_weights: Callable | None = None
     recipe_notes: Callable | None = None
     constrain: Callable | None = None
+    record_format: str = "geolink_jax.tile"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +186,18 @@ def get_family(name) -> Family:
         raise ValueError(f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}")
     entry = FAMILIES[name]
     return entry if isinstance(entry, Family) else importlib.import_module(entry).FAMILY
+
+
+def data_problem(family, manifest, path):
+    """The one-line problem (naming the directory and both formats) when a data manifest's records are not the
+    family's (another family's shards), else None: callers check before any record is read."""
+    found = manifest.get("format")
+    if found and found != family.record_format:
+        made_by = next((f.name for f in map(get_family, FAMILIES) if f.record_format == found), None)
+        by = f" (made by `preprocess --family {made_by}`)" if made_by else ""
+        return (f"{path}: holds {found} records{by}; the {family.name} family reads {family.record_format} records "
+                f"(`preprocess --family {family.name}` makes them)")
+    return None
 
 
 def family_of(model_cfg):

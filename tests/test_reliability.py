@@ -199,6 +199,7 @@ def test_convert_refuses_nonfinite_weights_and_a_config_that_contradicts_the_ten
     (["--out", "{f}"], "is a file, not a directory"),
     (["--out", "{f}/sub"], "is a file, not a directory"),
     (["--pbf", "/nonexistent.osm.pbf", "--out", "{d}/o"], "--pbf /nonexistent.osm.pbf: no such file"),
+    (["--pbf", "{d}/g.osm.pbf", "--out", "{d}/o"], "g.osm.pbf: not a readable OSM file (PBF error"),  # item 13
     (["--input", "{d}/nowhere", "--out", "{d}/o"], "no such directory"),
     (["--out", "{d}/full"], "exists and is not empty: pass --overwrite"),
 ])
@@ -206,6 +207,7 @@ def test_preprocess_refuses_bad_paths_before_any_work(tmp_path, capsys, args, me
     from geolink_jax import cli
 
     (tmp_path / "f").write_text("a file")
+    (tmp_path / "g.osm.pbf").write_bytes(b"garbage" * 100)  # issue 28, item 13
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "manifest.json").write_text("{}")
     args = [a.format(f=tmp_path / "f", d=tmp_path) for a in args]
@@ -323,3 +325,180 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, capsys):
     assert cli.main(["pretrain", "--config", "demo", "--workdir", "W"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("interrupted: pretrain") and "Traceback" not in err
+
+
+def test_a_workdir_is_one_runs_and_a_dead_runs_lock_is_taken_over(tmp_path, capsys):
+    """Issue 28, item 1: a second `pretrain` on a workdir that a live run holds refuses in one line naming that
+    run's PID and host, before writing anything; the lock of a killed run (kill -9) is taken over with a warning;
+    one of another host is refused (its liveness cannot be seen from here)."""
+    import socket
+
+    from geolink_jax import cli
+    from geolink_jax.train import workdir_lock
+
+    w = tmp_path / "w"
+    w.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from geolink_jax.train import workdir_lock; "
+                               f"workdir_lock.acquire({str(w)!r}); print('held', flush=True); time.sleep(60)"],
+                              env=SUBPROCESS_ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = cli.main(["pretrain", "--config", "demo", "--workdir", str(w), "--config.total_steps=1"])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1, err
+        assert f"workdir in use by PID {holder.pid} on {socket.gethostname()}" in err, err
+        assert sorted(p.name for p in w.iterdir()) == ["lock.json"]  # nothing else written
+    finally:
+        holder.kill()  # as kill -9: the flock goes, the file still names the dead process
+        holder.wait()
+    warnings = []
+    fd = workdir_lock.acquire(w, warn=warnings.append)
+    assert len(warnings) == 1 and f"taking over the lock of PID {holder.pid}" in warnings[0], warnings
+    workdir_lock.release(fd)
+    assert (w / "lock.json").read_text() == ""  # released: free for the next run, no warning
+    with workdir_lock.hold(w, warn=warnings.append):
+        pass
+    assert len(warnings) == 1
+    (w / "lock.json").write_text(json.dumps(dict(pid=7, host="other-host")))
+    with pytest.raises(workdir_lock.WorkdirInUse, match="locked by PID 7 on other-host .* delete .*lock.json"):
+        workdir_lock.acquire(w)
+
+
+def test_a_worker_killed_once_and_retried_leaves_a_warning_row(tmp_path):
+    """Issue 28, item 12: the item whose worker died is retried alone; when the retry succeeds the tile is written
+    and errors.jsonl holds a warning row naming it (the run succeeds)."""
+    spec = tile_sources.discover_tiles(samples.OSM_TILES_DIR)[0]  # the first: the one retried when its pool breaks
+    out = subprocess.run([sys.executable, "-m", "geolink_jax.cli", "preprocess", "--workers", "2", "--encoder",
+                          "hash:8", "--out", str(tmp_path / "o"), "--no-progress"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                         GEOLINK_TEST_KILL_WORKER_ON=f"{spec.index}:{tmp_path}/k"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "k").exists()  # the worker was killed once
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["num_records"] == 5 and manifest["runner"]["dead_worker_tiles"] == []
+    rows = [json.loads(line) for line in (tmp_path / "o" / "errors.jsonl").read_text().splitlines()]
+    retried = [r for r in rows if r["reason"].startswith("retried alone")]
+    assert [(r["tile_id"], r["severity"]) for r in retried] == [(spec.tile_id, "warning")], rows
+
+
+def test_a_file_of_another_family_is_one_short_line(tmp_path, capsys):
+    """Issue 28, item 7: a file whose metadata records another family than --family is one line naming both; a
+    file of another layout without metadata is one short line (counts and first keys), never a key dump."""
+    from geolink_jax import cli
+    from geolink_jax.convert import files
+
+    rng = np.random.default_rng(0)
+    keys = {f"visual.trunk.blocks.{i}.{k}": rng.normal(size=(4,)) for i in range(40) for k in ("a", "b", "c")}
+    files.save_weights(keys, tmp_path / "gair_like.safetensors", dict(family="gair", model={}))
+    files.save_weights(keys, tmp_path / "bare.safetensors")
+    rc = cli.main(["convert", "import", "--family", "dofa_clip", "--src", str(tmp_path / "gair_like.safetensors"),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "gair_like.safetensors: its metadata records a gair model, not --family dofa_clip" in err
+    for family in ("geolink", "mae", "gair", "dofa_clip"):
+        rc = cli.main(["convert", "import", "--family", family, "--src", str(tmp_path / "bare.safetensors"),
+                       "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert rc == 1 and err.count("\n") == 1 and len(err) < 600, (family, err[:2000])
+        assert "the file has 120 tensors: visual.trunk.blocks.0.a" in err, (family, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_shards_or_a_workdir_of_another_family_are_one_line(tmp_path, capsys):
+    """Issue 28, items 8 and 14: pretraining on another family's shards names the directory and both record
+    formats; a workdir holding another family's run is named as such; `embed` with inputs its model's family does
+    not read (the default bundled GeoLink tiles for a GAIR model) names the directory."""
+    from geolink_jax import cli
+    from geolink_jax import family as family_lib
+    from geolink_jax.data.shards import DataError
+
+    data = tmp_path / "pairs"
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps(dict(format="geolink_jax.dofa_clip_pair", family="dofa_clip")))
+    assert cli.main(["pretrain", "--config", "demo", "--workdir", str(tmp_path / "w"),
+                     f"--config.data.path={data}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{data}: holds geolink_jax.dofa_clip_pair records (made by `preprocess " \
+        "--family dofa_clip`); the geolink family reads geolink_jax.tile records" in err, err
+    (tmp_path / "w" / "config.json").write_text(json.dumps(dict(family="geolink")))
+    assert cli.main(["pretrain", "--config", "gair_demo", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w: holds a geolink run (its config.json), and this config is a gair run" in err
+    with pytest.raises(DataError, match=r"--tiles .*osm_tiles \(the default: the bundled GeoLink tiles\): no "
+                                        r"manifest.json; WG is a gair model"):
+        cli.check_embed_inputs(family_lib.get_family("gair"), samples.OSM_TILES_DIR, "WG")
+    with pytest.raises(DataError, match="pairs: holds geolink_jax.dofa_clip_pair records"):
+        cli.check_embed_inputs(family_lib.get_family("geolink"), data, "WL")
+
+
+@pytest.mark.xdist_group("baseline")
+def test_a_truncated_checkpoint_file_is_one_warning_line(baseline_run, tmp_path, capfd):
+    """Issue 28, item 5: a data file of the newest checkpoint cut to half its size: the reader falls back with one
+    warning line that says "truncated" and names the array, and nothing else reaches stderr (orbax's abandoned reads
+    used to print a traceback and a TensorStore spec each, thousands of lines)."""
+    import gc
+
+    from geolink_jax.train import checkpoint
+
+    w = tmp_path / "w"
+    shutil.copytree(baseline_run, w)
+    largest = max((p for p in (w / "checkpoints" / "8" / "state").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    os.truncate(largest, largest.stat().st_size // 2)
+    lines = []
+    step, _ = checkpoint.load_verified(w / "checkpoints", report=lines.append)
+    gc.collect()
+    time.sleep(0.5)  # the abandoned reads report from other threads
+    gc.collect()
+    assert step == 6 and len(lines) == 1, lines
+    assert lines[0].startswith(f"warning: checkpoint {w / 'checkpoints' / '8'} skipped: a file of it is truncated")
+    assert capfd.readouterr().err == ""
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MiB tmpfs (root only; skipped with the reason elsewhere)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full disk needs a small tmpfs, and mounting one needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_with_the_last_checkpoint_intact(small_filesystem, capfd):
+    """Issue 28, item 2: an asynchronous save that hits ENOSPC is an error (one line naming the directory, "no space
+    left on device" and the last good checkpoint) at the latest by the next save; its partial directory is removed;
+    a save that would not fit is warned of beforehand; orbax's own reports of the failure do not reach stderr."""
+    import grain
+    import jax.numpy as jnp
+
+    from geolink_jax.train.checkpoint import Checkpointer, CheckpointError
+
+    warnings = []
+    ckpt = Checkpointer(small_filesystem / "ck", save_every=1, keep=10, async_save=True, report=warnings.append)
+    data = iter(grain.MapDataset.range(100).to_iter_dataset())
+    state = {"w": jax.random.normal(jax.random.key(0), (256, 1024), jnp.float32)}  # 1 MiB a checkpoint: random
+    # bits, which the checkpoint's compression cannot shrink
+    with pytest.raises(CheckpointError) as failed:
+        for step in range(1, 8):
+            ckpt.save(step, state, data, "{}")
+        ckpt.wait()
+    ckpt.close()
+    message = str(failed.value)
+    assert f"{small_filesystem / 'ck'}: saving a checkpoint failed (no space left on device)" in message, message
+    kept = sorted(p.name for p in (small_filesystem / "ck").iterdir())
+    assert all(name.isdigit() for name in kept) and kept, kept  # committed steps only: no partial directory
+    assert f"the last good checkpoint is step {max(map(int, kept))} (the partial one removed)" in message
+    assert len(warnings) == 1 and "MiB free, a checkpoint takes" in warnings[0], warnings
+    import gc
+
+    gc.collect()
+    assert capfd.readouterr().err == ""

@@ -126,8 +126,24 @@ def params_from_named(state_dict, target, name_fn, unused=(), source="state_dict
     leftover = sorted(set(state_dict) - tried - set(unused))
     problems += [f"unused key {k!r} {tuple(np.shape(state_dict[k]))}" for k in leftover]
     if problems:
-        raise ConversionError(f"{source}: " + "; ".join(problems))
+        missing = sum(p.startswith("missing key") for p in problems)
+        counts = f"{missing} of the model's keys missing, {len(leftover)} of the file's unused"
+        if missing > len(out):  # mostly absent: another model's file, not a few stray tensors
+            raise ConversionError(f"{source}: does not look like this model's state dict ({counts}; "
+                                  f"{key_summary(state_dict)})")
+        raise ConversionError(f"{source}: " + "; ".join(problems[:MAX_PROBLEMS])
+                              + (f" (+{len(problems) - MAX_PROBLEMS} more; {counts})"
+                                 if len(problems) > MAX_PROBLEMS else ""))
     return traverse_util.unflatten_dict(dict(out)), tried
+
+
+MAX_PROBLEMS = 8  # problems named in one error line; the rest counted
+
+
+def key_summary(state_dict, first=4):
+    """A short description of a state dict for an error line: its tensor count and first keys."""
+    keys = sorted(state_dict)
+    return f"the file has {len(keys)} tensors: {', '.join(keys[:first])}" + (", …" if len(keys) > first else "")
 
 
 def state_dict_from_named(params, name_fn):

@@ -52,9 +52,17 @@ def _init_worker():
 
 
 def _in_worker(process, spec):
-    if os.environ.get("GEOLINK_TEST_KILL_WORKER_ON") == str(spec.index):  # tests: a worker killed (the OOM killer)
+    # tests: a worker killed (the OOM killer) on item N, every time ("N") or only the first time ("N:marker file")
+    target, _, marker = os.environ.get("GEOLINK_TEST_KILL_WORKER_ON", "").partition(":")
+    if target == str(spec.index) and not (marker and os.path.exists(marker)):
+        if marker:
+            pathlib.Path(marker).touch()
         os.kill(os.getpid(), 9)
     return process(spec)
+
+
+RETRIED = ("retried alone in a fresh process after a worker process died (killed or out of memory) while this item "
+           "was in progress in its pool; the retry succeeded")
 
 
 def results_in_order(specs, process, workers, dead_item):
@@ -62,7 +70,8 @@ def results_in_order(specs, process, workers, dead_item):
     function or a partial of one). A worker that dies (killed, out of memory) breaks the pool, which
     concurrent.futures notices (multiprocessing.Pool would wait forever): the first unfinished item is then retried
     alone in a fresh process, reported by `dead_item(spec)` if that one dies too, and the rest go on in a fresh
-    pool. Every round consumes at least one item, so the job always ends."""
+    pool; a retry that succeeds leaves a warning row (RETRIED) in the item's problems, beside its own. Every round
+    consumes at least one item, so the job always ends."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -90,7 +99,11 @@ def results_in_order(specs, process, workers, dead_item):
             return
         spec, alone = todo[broken_at], pool_of(1)
         try:
-            yield alone.submit(_in_worker, process, spec).result()
+            record, summary = alone.submit(_in_worker, process, spec).result()
+            # the item named as the family names it (the row dead_item would have written), as a warning
+            row = {**dead_item(spec)[1]["problems"][0], "severity": "warning", "reason": RETRIED}
+            summary["problems"] = [*summary["problems"], row]
+            yield record, summary
         except BrokenProcessPool:
             yield dead_item(spec)
         finally:

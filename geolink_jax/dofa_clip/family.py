@@ -393,6 +393,7 @@ def constrain(params, model_cfg):
 
 FAMILY = family_lib.Family(
     name="dofa_clip",
+    record_format=preprocess.FORMAT,
     config_cls=DOFACLIPConfig,
     build=build,
     loss=loss,

@@ -317,6 +317,7 @@ CONVERTERS = {
 
 FAMILY = family_lib.Family(
     name="gair",
+    record_format=preprocess.FORMAT,
     config_cls=GAIRConfig,
     build=build,
     loss=loss,

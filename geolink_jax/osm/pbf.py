@@ -91,6 +91,18 @@ class OsmFeatures:
         return self.geoms[idx], list(self.labels[idx])
 
 
+def check(path):
+    """None if `path` reads as an OSM file (its first objects parse), else the short reason: a garbage file is one
+    line up front, not one error per tile."""
+    import osmium
+
+    try:
+        next(iter(osmium.FileProcessor(str(path))), None)
+    except Exception as e:  # noqa: BLE001 - osmium's parse errors are RuntimeErrors of varied text
+        return f"not a readable OSM file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+    return None
+
+
 @functools.lru_cache(maxsize=2)
 def load(path):
     """Per-process cache: a worker parses the PBF once for all its tiles."""

@@ -37,6 +37,11 @@ def run_preprocess(args, overrides=()):
     problem = outputs.output_dir_problem(args.out)
     if args.pbf and not pathlib.Path(args.pbf).is_file():
         problem = f"--pbf {args.pbf}: no such file"
+    elif args.pbf:
+        from geolink_jax.osm import pbf as osm_pbf
+
+        reason = osm_pbf.check(args.pbf)
+        problem = f"--pbf {args.pbf}: {reason}" if reason else problem
     if not pathlib.Path(args.input).exists():
         problem = f"--input {args.input}: no such directory"
     if not problem and not outputs.is_remote(args.out):

@@ -12,8 +12,15 @@ to `skipped-<step>` (kept for inspection, out of the retention policy's sight) w
 one is tried.
 """
 
+import contextlib
+import errno
 import json
+import logging
 import pathlib
+import re
+import shutil
+import sys
+import traceback
 
 import grain
 import jax
@@ -97,14 +104,91 @@ def _check_positionable(data_iterator, data_dir):
 
 
 def _unreadable(e):
-    """A read failure of any kind → the CheckpointError that says so (first line of the message, bounded)."""
-    first = str(e).splitlines()[0][:300] if str(e).strip() else ""
-    return CheckpointError(f"cannot be read ({type(e).__name__}: {first})")
+    """A read failure of any kind → the CheckpointError that says so, in one line: the innermost cause (orbax wraps
+    TensorStore's error in one that dumps the store's spec), "truncated" where a read ran past a file's end."""
+    chain = [e]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    inner = chain[-1]
+    first = str(inner).splitlines()[0] if str(inner).strip() else ""
+    first = first.split(" See full TensorStore details")[0]
+    truncated = re.search(r'OUT_OF_RANGE: Error reading "([^"]+)".*not valid for value of size (\d+)', first)
+    if truncated:
+        return CheckpointError(f"a file of it is truncated (reading {truncated[1]} ran past the end of its "
+                               f"{truncated[2]}-byte data file)")
+    return CheckpointError(f"cannot be read ({type(inner).__name__}: {first[:300]})")
+
+
+def _drop_abandoned_read_errors():
+    """A failed orbax restore or save abandons its other reads or writes, whose errors surface later through
+    sys.unraisablehook: one traceback (and for reads a TensorStore spec dump) each, thousands of lines per
+    checkpoint. Those kinds (the abandoned read, the closed event loop it reports to) are dropped, process-wide,
+    from the first Checkpointer or read on; any other unraisable error still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable):
+        text = str(unraisable.exc_value)
+        if text.startswith("Encountered error while reading array index") or text == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+def _failure_cause(e):
+    """The short cause of a failed save: "no space left on device" wherever ENOSPC hides in the exception chain
+    (an OSError, or TensorStore's text of one), else the first line of the innermost error."""
+    seen, chain = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        if getattr(err, "errno", None) == errno.ENOSPC or "no space left" in str(err).lower():
+            return "no space left on device"
+        if getattr(err, "errno", None) == errno.EDQUOT or "quota exceeded" in str(err).lower():
+            return "disk quota exceeded"
+    inner = chain[-1]
+    first = str(inner).splitlines()[0][:200] if str(inner).strip() else ""
+    return f"{type(inner).__name__}: {first}"
+
+
+class _OrbaxErrorRecords(logging.Filter):
+    """Drops orbax's own ERROR records. A failed save is reported by orbax from several threads (absl lines with
+    tracebacks) and by asyncio for every abandoned write ("Task exception was never retrieved"): hundreds of lines
+    for one full disk. The Checkpointer raises the one line that names the directory and the cause (`check`, read
+    failures in `restore`), so nothing is lost; records from anything else pass."""
+
+    def filter(self, record):
+        if record.levelno < logging.ERROR:
+            return True
+        tb = record.exc_info[2] if record.exc_info else None
+        raised_in_orbax = tb is not None and any("/orbax/" in f.filename for f in traceback.extract_tb(tb))
+        return not (raised_in_orbax or "/orbax/" in record.pathname or "/orbax/" in record.getMessage())
+
+
+def _drop_orbax_error_records():
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxErrorRecords) for f in logger.filters):
+            logger.addFilter(_OrbaxErrorRecords())
+
+
+def _tree_bytes(path):
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
 
 
 class Checkpointer:
-    def __init__(self, directory, *, save_every, keep=3, keep_period=None, async_save=True):
+    def __init__(self, directory, *, save_every, keep=3, keep_period=None, async_save=True, report=print):
         self.directory = pathlib.Path(directory).absolute()
+        self.report = report
+        self._warned_space = False
+        self.failed = False  # a save failed: close() quietly
+        _drop_orbax_error_records()
+        _drop_abandoned_read_errors()
         policies = [ocp.checkpoint_managers.LatestN(keep)]
         if keep_period:
             policies.append(ocp.checkpoint_managers.EveryNSteps(keep_period))
@@ -119,16 +203,53 @@ class Checkpointer:
                            "config": ocp.JsonCheckpointHandler(), "integrity": ocp.JsonCheckpointHandler()})
 
     def save(self, step, state, data_iterator, config_json, force=False):
-        """state: pytree (params, opt_state, step); returns True if a save was started."""
+        """state: pytree (params, opt_state, step); returns True if a save was started. A save that failed in the
+        background (or fails now) raises CheckpointError in one line (see `check`)."""
+        self.check()
         if not (force or self.manager.should_save(step)):
             return False
+        self._check_space()
         integrity = {"fingerprints": fingerprints(state)}
-        return self.manager.save(
-            step, force=force,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    data=grain.checkpoint.CheckpointSave(data_iterator),
-                                    config=ocp.args.JsonSave(json.loads(config_json)),
-                                    integrity=ocp.args.JsonSave(integrity)))
+        with self._failures():
+            return self.manager.save(
+                step, force=force,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        data=grain.checkpoint.CheckpointSave(data_iterator),
+                                        config=ocp.args.JsonSave(json.loads(config_json)),
+                                        integrity=ocp.args.JsonSave(integrity)))
+
+    def check(self):
+        """Raise CheckpointError at once if an asynchronous save has failed (a full disk: ENOSPC), naming the
+        directory, the cause and the last good checkpoint, with the partial directory removed. Host-side only: call
+        it every step."""
+        with self._failures():
+            self.manager.check_for_errors()
+
+    @contextlib.contextmanager
+    def _failures(self):
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - any failure of a save: the one line below, not orbax's trace
+            self.failed = True
+            if jax.process_index() == 0:
+                for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                    shutil.rmtree(partial, ignore_errors=True)
+            good = checkpoint_steps(self.directory)
+            last = f"the last good checkpoint is step {good[0]}" if good else "no checkpoint was kept"
+            raise CheckpointError(f"{self.directory}: saving a checkpoint failed ({_failure_cause(e)}); the run "
+                                  f"stopped, {last} (the partial one removed)") from e
+
+    def _check_space(self):
+        """Warn once when the filesystem has less free space than the newest checkpoint takes (+10%)."""
+        good = checkpoint_steps(self.directory)
+        if self._warned_space or not good or jax.process_index() != 0:
+            return
+        need = 1.1 * _tree_bytes(self.directory / str(good[0]))
+        free = shutil.disk_usage(self.directory).free
+        if free < need:
+            self._warned_space = True
+            self.report(f"warning: {self.directory}: {free / 2**20:.0f} MiB free, a checkpoint takes "
+                        f"{need / 1.1 / 2**20:.0f} MiB; the next save may fail (free space, or lower keep_checkpoints)")
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -198,10 +319,17 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self):
-        self.manager.wait_until_finished()
+        with self._failures():
+            self.manager.wait_until_finished()
 
     def close(self):
-        self.manager.wait_until_finished()
+        """Wait for the last save and close; after a failure already raised, close quietly."""
+        if self.failed:
+            with contextlib.suppress(Exception):
+                self.manager.close()
+            return
+        with self._failures():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 
@@ -220,6 +348,8 @@ def load_verified(directory, report=print, step=None):
         if step not in steps:
             raise CheckpointError(f"{directory}: no checkpoint of step {step} (steps: {sorted(steps)})")
         steps = [step]
+    _drop_abandoned_read_errors()
+    _drop_orbax_error_records()
     with ocp.StandardCheckpointer() as ckptr:
         for step in steps:
             try:

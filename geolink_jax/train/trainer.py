@@ -2,12 +2,14 @@
 
 mesh → the family's model and the optimizer initialised directly into their shardings → the family's grain
 iterator → restore the latest checkpoint if any → jitted step (explicit in/out shardings, donated state) →
-metrics JSONL + TensorBoard, checkpoints every K steps and on SIGTERM → the family's final pictures.
+metrics JSONL + TensorBoard, checkpoints every K steps and on SIGTERM → the family's final pictures. The workdir is
+locked for the run (train/workdir_lock.py).
 
 The train state is a dict: params (trained), frozen (other Params: no gradient, no optimizer state), state (the
 module's non-Param variables, updated inside the step), opt_state, step. See geolink_jax/family.py.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -24,7 +26,7 @@ from flax import nnx
 from geolink_jax import config as config_lib
 from geolink_jax import family as family_lib
 from geolink_jax.data import outputs, shards
-from geolink_jax.train import chips, hosts, sharding
+from geolink_jax.train import chips, hosts, sharding, workdir_lock
 from geolink_jax.train.checkpoint import Checkpointer
 from geolink_jax.train.optimizer import make_optimizer
 
@@ -154,6 +156,9 @@ def prepare_data(config, workdir):
     if not manifest_path.exists():
         raise FileNotFoundError(f"{path}: no manifest.json (not a preprocessed data directory)")
     manifest = json.loads(manifest_path.read_text())
+    problem = family_lib.data_problem(family_lib.get_family(config.family), manifest, path)
+    if problem:  # another family's shards: one line before any record is read
+        raise shards.DataError(problem)
     return shards.manifest_shards(path, manifest), manifest
 
 
@@ -207,6 +212,29 @@ def train(config, workdir, progress=True):
         jax.distributed.initialize(coordinator_address=explicit.get("coordinator") or None,
                                    num_processes=explicit.get("count") or None,
                                    process_id=explicit.get("index") if explicit.get("index", -1) >= 0 else None)
+    # one run per workdir, held by process 0 (WorkdirInUse before anything is written)
+    lock = workdir_lock.hold(workdir, warn=lambda line: print(line, file=sys.stderr)) \
+        if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_locked(config, workdir, progress)
+
+
+def check_workdir_family(config, workdir):
+    """A ConfigError naming the workdir when its config.json is another family's run (before its data or
+    checkpoints are touched)."""
+    path = workdir / "config.json"
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text()).get("family")
+        except (json.JSONDecodeError, AttributeError):
+            return  # unreadable: the checkpoints' own checks decide
+        if earlier and earlier != config.family:
+            raise config_lib.ConfigError(f"{workdir}: holds a {earlier} run (its config.json), and this config is "
+                                         f"a {config.family} run; give it another --workdir")
+
+
+def _train_locked(config, workdir, progress):
+    check_workdir_family(config, workdir)
     paths, manifest = prepare_data(config, workdir)
     config = resolve(config, manifest)
     mesh = sharding.make_mesh(config.mesh.to_dict())
@@ -214,9 +242,10 @@ def train(config, workdir, progress=True):
     setup = Setup(config, mesh)
     fam, total_steps = setup.family, setup.total_steps
     data_iter = iter(fam.dataset(paths, manifest, config, setup.model_cfg, jax.process_index(), jax.process_count()))
-    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
-                        keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints)
     report = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    ckpt = Checkpointer(workdir / "checkpoints", save_every=config.checkpoint_every, keep=config.keep_checkpoints,
+                        keep_period=config.get("keep_period") or None, async_save=config.async_checkpoints,
+                        report=report)
     _, state = ckpt.restore_latest_good(setup.abstract_state(), data_iter, report=report)
     if state is None:
         state = setup.init_state()
