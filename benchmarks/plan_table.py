@@ -82,7 +82,11 @@ def main():
             cmd = [sys.executable, "-m", "geolink_jax.cli", "plan", "--config", config, "--devices", str(devices),
                    "--chip", ",".join(CHIPS), "--json", str(path), "--config.data.num_examples=1000000"]
             batch = config_lib.load_file(config).batch_size
-            if batch % devices:  # a global batch the devices do not divide: one record a device
+            if batch < devices and devices % batch == 0:
+                # fewer records than devices (GAIR: 128 patches of 32 photos): one record per data shard, the heads
+                # split over the rest; more records would overflow a queue sized to the step's photos
+                cmd += ["--mesh", f"data={batch},tensor={devices // batch}"]
+            elif batch % devices:  # a global batch the devices do not divide: one record a device
                 cmd += ["--batch", str(max(devices, batch - batch % devices))]
             print(" ".join(cmd), flush=True)
             done = subprocess.run(cmd, capture_output=True, text=True)

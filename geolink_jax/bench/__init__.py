@@ -3,6 +3,7 @@
 Suites (one module each; `run(cfg) -> row` measures one configuration):
   step        train-step throughput, analytic FLOPs vs XLA cost analysis, MFU      model_step_bench.py  any family
   mask        sparse vs dense encoding: the step at image mask ratios 0 … 0.9      model_step_bench.py  any family
+  remat       the step per rematerialisation policy: time over "none", temporaries  model_step_bench.py  any family
   pipeline    input pipeline rate vs what the step consumes (headroom)             input_pipeline_bench.py
   input       host ms·core per sample, pipeline alone: host vs on-device augment    input_cost_bench.py
   preprocess  tile-graph building, vectorised vs the pairwise-`relate` baseline    preprocess_bench.py

@@ -14,6 +14,9 @@ the fraction of this device's measured matmul rate (`roof`: a large matmul at th
 meaningful ceiling on a CPU.
 mask: one step per image mask ratio, interleaved repeats in one process; ratios to the mask-0 (dense) step.
 Target: mask 0.75 ≤ 0.35× mask 0.
+remat: one step per rematerialisation policy (nn/partitioning.REMAT_POLICIES) set on every config field in `fields`
+(GAIR: model.sv.remat and model.rs.remat), interleaved in one process: the step time of each over policy "none", and
+the XLA temporaries of each compiled step on this device.
 """
 
 import time
@@ -26,9 +29,10 @@ from geolink_jax.bench import rows
 from geolink_jax.train import chips, sharding, trainer
 
 
-def training_config(cfg, mask_ratio=None):
-    """A bench run config (config, batch, dtype, mask_ratio, attention_impl, mesh) → the resolved run config of its
-    named config (any family), with the default data budgets (no manifest)."""
+def training_config(cfg, mask_ratio=None, overrides=()):
+    """A bench run config (config, batch, dtype, mask_ratio, attention_impl, mesh, overrides) → the resolved run
+    config of its named config (any family), with the default data budgets (no manifest); `overrides` (flattened
+    key, value) pairs go after the run's own."""
     from geolink_jax import config as config_lib
 
     config = config_lib.load_file(cfg.config)
@@ -43,7 +47,7 @@ def training_config(cfg, mask_ratio=None):
     mask_ratio = cfg.get("mask_ratio") if mask_ratio is None else mask_ratio
     if mask_ratio is not None and "img_mask_ratio" in config.model:  # families with a masked image encoder
         config.model.img_mask_ratio = mask_ratio
-    config.update_from_flattened_dict(dict(cfg.get("overrides", ())))  # e.g. [("model.sv.remat", "full")]
+    config.update_from_flattened_dict(dict(cfg.get("overrides", ())) | dict(overrides))  # [("model.sv.remat", "full")]
     config.mesh = dict(cfg.mesh)
     config.total_steps = 1000
     config.epochs = 0.0
@@ -62,12 +66,12 @@ class StepRunner:
     """A compiled train step for one config on one mesh, with its state and one batch (host: the numpy arrays it
     came from, for other implementations to run on the same data)."""
 
-    def __init__(self, cfg, mask_ratio=None, mesh=None):
+    def __init__(self, cfg, mask_ratio=None, mesh=None, overrides=(), state=None):
         self.mesh = mesh or mesh_for(cfg)
-        self.config = training_config(cfg, mask_ratio)
+        self.config = training_config(cfg, mask_ratio, overrides)
         self.setup = trainer.Setup(self.config, self.mesh)
         self.host = self.setup.family.example_batch(self.setup.model_cfg, cfg.batch)
-        self.state = self.setup.init_state()
+        self.state = self.setup.init_state() if state is None else state  # another variant's: same shapes
         with jax.set_mesh(self.mesh):
             self.batch = sharding.global_batch(self.host, self.mesh)
             key = jax.random.key(0)
@@ -80,6 +84,8 @@ class StepRunner:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         self.xla_flops = float(cost.get("flops", float("nan")))  # per device (the SPMD program)
+        memory = self.compiled.memory_analysis()
+        self.temp_bytes = getattr(memory, "temp_size_in_bytes", float("nan"))
         self.model_flops = family_lib.step_flops(self.setup.family, self.setup.model_cfg, cfg.batch)
         self._calls = 0
         self.step()  # first run: allocations, autotuning
@@ -92,15 +98,6 @@ class StepRunner:
             self.state, metrics = self.compiled(self.state, self.batch, jax.random.key(self._calls))
             jax.block_until_ready(metrics)
             return time.perf_counter() - t0
-
-
-def interleaved(runners, repeats):
-    """{label: [seconds]} timing each runner once per round, so drift on a noisy host hits all alike."""
-    times = {label: [] for label in runners}
-    for _ in range(repeats):
-        for label, r in runners.items():
-            times[label].append(r.step())
-    return times
 
 
 def matmul_roof(dtype, n=2048, repeats=5):
@@ -123,7 +120,7 @@ def run_step(cfg):
     devices = f" on {cfg.devices} devices" if cfg.get("devices", 1) > 1 else ""
     row = rows.new_row("step", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype}{devices}", flat)
     r = StepRunner(cfg)
-    row["times_s"]["step"] = rows.stats(interleaved({"step": r}, cfg.repeats)["step"])
+    row["times_s"]["step"] = rows.stats([r.step() for _ in range(cfg.repeats)])
     n_dev = r.mesh.size
     m = row["metrics"]
     m.update(compile_s=r.compile_s, lower_s=r.lower_s, devices=n_dev, batch=cfg.batch,
@@ -143,20 +140,49 @@ def run_step(cfg):
     return row
 
 
-def run_mask(cfg):
-    flat = rows.flatten(cfg)
-    row = rows.new_row("mask", cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype} mask sweep", flat)
+def step_variants(cfg, suite, variants):
+    """One row timing the step of each variant ({label: StepRunner keyword arguments}) on one mesh, interleaved, one
+    train state passed from step to step;
+    each variant's compile time, analytic FLOPs and XLA temporaries in its metrics. The first is the reference of
+    `variant_ratios`."""
+    row = rows.new_row(suite, cfg.get("name") or f"{cfg.config} b{cfg.batch} {cfg.dtype} {suite} sweep",
+                       rows.flatten(cfg))
     mesh = mesh_for(cfg)
-    runners = {}
-    for ratio in cfg.mask_ratios:
-        runners[f"mask_{ratio}"] = StepRunner(cfg, mask_ratio=ratio, mesh=mesh)
-        row["metrics"][f"compile_s_mask_{ratio}"] = runners[f"mask_{ratio}"].compile_s
-        row["metrics"][f"model_flops_mask_{ratio}"] = runners[f"mask_{ratio}"].model_flops
-    for label, t in interleaved(runners, cfg.repeats).items():
+    runners, state = {}, None
+    for label, kwargs in variants.items():
+        # one train state for all (same parameters; each step donates it to the next): memory for one, not N
+        runners[label] = r = StepRunner(cfg, mesh=mesh, state=state, **kwargs)
+        state, r.state = r.state, None
+        row["metrics"].update({f"compile_s_{label}": r.compile_s, f"model_flops_{label}": r.model_flops,
+                               f"temp_bytes_{label}": r.temp_bytes})
+    times = {label: [] for label in runners}
+    for _ in range(cfg.repeats):
+        for label, r in runners.items():
+            r.state = state
+            times[label].append(r.step())
+            state, r.state = r.state, None
+    for label, t in times.items():
         row["times_s"][label] = rows.stats(t)
-    dense = f"mask_{cfg.mask_ratios[0]}"
-    for ratio in cfg.mask_ratios[1:]:
-        target = cfg.get("target_075") if ratio == 0.75 else None
-        rows.ratio(row, f"mask_{ratio}_over_{cfg.mask_ratios[0]}", f"times_s.mask_{ratio}.median",
-                   f"times_s.{dense}.median", target=target, op="<=")
+    return row
+
+
+def variant_ratios(row, labels, targets=None):
+    """Each variant's median step time over the first's (`targets`: {label: the ≤ target})."""
+    for label in labels[1:]:
+        rows.ratio(row, f"{label}_over_{labels[0].split('_', 1)[1]}", f"times_s.{label}.median",
+                   f"times_s.{labels[0]}.median", target=(targets or {}).get(label), op="<=")
+
+
+def run_mask(cfg):
+    labels = [f"mask_{ratio}" for ratio in cfg.mask_ratios]
+    row = step_variants(cfg, "mask", {label: dict(mask_ratio=r) for label, r in zip(labels, cfg.mask_ratios)})
+    variant_ratios(row, labels, {"mask_0.75": cfg.get("target_075")})
+    return row
+
+
+def run_remat(cfg):
+    labels = [f"remat_{policy}" for policy in cfg.policies]
+    row = step_variants(cfg, "remat", {label: dict(overrides=[(k, policy) for k in cfg.fields])
+                                       for label, policy in zip(labels, cfg.policies)})
+    variant_ratios(row, labels)
     return row

@@ -25,6 +25,9 @@ def headline(row):
         return out
     if s == "mask":
         return ", ".join(f"{k.removeprefix('mask_')}: {_fmt(v['median'])} s" for k, v in t.items())
+    if s == "remat":
+        return ", ".join(f"{k.removeprefix('remat_')}: {_fmt(v['median'])} s, "
+                         f"{_fmt(m[f'temp_bytes_{k}'] / 2**30)} GiB temporaries" for k, v in t.items())
     if s == "pipeline":
         return (f"pipeline {_fmt(m['pipeline_samples_per_s'])} vs step {_fmt(m['step_samples_per_s'])} samples/s; "
                 f"loop waits {_fmt(100 * m['loop_input_wait_fraction'], 2)}%")

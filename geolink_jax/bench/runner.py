@@ -26,6 +26,7 @@ from geolink_jax.bench import rows, sweep
 SUITES = {
     "step": ("geolink_jax.bench.model_step_bench", "run_step"),
     "mask": ("geolink_jax.bench.model_step_bench", "run_mask"),
+    "remat": ("geolink_jax.bench.model_step_bench", "run_remat"),
     "pipeline": ("geolink_jax.bench.input_pipeline_bench", "run"),
     "input": ("geolink_jax.bench.input_cost_bench", "run"),
     "preprocess": ("geolink_jax.bench.preprocess_bench", "run"),

@@ -8,7 +8,7 @@ ONE_DEVICE = dict(data=1, fsdp=1, tensor=1)
 # Seconds one run takes, child start and compilation included, on the 2-core CPU host (the cpu sweep's recorded
 # wall times in benchmarks/results/rows.jsonl; the GPU sweep sets its own): the runner adds them up and prints the
 # estimate before a sweep starts.
-EST_S = dict(step=55, mask=330, pipeline=100, input=55, preprocess=40, memory=200, compile=250, reference=90,
+EST_S = dict(step=55, mask=330, remat=420, pipeline=100, input=55, preprocess=40, memory=200, compile=250, reference=90,
              sigmoid=60)
 
 
@@ -21,6 +21,9 @@ def base_config():
     c.step = dict(model, name="", peak_tflops=0.0, mfu_target=0.0, overrides=[])
     # sparse vs dense encoding: the step at each image mask ratio (the first is the dense reference)
     c.mask = dict(model, name="", mask_ratios=[0.0, 0.5, 0.75, 0.9], target_075=0.35)
+    # the step per remat policy on the config keys that take one (the first policy is the reference)
+    c.remat = dict(model, name="", config="gair_vit_b", batch=1, repeats=3, overrides=[],
+                   policies=["none", "full", "dots"], fields=["model.sv.remat", "model.rs.remat"])
     # input pipeline rate vs the step's consumption on the bundled shards (batch 0: the config's own)
     c.pipeline = dict(name="", config="demo", batch=0, batches=30, repeats=20, dtype="float32", workers=0,
                       threads=2, target=3.0)

@@ -40,6 +40,7 @@ def get_sweep():
         product(fixed(suite="step", config="gair_demo"), sweep("batch", [4, 8])),
         product(fixed(suite="memory", config="gair_vit_b", meshes=[[8, 1, 1], [1, 8, 1], [2, 2, 2]]),
                 sweep("overrides", [[], [["model.sv.remat", "full"], ["model.rs.remat", "full"]]])),
+        fixed(suite="remat"),  # gair_vit_b, one patch of 32 photos: the step time remat costs, in one run
         fixed(suite="compile"),
         # DOFA-CLIP: the demo's step, compilations over band counts, the sigmoid loss's memory per device count,
         # the B/16 model's memory per mesh

@@ -15,8 +15,10 @@ def get_config():
     c.preprocess.update(helsinki=False, repeats=2)
     c.memory.update(config="demo", target_factor=0.0)  # the demo model is mostly small replicated arrays
     c.compile.update(batches=4)
+    c.remat.update(config="gair_demo", batch=2, policies=["none", "full"])
     # demo-sized runs on 2 cores (the last quick sweep: 9 runs in 9 min 11 s)
-    for suite, est in dict(step=45, mask=60, pipeline=40, preprocess=30, memory=60, compile=120, reference=60).items():
+    for suite, est in dict(step=45, mask=60, remat=60, pipeline=40, preprocess=30, memory=60, compile=120,
+                           reference=60).items():
         c[suite].est_s = float(est)
     # the targets are for ViT-B (suite cpu); at demo size (16 patches, overhead-bound) the ratios are informative
     c.reference.target = 0.0
@@ -28,6 +30,7 @@ def get_sweep():
     return chain(
         product(fixed(suite="step"), sweep("batch", [2, 4, 8])),
         fixed(suite="mask"),
+        fixed(suite="remat"),  # GAIR's towers with and without remat: step time and temporaries
         fixed(suite="pipeline"),
         fixed(suite="input"),
         fixed(suite="preprocess"),
