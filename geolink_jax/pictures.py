@@ -1,19 +1,43 @@
-"""Pictures a person would rather look at than read: MAE reconstructions and OSM graphs drawn on their tiles.
+"""Pictures a person would rather look at than read: MAE reconstructions, OSM graphs drawn on their tiles, heat
+maps, segmentation maps.
 
-Pure numpy + Pillow (no plotting stack needed). Images come in as the pipeline feeds them: float [H, W, 3],
-ImageNet-normalised; positions as the graph stores them: (x, y) pairs in [0, 1], y pointing down the image.
+Panels are drawn with numpy + Pillow (pixel-exact, testable); the end-of-run pictures put them in matplotlib figures
+(titles, column headings, legends, colour bars) saved atomically with `save_figure`. Images come in as the
+pipeline feeds them: float [H, W, 3], ImageNet-normalised; positions as the graph stores them: (x, y) pairs in
+[0, 1], y pointing down the image.
 """
+
+import io
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from geolink_jax.data import outputs
 from geolink_jax.nn.vit import patchify, unpatchify
 from geolink_jax.osm import NODE_TYPES, RELATIONS, relation_name
 from geolink_jax.tiles.augment import IMAGENET_MEAN, IMAGENET_STD
 
-# Colours per node type (RGB) and for edges.
+# Colours per node type (RGB) and per relation (edges, one per relation of RELATIONS: tab10 without the node
+# colours' orange, cyan and pink, plus white and navy).
 NODE_COLOURS = {"polygon": (255, 170, 0), "line": (0, 200, 255), "point": (255, 40, 120)}
-EDGE_COLOUR = (255, 255, 255, 90)
+RELATION_COLOURS = {relation_name(s, d): c for (s, d), c in zip(RELATIONS, [
+    (31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (127, 127, 127), (188, 189, 34),
+    (214, 39, 40), (240, 240, 240), (0, 0, 128)])}
+EDGE_ALPHA = 150
+
+
+def figure(width_in, height_in):
+    """A matplotlib Figure not tied to pyplot's global state (no backend switch, nothing left open)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_in, height_in), layout="constrained")
+
+
+def save_figure(fig, path, dpi=100):
+    """The figure as PNG at `path`, whole or not at all (local path or remote URL)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    outputs.write_bytes(str(path), buf.getvalue())
 
 
 def to_uint8(image):
@@ -44,20 +68,47 @@ def reconstruct(images, pred, mask, patch_size, norm_pix=True):
     return back(masked_input), back(pasted)
 
 
-def reconstruction_figure(images, pred, mask, patch_size, norm_pix=True, scale=2):
-    """One row per sample: original | masked input | reconstruction. Returns a PIL RGB image."""
+def per_image_loss(images, pred, mask, patch_size, norm_pix=True):
+    """The reconstruction loss of each image [B]: mean squared error over its removed patches, in the loss's units
+    (per-patch normalised targets with norm_pix)."""
+    target = np.asarray(patchify(np.asarray(images, np.float32), patch_size))
+    if norm_pix:
+        target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, keepdims=True, ddof=1) + 1e-6)
+    mse = ((np.asarray(pred, np.float32) - target) ** 2).mean(-1)
+    removed = np.asarray(mask, np.float32)
+    return (mse * removed).sum(-1) / np.maximum(removed.sum(-1), 1.0)
+
+
+def reconstruction_figure(images, pred, mask, patch_size, norm_pix=True, title="MAE reconstructions"):
+    """One row per sample: original | masked input | reconstruction, with column headings, each row's loss and the
+    mask ratio in the title. Returns a matplotlib Figure (`save_figure`)."""
     masked_input, pasted = reconstruct(images, pred, mask, patch_size, norm_pix)
-    rows = [np.concatenate([to_uint8(a), to_uint8(m), to_uint8(r)], axis=1)
-            for a, m, r in zip(np.asarray(images), masked_input, pasted)]
-    grid = Image.fromarray(np.concatenate(rows, axis=0))
-    return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    losses = per_image_loss(images, pred, mask, patch_size, norm_pix)
+    ratio = float(np.asarray(mask, np.float32).mean())
+    n = len(losses)
+    fig = figure(7.5, 2.4 * n + 0.9)
+    axes = fig.subplots(n, 3, squeeze=False)
+    headings = ("original", f"masked input\n({ratio:.0%} of patches removed)",
+                "reconstruction\n(visible patches pasted back)")
+    for i in range(n):
+        for j, picture in enumerate((images[i], masked_input[i], pasted[i])):
+            ax = axes[i, j]
+            ax.imshow(to_uint8(picture))
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(headings[j], fontsize=9)
+        axes[i, 0].set_ylabel(f"sample {i}\nloss {losses[i]:.3f}", fontsize=9)
+    fig.suptitle(f"{title}\nloss: mean squared error on the removed patches"
+                 + (" (per-patch normalised pixels)" if norm_pix else ""), fontsize=10)
+    return fig
 
 
 def graph_figure(image, positions, n_node, senders, receivers, n_edge, size=448):
-    """One tile with its OSM graph: edges (faint, centroid to centroid), polygons (the triangle of their three sample
-    points, filled, and the centroid), lines (start–centroid–end), points (dots). image float [H, W, 3] normalised;
-    the graph arrays are one sample's, keyed like GraphBatch
-    (positions[t] [N_t, 8|6|2], n_node[t] scalar, senders/receivers[r] [E_r], n_edge[r] scalar)."""
+    """One tile with its OSM graph as a Pillow panel: edges centroid to centroid in their relation's colour; a
+    polygon node as what it is, three sampled points of its footprint (squares, joined by a thin outline) and its
+    centroid (dot); lines start–centroid–end; points as dots. image float [H, W, 3] normalised; the graph arrays are
+    one sample's, keyed like GraphBatch (positions[t] [N_t, 8|6|2], n_node[t] scalar, senders/receivers[r] [E_r],
+    n_edge[r] scalar). `graph_picture` adds the title and legend."""
     base = Image.fromarray(to_uint8(image)).resize((size, size), Image.BILINEAR).convert("RGBA")
     overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
@@ -69,17 +120,52 @@ def graph_figure(image, positions, n_node, senders, receivers, n_edge, size=448)
         e = int(n_edge[r])
         for s, d in zip(np.asarray(senders[r])[:e], np.asarray(receivers[r])[:e]):
             if s < len(anchor[src]) and d < len(anchor[dst]):
-                draw.line([tuple(anchor[src][s]), tuple(anchor[dst][d])], fill=EDGE_COLOUR, width=1)
+                draw.line([tuple(anchor[src][s]), tuple(anchor[dst][d])], fill=RELATION_COLOURS[r] + (EDGE_ALPHA,),
+                          width=1)
     for p in xy["polygon"]:
-        draw.polygon([tuple(q) for q in p[:6].reshape(3, 2)], fill=NODE_COLOURS["polygon"] + (70,),
-                     outline=NODE_COLOURS["polygon"] + (255,), width=2)
-        draw.ellipse([p[6] - 2, p[7] - 2, p[6] + 2, p[7] + 2], fill=NODE_COLOURS["polygon"] + (255,))
+        corners = [tuple(q) for q in p[:6].reshape(3, 2)]
+        draw.polygon(corners, fill=NODE_COLOURS["polygon"] + (40,), outline=NODE_COLOURS["polygon"] + (160,), width=1)
+        for x, y in corners:
+            draw.rectangle([x - 2, y - 2, x + 2, y + 2], fill=NODE_COLOURS["polygon"] + (255,))
+        draw.ellipse([p[6] - 3, p[7] - 3, p[6] + 3, p[7] + 3], fill=NODE_COLOURS["polygon"] + (255,),
+                     outline=(0, 0, 0, 255))
     for p in xy["line"]:
         c, s, e = p.reshape(3, 2)
         draw.line([tuple(s), tuple(c), tuple(e)], fill=NODE_COLOURS["line"] + (255,), width=2)
     for x, y in xy["point"]:
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=NODE_COLOURS["point"] + (255,))
     return Image.alpha_composite(base, overlay).convert("RGB")
+
+
+def graph_picture(image, positions, n_node, senders, receivers, n_edge, title="OSM graph", size=448):
+    """`graph_figure`'s panel with a title (node and edge counts) and a legend of the node kinds and of the
+    relations present (with their edge counts). Returns a matplotlib Figure."""
+    from matplotlib.lines import Line2D
+
+    panel = graph_figure(image, positions, n_node, senders, receivers, n_edge, size)
+    counts = {t: int(n_node[t]) for t in NODE_TYPES}
+    edges = {relation_name(s, d): int(n_edge[relation_name(s, d)]) for s, d in RELATIONS}
+    fig = figure(9.5, 5.6)
+    ax = fig.add_subplot()
+    ax.imshow(panel)
+    ax.set_xticks([]), ax.set_yticks([])
+    rgb = lambda c: tuple(v / 255 for v in c)  # noqa: E731
+    handles = [
+        Line2D([], [], ls=":", lw=1, marker="s", ms=4, color=rgb(NODE_COLOURS["polygon"]),
+               label=f"polygon node ({counts['polygon']}): 3 footprint samples"),
+        Line2D([], [], ls="", marker="o", ms=6, mfc=rgb(NODE_COLOURS["polygon"]), mec="black",
+               label="   its centroid (where its edges meet)"),
+        Line2D([], [], lw=2, color=rgb(NODE_COLOURS["line"]),
+               label=f"line node ({counts['line']}): start–centroid–end"),
+        Line2D([], [], ls="", marker="o", ms=5, color=rgb(NODE_COLOURS["point"]),
+               label=f"point node ({counts['point']})"),
+    ]
+    handles += [Line2D([], [], lw=2, color=rgb(RELATION_COLOURS[r]), label=f"edge {r.replace('_', ' ')} ({n})")
+                for r, n in edges.items() if n]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+              title="nodes, and edges by DE-9IM relation (count)", title_fontsize=8)
+    ax.set_title(f"{title}: {sum(counts.values())} nodes, {sum(edges.values())} edges", fontsize=10)
+    return fig
 
 
 # Segmentation palette: the 9 UFZ classes (water, green, farmland, undeveloped, residential, commercial,

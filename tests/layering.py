@@ -28,7 +28,7 @@ ALLOWED = {
     "family": {"nn"},
     "config": {"nn", "family"},
     "tiles": {"nn", "data", "osm", "samples"},
-    "pictures": {"nn", "tiles", "osm"},
+    "pictures": {"nn", "data", "tiles", "osm"},
     "train": {"nn", "data", "config", "family"},
     "convert": {"nn", "data", "osm", "train", "family"},
     "downstream": {"nn", "data", "tiles", "convert", "pictures"},

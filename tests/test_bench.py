@@ -66,14 +66,17 @@ def test_sweeps_resolve_with_ml_collections_and_reject_unknown_fields():
 
 
 def test_gpu_sweep_fits_its_8_minute_budget_and_covers_the_issue():
-    """ViT-L bf16 steps (MFU target 45%) with cuDNN and XLA attention, a GAIR and a DOFA-CLIP step, the input
+    """ViT-L bf16 steps (MFU target 45%) with cuDNN and XLA attention, GAIR's step without and with remat, a
+    DOFA-CLIP step, the input
     cost with 15 workers, the official step side by side when a checkout is given; the estimate (with a reference
     run) within 480 s."""
     base, runs = runner.load_sweep("gpu")
     cfgs = runner.plan(base, runs, reference_repo="/some/checkout")
     steps = [c for c in cfgs if c.suite == "step"]
-    assert {c.config for c in steps} == {"geolink_vit_l", "gair_vit_b", "dofa_clip_b16"}
-    assert {c.dtype for c in steps} == {"bfloat16"}
+    assert {c.config for c in steps} == {"geolink_vit_l", "dofa_clip_b16"}
+    remat = [c for c in cfgs if c.suite == "remat"]  # GAIR's step, without and with remat
+    assert [(c.config, list(c.policies)) for c in remat] == [("gair_vit_b", ["none", "full"])]
+    assert {c.dtype for c in steps + remat} == {"bfloat16"}
     vit_l = [c for c in steps if c.config == "geolink_vit_l"]
     assert {c.attention_impl for c in vit_l} == {"cudnn", "xla"} and vit_l[0].mfu_target == 0.45
     assert [c.workers for c in cfgs if c.suite == "input"] == [15]

@@ -331,8 +331,11 @@ def test_cli_embed_gair_with_query_points_and_the_similarity_picture(gair_shards
     gair_family.pictures(model, batch, tmp_path)
     from PIL import Image
 
-    pic = np.asarray(Image.open(tmp_path / "sv_similarity.png"))
-    assert pic.shape == (256, 512, 3) and pic.std() > 10
+    pic = np.asarray(Image.open(tmp_path / "sv_similarity.png").convert("RGB"))
+    distinct = len({np.asarray(v).tobytes() for v in batch["rs"]})  # one row per distinct patch
+    assert pic.shape == (int(100 * (3.6 * distinct + 0.7)), 800, 3) and pic.std() > 10
+    assert (pic[:40] < 200).any(-1).mean() > 0.01  # the title
+    assert (pic[60:, 330:400] < 200).any(-1).mean() > 0.05  # the colour bar and its label beside the first map
     from geolink_jax.gair import embed as gair_embed
 
     sim = gair_embed.similarity_map(model, {k: v[0] for k, v in batch.items()}, 0, grid=8)

@@ -298,7 +298,7 @@ def pictures(model, host_batch, workdir, count=8):
 
     from PIL import Image, ImageDraw
 
-    from geolink_jax.dofa_clip.tokenizer import make_tokenizer
+    from geolink_jax.dofa_clip.tokenizer import display_text, make_tokenizer
 
     n = min(count, len(host_batch["image"]))
     b = pipeline.step_inputs({k: jnp.asarray(np.asarray(v)[:n]) for k, v in host_batch.items() if k != "stats"},
@@ -307,7 +307,7 @@ def pictures(model, host_batch, workdir, count=8):
     img, _ = model.encode_image(b["image"], b["wavelengths"][0], b["band_valid"][0])
     probs = np.asarray(jax.nn.sigmoid(model.logits(img, model.encode_text(b["tokens"]))))
     tok = make_tokenizer(model.cfg.tokenizer, model.cfg.text.context_length)
-    texts = [tok.decode(t) for t in np.asarray(host_batch["tokens"])[:n]]
+    texts = [display_text(tok.decode(t)) for t in np.asarray(host_batch["tokens"])[:n]]
     cell, legend = 64, 420
     out = Image.new("RGB", (cell * (n + 1) + legend, cell * (n + 1)), "white")
     draw = ImageDraw.Draw(out)

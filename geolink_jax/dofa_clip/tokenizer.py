@@ -13,6 +13,7 @@ import gzip
 import html
 import importlib.util
 import pathlib
+import re
 import string
 
 import numpy as np
@@ -119,6 +120,14 @@ class SentencePieceTokenizer:
             ids = [*self.encode(text)[:self.context_length - 1], self.eos]  # truncated, </s> kept last (HF)
             out[i, :len(ids)] = ids
         return out
+
+
+def display_text(text):
+    """Decoded text for a person: CLIP BPE decodes punctuation as words of their own (`craft ( printer ) , red`);
+    the spaces inside brackets and before closing punctuation go (`craft (printer), red`)."""
+    text = re.sub(r"([(\[{])\s+", r"\1", text)
+    text = re.sub(r"\s+([)\]},.;:!?%])", r"\1", text)
+    return re.sub(r"\s+([-/'])\s+", r"\1", text).strip()
 
 
 def make_tokenizer(spec, context_length):

@@ -6,7 +6,7 @@
                 space), loc = location embedding, localized_rs = the NILI query at the photo's location;
   kind "query"  any extra (lon, lat) inside a patch (point): localized_rs, loc.
 `similarity_map`: cosine similarity of one photo's projected embedding to NILI queries on a dense grid of its
-patch; `similarity_figure` draws it over the patch's true colour.
+patch; `similarity_figure` draws it over the patch's true colour, with the photo beside it.
 """
 
 import numpy as np
@@ -140,19 +140,35 @@ def true_colour(rs, bands=GAIR_BANDS):
     return (np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
-def similarity_figure(model, sample, sv_index=0, grid=32, size=384):
-    """The similarity map of one photo over its patch (heat), the photo's true location ringed, the photo inset."""
-    from PIL import Image
-
+def similarity_figure(model, samples, sv_index=0, grid=32):
+    """"Where was this photo taken?": one row per sample (a patch with its photos, as the pipeline gives it): the
+    patch in true colour under the cosine similarity of photo `sv_index`'s embedding to the NILI queries over it
+    (semi-transparent heat map, colour bar with its range), the photo's true location ringed and the most similar
+    query marked; the photo itself beside it. Returns a matplotlib Figure."""
     from geolink_jax import pictures
 
-    sim = similarity_map(model, sample, sv_index, grid)
-    x, y = sample["sv_rel"][sv_index]
-    pic = pictures.heat_figure(true_colour(np.asarray(sample["rs"])), sim, (float(x), float(y)),
-                               f"photo {sv_index}: cos {sim.min():.2f}..{sim.max():.2f}", size)
-    photo = Image.fromarray(np.asarray(sample["sv"][sv_index], np.uint8)).resize((size // 4, size // 4))
-    pic.paste(photo, (size - size // 4 - 4, size - size // 4 - 4))
-    return pic
+    fig = pictures.figure(8.0, 3.6 * len(samples) + 0.7)
+    axes = fig.subplots(len(samples), 2, squeeze=False, width_ratios=(1.35, 1))
+    for row, sample in zip(axes, samples):
+        sim = similarity_map(model, sample, sv_index, grid)
+        x, y = (float(v) for v in sample["sv_rel"][sv_index])
+        iy, ix = np.unravel_index(np.argmax(sim), sim.shape)
+        ax = row[0]
+        ax.imshow(true_colour(np.asarray(sample["rs"])), extent=(0, 1, 1, 0))
+        heat = ax.imshow(sim, extent=(0, 1, 1, 0), cmap="magma", alpha=0.55, interpolation="bilinear")
+        ax.plot([x], [y], "o", ms=14, mfc="none", mec="cyan", mew=2.5, label="true location")
+        ax.plot([(ix + 0.5) / grid], [(iy + 0.5) / grid], "x", ms=11, mew=2.5, color="white", label="most similar")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.legend(loc="lower left", fontsize=7, framealpha=0.7)
+        bar = fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label(f"cosine similarity ({sim.min():.2f} … {sim.max():.2f})", fontsize=8)
+        ax.set_title("its RS patch (true colour) and the similarity map", fontsize=9)
+        row[1].imshow(np.asarray(sample["sv"][sv_index], np.uint8))
+        row[1].set_xticks([]), row[1].set_yticks([])
+        row[1].set_title(f"street-view photo {sv_index} of the patch", fontsize=9)
+    fig.suptitle("GAIR: where was this photo taken? Similarity of the photo's embedding to the NILI queries of its "
+                 "patch", fontsize=10)
+    return fig
 
 
 # Sentinel-2 central wavelengths (µm) of GAIR_BANDS

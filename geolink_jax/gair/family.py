@@ -242,22 +242,24 @@ def flops_per_sample(model_cfg, manifest=None):
     return sum(step_flops(model_cfg).values())
 
 
-def pictures(model, host_batch, workdir, count=4):
-    """workdir/sv_similarity.png: for the first photo of up to `count` patches, its similarity to NILI queries over
-    its patch (where would this photo be?), side by side."""
+def pictures(model, host_batch, workdir, count=3):
+    """workdir/sv_similarity.png: for the first photo of up to `count` distinct patches of a host batch, its
+    similarity to NILI queries over its patch (where would this photo be?) beside the photo."""
+    import hashlib
     import pathlib
 
-    from PIL import Image
-
+    from geolink_jax import pictures as pics
     from geolink_jax.gair import embed
 
-    n = min(count, len(host_batch["rs"]))
-    figs = [embed.similarity_figure(model, {k: np.asarray(v)[i] for k, v in host_batch.items()}, 0, size=256)
-            for i in range(n)]
-    out = Image.new("RGB", (256 * n, 256))
-    for i, f in enumerate(figs):
-        out.paste(f, (256 * i, 0))
-    out.save(pathlib.Path(workdir) / "sv_similarity.png")
+    samples, seen = [], set()
+    for i in range(len(host_batch["rs"])):
+        sample = {k: np.asarray(v)[i] for k, v in host_batch.items() if k != "stats"}
+        key = hashlib.sha1(np.ascontiguousarray(sample["rs"]).tobytes()).hexdigest()
+        if key not in seen and sample["sv_valid"][0] and len(samples) < count:  # a patch drawn twice is shown once
+            seen.add(key)
+            samples.append(sample)
+    if samples:
+        pics.save_figure(embed.similarity_figure(model, samples), pathlib.Path(workdir) / "sv_similarity.png")
 
 
 # ------------------------------------------------------------------ weights

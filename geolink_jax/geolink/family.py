@@ -116,11 +116,14 @@ def pictures(model, host_batch, workdir, count=4):
         return aux["pred"], aux["mask"]
 
     pred, mask = jax.device_get(outputs(state))
-    pics.reconstruction_figure(images, pred, mask, cfg.vit.patch_size, cfg.norm_pix_loss).save(
-        pathlib.Path(workdir) / "reconstructions.png")
+    pics.save_figure(pics.reconstruction_figure(images, pred, mask, cfg.vit.patch_size, cfg.norm_pix_loss,
+                                                "GeoLink image branch, final batch"),
+                     pathlib.Path(workdir) / "reconstructions.png")
     one = jax.tree.map(lambda x: x[0], graph)
-    pics.graph_figure(images[0], one["positions"], one["n_node"], one["senders"], one["receivers"],
-                      one["n_edge"]).save(pathlib.Path(workdir) / "osm_graph.png")
+    pics.save_figure(pics.graph_picture(images[0], one["positions"], one["n_node"], one["senders"], one["receivers"],
+                                        one["n_edge"], "OSM graph of the final batch's first tile (as trained: "
+                                                       "cropped, flipped)"),
+                     pathlib.Path(workdir) / "osm_graph.png")
 
 
 # ------------------------------------------------------------------ weights

@@ -69,8 +69,9 @@ def pictures(model, host_batch, workdir, count=4):
         return aux["pred"], aux["mask"]
 
     pred, mask = jax.device_get(outputs(state))
-    pics.reconstruction_figure(images, pred, mask, model.cfg.vit.patch_size, model.cfg.norm_pix_loss).save(
-        pathlib.Path(workdir) / "reconstructions.png")
+    pics.save_figure(pics.reconstruction_figure(images, pred, mask, model.cfg.vit.patch_size,
+                                                model.cfg.norm_pix_loss, "MAE, final batch"),
+                     pathlib.Path(workdir) / "reconstructions.png")
 
 
 def _timm_import(state_dict, cfg, source, heads=None, **_):

@@ -1,6 +1,7 @@
 """The GPU suite: one short run for the first H100/H200 (≤ 8 minutes, compile included; the estimate is printed
 before it starts and a 480 s budget stops it). ViT-L GeoLink bf16 step and MFU (target ≥ 45%), cuDNN vs XLA
-attention, one GAIR (gair_vit_b, 8 patches × 32 photos) and one DOFA-CLIP (B/16, 256 pairs) step, the official
+attention, GAIR's step (gair_vit_b, 8 patches × 32 photos) without and with remat (time and temporaries), one
+DOFA-CLIP (B/16, 256 pairs) step, the official
 PyTorch step side by side when a checkout is given, and the input pipeline's host cost and rate with 15 grain
 workers (a 16-core host).
 
@@ -34,9 +35,12 @@ def get_sweep():
     return chain(
         product(fixed(suite="step"), sweep("batch", [64])),
         product(fixed(suite="step", batch=64), sweep("attention_impl", ["xla"])),
-        # every family measured on the first GPU: GAIR's SV tower takes fused attention only without its attention
-        # dropout (a named deviation), so the XLA path; DOFA-CLIP with the bundled CLIP BPE (no SentencePiece here)
-        fixed(suite="step", config="gair_vit_b", batch=8, attention_impl="xla", mfu_target=0.0),
+        # every family measured on the first GPU. GAIR: its step without and with remat of both towers (time and
+        # temporaries: on XLA:CPU remat does not lower them, benchmarks/RESULTS.md, issue 27); its SV tower takes
+        # fused attention only without its attention dropout (a named deviation), so the XLA path. DOFA-CLIP with
+        # the bundled CLIP BPE (no SentencePiece model here)
+        fixed(suite="remat", config="gair_vit_b", batch=8, dtype="bfloat16", attention_impl="xla", repeats=5,
+              policies=["none", "full"], est_s=90.0),
         fixed(suite="step", config="dofa_clip_b16", batch=256, mfu_target=0.0,
               overrides=[["model.tokenizer", "clip_bpe"], ["model.text.vocab_size", 49408]]),
         fixed(suite="input"),
