@@ -1,4 +1,4 @@
-"""`geolink-jax` command line: preprocess, pretrain, convert, embed, probe, bench, plan, and the commands each
+"""`geolink-jax` command line: preprocess, pretrain, convert, merge, embed, probe, bench, plan, and the commands each
 family adds (GeoLink: finetune, attention; DOFA-CLIP: zeroshot, dofa-teachers). Nothing here names a family: what
 differs per family comes from its `Family` record (geolink_jax/family.py)."""
 import argparse
@@ -175,11 +175,38 @@ def _converter_options(conv, args):
     return {a.dest: getattr(args, a.dest) for a in declared._actions}
 
 
-def cmd_convert(args):
+def import_weights(src, family=None, fmt=None, allow_nonfinite=False, args=None):
+    """A weight file `convert import` reads → (family, format, params, model config, report with "recorded":
+    whether the file's metadata gave the config). ConversionError (one line) for a file of another family or
+    layout."""
     from geolink_jax import convert
     from geolink_jax import family as family_lib
     from geolink_jax.convert import params_store, rules
     from geolink_jax.convert.rules import ConversionError
+
+    sd, meta = convert.load_weights(src)
+    if not allow_nonfinite:
+        params_store.check_finite(sd, src)
+    record = params_store.recorded_config(meta)
+    recorded = record is not None
+    if recorded and family and family != record["family"]:
+        raise ConversionError(f"{src}: its metadata records a {record['family']} model, not --family {family}; "
+                              f"leave --family out (the file says which) or give --family {record['family']}")
+    family = family or (record["family"] if recorded else next(iter(family_lib.FAMILIES)))
+    cfg = params_store.config_from_record(record)[1] if recorded and record["family"] == family else None
+    fmt, conv = _converter(family, fmt)
+    options = _converter_options(conv, args) if args is not None else {}
+    try:
+        params, cfg, report = conv.from_state_dict(sd, cfg, src, **options)
+    except KeyError as e:  # a converter inferring the config from tensors another layout does not have
+        raise ConversionError(f"{src}: not a {family} {fmt} state dict (no tensor {e.args[0]!r}; "
+                              f"{rules.key_summary(sd)})") from None
+    return family, fmt, params, cfg, {**report, "recorded": recorded}
+
+
+def cmd_convert(args):
+    from geolink_jax import convert
+    from geolink_jax.convert import params_store
 
     if args.direction == "graphs":
         from geolink_jax.convert import graphs
@@ -190,26 +217,11 @@ def cmd_convert(args):
         print(f"wrote {len(written)} .npz graphs → {args.out}" + (f"; {len(errors)} failed" if errors else ""))
         return 1 if errors else 0
     if args.direction == "import":
-        sd, meta = convert.load_weights(args.src)
-        if not args.allow_nonfinite:
-            params_store.check_finite(sd, args.src)
-        record = params_store.recorded_config(meta)
-        recorded = record is not None
-        if recorded and args.family and args.family != record["family"]:
-            raise ConversionError(f"{args.src}: its metadata records a {record['family']} model, not --family "
-                                  f"{args.family}; leave --family out (the file says which) or give "
-                                  f"--family {record['family']}")
-        family = args.family or (record["family"] if recorded else next(iter(family_lib.FAMILIES)))
-        cfg = params_store.config_from_record(record)[1] if recorded and record["family"] == family else None
-        fmt, conv = _converter(family, args.format)
-        try:
-            params, cfg, report = conv.from_state_dict(sd, cfg, args.src, **_converter_options(conv, args))
-        except KeyError as e:  # a converter inferring the config from tensors another layout does not have
-            raise ConversionError(f"{args.src}: not a {family} {fmt} state dict (no tensor {e.args[0]!r}; "
-                                  f"{rules.key_summary(sd)})") from None
+        family, fmt, params, cfg, report = import_weights(args.src, args.family, args.format, args.allow_nonfinite,
+                                                          args)
         params_store.save_params(args.out, params, cfg)
         print(f"imported {report['converted']} tensors from {args.src} ({family} {fmt}; model config "
-              f"{'from the file' if recorded else 'inferred from the tensors'}; listed unused: "
+              f"{'from the file' if report['recorded'] else 'inferred from the tensors'}; listed unused: "
               f"{len(report.get('unused_listed', []))}) → {args.out}")
     else:
         family, params, cfg = params_store.load_params(args.src)
@@ -220,6 +232,70 @@ def cmd_convert(args):
         model_config.update(params_store.config_record(cfg))  # `convert import` rebuilds the model from it
         convert.save_weights(sd, args.out, model_config)
         print(f"exported {len(sd)} tensors ({family} {fmt}) → {args.out}")
+    return 0
+
+
+def _merge_parser(sub):
+    from geolink_jax.convert.merge import METHODS
+
+    p = sub.add_parser("merge", help="merge weights of one family and config: model soup, task arithmetic, TIES, "
+                                     "progressive",
+                       description="Merges weights that share one model config (weights directories, pretraining "
+                                   "workdirs, or files `convert import` reads) into a weights directory with "
+                                   "model_config.json and merge.json (the inputs' paths and fingerprints, method, "
+                                   "coefficients). Frozen parameters are taken from the base (or the first model) "
+                                   "and must agree; see geolink_jax/convert/merge.py for each method's formula.")
+    p.add_argument("--models", nargs="+", required=True, help="the models to merge, in order")
+    p.add_argument("--base", default=None, help="the base (task_arithmetic, ties: required; progressive: the start)")
+    p.add_argument("--method", choices=METHODS, default="average")
+    p.add_argument("--coefficients", default=None,
+                   help="comma-separated: average / task_arithmetic one per model, progressive one per step")
+    p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic, ties: the task vector's scale")
+    p.add_argument("--density", type=float, default=0.2, help="ties: the share of each task vector kept")
+    p.add_argument("--family", default=None, help="for weight files without recorded metadata")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def cmd_merge(args):
+    import datetime
+
+    from geolink_jax.convert import merge, params_store
+    from geolink_jax.data import outputs
+
+    def load(path):
+        if pathlib.Path(path).is_dir():
+            return params_store.load_params(path)
+        family, _, params, cfg, _ = import_weights(path, args.family)
+        return params_store.Weights(family, params, cfg)
+
+    try:
+        coefficients = [float(c) for c in args.coefficients.split(",")] if args.coefficients else None
+    except ValueError:
+        raise merge.MergeError(f"--coefficients {args.coefficients}: comma-separated numbers") from None
+    if not 0.0 < args.density <= 1.0:
+        raise merge.MergeError(f"--density {args.density}: a share in (0, 1]")
+    outputs.check_output(args.out, args.overwrite)  # before any loading
+    models = [load(m) for m in args.models]
+    base = load(args.base) if args.base else None
+    params, counts = merge.merge(args.method, models, base, coefficients, args.scale, args.density,
+                                 names=list(args.models))
+    ref = base or models[0]
+    roles = ([("base", args.base, base)] if base else []) + [("model", m, w) for m, w in zip(args.models, models)]
+    record = dict(method=args.method, coefficients=coefficients, scale=args.scale, density=args.density,
+                  family=ref.family, counts=counts, created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  inputs=[dict(role=role, path=str(pathlib.Path(path).absolute()),
+                               fingerprint=merge.fingerprint(w.params)) for role, path, w in roles],
+                  fingerprint=merge.fingerprint(params))
+
+    def write(staging):
+        params_store.save_params(staging, params, ref.config)
+        outputs.write_json(staging / "merge.json", record)
+
+    outputs.staged_output(args.out, args.overwrite, write)
+    print(f"merged {len(models)} {ref.family} models ({args.method}; {counts['merged']} tensors merged, "
+          f"{counts['frozen']} frozen taken from {'the base' if base else 'the first'}) → {args.out}")
     return 0
 
 
@@ -478,7 +554,7 @@ def user_errors(command, family_commands):
         codes.update({FloatingPointError: 1, WorkdirInUse: 1})
     if command == "preprocess":  # a --strict run stopped on a problem
         codes[JobError] = 1
-    if command == "convert":  # ConversionError is a ValueError; .pth files and timm need torch
+    if command in ("convert", "merge"):  # ConversionError, MergeError are ValueErrors; .pth files need torch
         codes.update({ValueError: 1, ImportError: 1})
     if command in family_commands:
         codes.update({e: 1 for e in family_commands[command].user_errors})
@@ -492,6 +568,7 @@ def main(argv=None):
     _preprocess_parser(sub).set_defaults(func=cmd_preprocess)
     _pretrain_parser(sub).set_defaults(func=cmd_pretrain)
     _convert_parser(sub).set_defaults(func=cmd_convert)
+    _merge_parser(sub).set_defaults(func=cmd_merge)
     _embed_parser(sub).set_defaults(func=cmd_embed)
     _probe_parser(sub).set_defaults(func=cmd_probe)
     _evaluate_parser(sub).set_defaults(func=cmd_evaluate)

@@ -265,6 +265,11 @@ def test_cli_preprocess_teachers_pretrain_zeroshot_embed(tmp_path, capsys):
     report = json.loads((tmp_path / "z.json").read_text())
     assert report["classification"]["count"] == 24 and 0 <= report["classification"]["top1"] <= 1
     assert report["retrieval"]["count"] > 30 and report["retrieval"]["image_to_text"]["10"] >= 10 / 37 - 1e-9
+    # a merge of the run with itself (a uniform soup) is the run, bit for bit, and zero-shot takes it as it is
+    assert cli.main(["merge", "--models", str(work), str(work), "--out", str(tmp_path / "soup")]) == 0
+    assert cli.main(["zeroshot", "--params", str(tmp_path / "soup"), "--pairs", str(data), "--out",
+                     str(tmp_path / "zs.json")]) == 0
+    assert json.loads((tmp_path / "zs.json").read_text())["classification"] == report["classification"]
     (tmp_path / "texts.txt").write_text("a satellite image of glacier\nfarmland\n")
     assert cli.main(["embed", "--params", str(work), "--tiles", str(data), "--texts", str(tmp_path / "texts.txt"),
                      "--out", str(tmp_path / "e.parquet")]) == 0

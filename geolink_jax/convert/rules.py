@@ -127,10 +127,14 @@ def params_from_named(state_dict, target, name_fn, unused=(), source="state_dict
     problems += [f"unused key {k!r} {tuple(np.shape(state_dict[k]))}" for k in leftover]
     if problems:
         missing = sum(p.startswith("missing key") for p in problems)
-        counts = f"{missing} of the model's keys missing, {len(leftover)} of the file's unused"
-        if missing > len(out):  # mostly absent: another model's file, not a few stray tensors
+        shapes = len(problems) - missing - len(leftover)
+        counts = (f"{shapes} of the model's keys of another shape, {missing} missing, {len(leftover)} of the file's "
+                  "unused")
+        if not shapes and missing > len(out):  # mostly absent, none misshapen: another model's file
             raise ConversionError(f"{source}: does not look like this model's state dict ({counts}; "
                                   f"{key_summary(state_dict)})")
+        # wrong shapes first: the model's own layout at other sizes says most about the mismatch
+        problems.sort(key=lambda p: p.startswith(("missing key", "unused key")))
         raise ConversionError(f"{source}: " + "; ".join(problems[:MAX_PROBLEMS])
                               + (f" (+{len(problems) - MAX_PROBLEMS} more; {counts})"
                                  if len(problems) > MAX_PROBLEMS else ""))
