@@ -277,25 +277,33 @@ def cmd_merge(args):
     if not 0.0 < args.density <= 1.0:
         raise merge.MergeError(f"--density {args.density}: a share in (0, 1]")
     outputs.check_output(args.out, args.overwrite)  # before any loading
-    models = [load(m) for m in args.models]
-    base = load(args.base) if args.base else None
-    params, counts = merge.merge(args.method, models, base, coefficients, args.scale, args.density,
+    seen = {}  # path → (fingerprint, family, config) of each input as merge loads it (one at a time)
+
+    def loader(path):
+        def load_once():
+            w = load(path)
+            seen[path] = (merge.fingerprint(w.params), w.family, w.config)
+            return w
+        return load_once
+
+    params, counts = merge.merge(args.method, [loader(m) for m in args.models],
+                                 loader(args.base) if args.base else None, coefficients, args.scale, args.density,
                                  names=list(args.models))
-    ref = base or models[0]
-    roles = ([("base", args.base, base)] if base else []) + [("model", m, w) for m, w in zip(args.models, models)]
+    _, family, config = seen[args.base or args.models[0]]
+    roles = ([("base", args.base)] if args.base else []) + [("model", m) for m in args.models]
     record = dict(method=args.method, coefficients=coefficients, scale=args.scale, density=args.density,
-                  family=ref.family, counts=counts, created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  inputs=[dict(role=role, path=str(pathlib.Path(path).absolute()),
-                               fingerprint=merge.fingerprint(w.params)) for role, path, w in roles],
+                  family=family, counts=counts, created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  inputs=[dict(role=role, path=str(pathlib.Path(path).absolute()), fingerprint=seen[path][0])
+                          for role, path in roles],
                   fingerprint=merge.fingerprint(params))
 
     def write(staging):
-        params_store.save_params(staging, params, ref.config)
+        params_store.save_params(staging, params, config)
         outputs.write_json(staging / "merge.json", record)
 
     outputs.staged_output(args.out, args.overwrite, write)
-    print(f"merged {len(models)} {ref.family} models ({args.method}; {counts['merged']} tensors merged, "
-          f"{counts['frozen']} frozen taken from {'the base' if base else 'the first'}) → {args.out}")
+    print(f"merged {len(args.models)} {family} models ({args.method}; {counts['merged']} tensors merged, "
+          f"{counts['frozen']} frozen taken from {'the base' if args.base else 'the first'}) → {args.out}")
     return 0
 
 

@@ -141,3 +141,28 @@ def test_cli_merge_writes_nothing_on_bad_input(tmp_path, capsys):
     record = json.loads((tmp_path / "m" / "merge.json").read_text())
     assert [i["role"] for i in record["inputs"]] == ["base", "model", "model"]
     assert record["inputs"][0]["fingerprint"] == record["inputs"][1]["fingerprint"] == record["fingerprint"]
+
+
+@pytest.mark.parametrize("method, with_base, coefficients", [
+    ("average", False, None), ("average", False, [0.7, 0.2, 0.1]), ("task_arithmetic", True, [1.0, 0.5, 0.25]),
+    ("ties", True, None), ("progressive", False, None), ("progressive", True, [0.5, 0.3, 0.2])])
+def test_the_streamed_merge_is_the_definition_on_every_tensor(method, with_base, coefficients):
+    """`merge` loads one input at a time (lazy loaders, TIES twice); per tensor it equals `merge_tensor`."""
+    from flax import traverse_util
+
+    cfg = _tiny_dofa()
+    models = [_weights(cfg, s) for s in (1, 2, 3)]
+    base = _weights(cfg, 9) if with_base else None
+    loads = []
+    loaders = [lambda w=w, i=i: loads.append(i) or w for i, w in enumerate(models)]
+    merged, counts = merge.merge(method, loaders, base, coefficients, scale=0.8, density=0.3)
+    assert loads == ([0, 1, 2, 0, 1, 2] if method == "ties" else [0, 1, 2])
+    frozen = merge.frozen_keys("dofa_clip", cfg)
+    flats = [traverse_util.flatten_dict(w.params) for w in models]
+    flat_base = traverse_util.flatten_dict(base.params) if base else None
+    for key, value in traverse_util.flatten_dict(merged).items():
+        if key in frozen:
+            continue
+        expected = merge.merge_tensor(method, np.stack([f[key] for f in flats]).astype(np.float32),
+                                      flat_base[key] if base else None, coefficients, 0.8, 0.3)
+        np.testing.assert_allclose(value, expected, rtol=2e-5, atol=2e-6, err_msg=str(key))

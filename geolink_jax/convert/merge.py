@@ -17,8 +17,8 @@ reads, loaded by the caller); `params` are nested dicts of arrays with the same 
 Parameters the family does not train (`Family.trainable`: DOFA-CLIP's locked text tower and teachers, fixed
 features) are not merged: they are taken from the reference (the base, or the first model), and an input whose
 frozen tensors differ from it is refused, since a merge of such models has no meaning. Non-parameter state (GAIR's
-location queue, batch statistics) is not part of weights and is not carried. Arithmetic is float32 on the host, one
-tensor at a time; the result is cast back to each tensor's dtype.
+location queue, batch statistics) is not part of weights and is not carried. Arithmetic is float32 on the host,
+streamed over the inputs (loaded one at a time; see `merge`); the result is cast back to each tensor's dtype.
 """
 
 import hashlib
@@ -56,39 +56,48 @@ def _name(key):
     return "/".join(map(str, key))
 
 
-def check_inputs(method, models, base, coefficients, names):
-    """MergeError naming the input and the problem: method, counts, families, configs, tensor shapes, NaN/Inf."""
+def check_arguments(method, n_models, has_base, coefficients):
+    """MergeError for a method, base or coefficient count that cannot work (before any input is loaded)."""
     if method not in METHODS:
         raise MergeError(f"--method {method}: one of {', '.join(METHODS)}")
-    if method in NEEDS_BASE and base is None:
+    if method in NEEDS_BASE and not has_base:
         raise MergeError(f"--method {method} merges task vectors (model − base): give --base")
-    if not models:
+    if not n_models:
         raise MergeError("no --models to merge")
-    want = expected_coefficients(method, len(models), base is not None)
+    want = expected_coefficients(method, n_models, has_base)
     if coefficients is not None and len(coefficients) != want:
-        raise MergeError(f"--coefficients: {len(coefficients)} given; --method {method} with {len(models)} models"
-                         f"{' and a base' if base is not None else ''} takes {want}")
-    inputs = ([("base", base)] if base is not None else []) + list(zip(names, models))
-    ref_name, ref = inputs[0]
+        raise MergeError(f"--coefficients: {len(coefficients)} given; --method {method} with {n_models} models"
+                         f"{' and a base' if has_base else ''} takes {want}")
+
+
+def check_input(name, w, ref_name, ref):
+    """MergeError naming input `name` when it is not `ref`'s family, config or tensors, or holds NaN/Inf."""
+    if w.family != ref.family:
+        raise MergeError(f"{name}: a {w.family} model, {ref_name} a {ref.family} model: one family per merge")
     ref_cfg = traverse_util.flatten_dict(family_lib.config_to_dict(ref.config), sep=".")
+    cfg = traverse_util.flatten_dict(family_lib.config_to_dict(w.config), sep=".")
+    diff = sorted(k for k in set(cfg) | set(ref_cfg) if cfg.get(k) != ref_cfg.get(k))
+    if diff:
+        raise MergeError(f"{name}: its model config differs from {ref_name}'s ({', '.join(diff[:4])}): merged "
+                         "models share one architecture")
     shapes = {k: np.shape(v) for k, v in traverse_util.flatten_dict(ref.params).items()}
+    flat = traverse_util.flatten_dict(w.params)
+    if set(flat) != set(shapes):
+        raise MergeError(f"{name}: its tensors differ from {ref_name}'s "
+                         f"({', '.join(map(_name, sorted(set(flat) ^ set(shapes), key=str)[:3]))})")
+    for k, v in flat.items():
+        if np.shape(v) != shapes[k]:
+            raise MergeError(f"{name}: {_name(k)} has shape {np.shape(v)}, {shapes[k]} in {ref_name}")
+        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all():
+            raise MergeError(f"{name}: non-finite values (NaN/Inf) in {_name(k)}")
+
+
+def check_inputs(method, models, base, coefficients, names):
+    """Every check of `merge` on inputs already loaded (Weights)."""
+    check_arguments(method, len(models), base is not None, coefficients)
+    inputs = ([("base", base)] if base is not None else []) + list(zip(names, models))
     for name, w in inputs:
-        if w.family != ref.family:
-            raise MergeError(f"{name}: a {w.family} model, {ref_name} a {ref.family} model: one family per merge")
-        cfg = traverse_util.flatten_dict(family_lib.config_to_dict(w.config), sep=".")
-        diff = sorted(k for k in set(cfg) | set(ref_cfg) if cfg.get(k) != ref_cfg.get(k))
-        if diff:
-            raise MergeError(f"{name}: its model config differs from {ref_name}'s ({', '.join(diff[:4])}): "
-                             "merged models share one architecture")
-        flat = traverse_util.flatten_dict(w.params)
-        if set(flat) != set(shapes):
-            raise MergeError(f"{name}: its tensors differ from {ref_name}'s "
-                             f"({', '.join(map(_name, sorted(set(flat) ^ set(shapes), key=str)[:3]))})")
-        for k, v in flat.items():
-            if np.shape(v) != shapes[k]:
-                raise MergeError(f"{name}: {_name(k)} has shape {np.shape(v)}, {shapes[k]} in {ref_name}")
-            if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all():
-                raise MergeError(f"{name}: non-finite values (NaN/Inf) in {_name(k)}")
+        check_input(name, w, *inputs[0])
 
 
 def expected_coefficients(method, n_models, has_base):
@@ -100,36 +109,26 @@ def expected_coefficients(method, n_models, has_base):
 
 def ties_vector(task_vectors, density):
     """TIES merge of task vectors [n, ...] → [...]: trim each to its `density` largest magnitudes, elect the sign
-    of their sum per element, average the trimmed values of that sign."""
-    tv = np.asarray(task_vectors, np.float32)
-    flat = tv.reshape(len(tv), -1)
-    k = int(np.ceil(density * flat.shape[1]))
-    trimmed = np.zeros_like(flat)
-    if k > 0:
-        for i, row in enumerate(flat):
-            keep = np.argpartition(-np.abs(row), k - 1)[:k]
-            trimmed[i, keep] = row[keep]
+    of their sum per element, average the trimmed values of that sign (the definition `merge` streams)."""
+    trimmed = np.stack([trim(np.asarray(t, np.float32), density) for t in task_vectors])
     sign = np.sign(trimmed.sum(0))
     agree = (np.sign(trimmed) == sign) & (trimmed != 0)
     count = agree.sum(0)
-    merged = np.where(count > 0, (trimmed * agree).sum(0) / np.maximum(count, 1), 0.0)
-    return merged.reshape(tv.shape[1:])
+    return np.where(count > 0, (trimmed * agree).sum(0) / np.maximum(count, 1), 0.0)
 
 
 def merge_tensor(method, values, base, coefficients, scale, density):
-    """One tensor: `values` [n, ...] of the models (float32), `base` [...] or None → the merged tensor."""
+    """One tensor by its definition: `values` [n, ...] of the models (float32), `base` [...] or None → the merged
+    tensor (`merge` computes the same streaming over the inputs)."""
     n = len(values)
+    c = coefficients if coefficients is not None else default_coefficients(method, n, base is not None)
     if method == "average":
-        c = coefficients if coefficients is not None else [1.0 / n] * n
         return np.tensordot(np.asarray(c, np.float32), values, axes=1)
     if method == "task_arithmetic":
-        c = coefficients if coefficients is not None else [1.0] * n
         return base + scale * np.tensordot(np.asarray(c, np.float32), values - base, axes=1)
     if method == "ties":
         return base + scale * ties_vector(values - base, density)
-    # progressive: interpolate in sequence from the base (or the first model)
-    seq = ([base] if base is not None else []) + list(values)
-    c = coefficients if coefficients is not None else [1.0 / (k + 1) for k in range(1, len(seq))]
+    seq = ([base] if base is not None else []) + list(values)  # progressive: interpolations in order
     merged = seq[0]
     for coef, value in zip(c, seq[1:]):
         merged = (1.0 - coef) * merged + coef * value
@@ -137,28 +136,93 @@ def merge_tensor(method, values, base, coefficients, scale, density):
 
 
 def merge(method, models, base=None, coefficients=None, scale=1.0, density=0.2, names=None):
-    """Weights → (merged params, {"merged": n tensors, "frozen": n tensors}) after `check_inputs`; the frozen
-    Params of the reference (base or first model) are kept, and an input with other frozen values is a
-    MergeError."""
+    """Inputs → (merged params, {"merged": n tensors, "frozen": n tensors}). `models` (and `base`) are Weights or
+    zero-argument loaders of Weights; loaders are called one at a time, so the host holds the reference (base or
+    first model), the running result and one input (TIES loads each input twice: its sign election needs every
+    trimmed task vector first). Each input is checked as it is loaded; the frozen Params of the reference are kept,
+    and an input with other frozen values is a MergeError."""
     names = names or [f"model {i}" for i in range(len(models))]
-    check_inputs(method, models, base, coefficients, names)
-    ref = base if base is not None else models[0]
+    check_arguments(method, len(models), base is not None, coefficients)
+    loaders = [m if callable(m) else (lambda m=m: m) for m in models]
+    base = base() if callable(base) else base
+    first = loaders[0]() if base is None else None
+    ref, ref_name = (base, "base") if base is not None else (first, names[0])
     frozen = frozen_keys(ref.family, ref.config)
-    flat_models = [traverse_util.flatten_dict(w.params) for w in models]
-    flat_base = traverse_util.flatten_dict(base.params) if base is not None else None
-    out, counts = {}, {"merged": 0, "frozen": 0}
-    for key, ref_value in traverse_util.flatten_dict(ref.params).items():
-        ref_value = np.asarray(ref_value)
-        if key in frozen or not np.issubdtype(ref_value.dtype, np.floating):
-            for name, flat in zip(names, flat_models):
-                if not np.array_equal(np.asarray(flat[key]), ref_value):
+    flat_ref = traverse_util.flatten_dict(ref.params)
+    merged_keys = [k for k, v in flat_ref.items()
+                   if k not in frozen and np.issubdtype(np.asarray(v).dtype, np.floating)]
+    f32 = {k: np.asarray(flat_ref[k], np.float32) for k in merged_keys}  # the reference as float32
+
+    def inputs():
+        """(name, flat float32 merged tensors) of each model, loaded, checked and frozen-compared one at a time."""
+        for i, (name, load) in enumerate(zip(names, loaders)):
+            w = first if (i == 0 and first is not None) else load()
+            check_input(name, w, ref_name, ref)
+            flat = traverse_util.flatten_dict(w.params)
+            for key in set(flat_ref) - set(merged_keys):
+                if not np.array_equal(np.asarray(flat[key]), np.asarray(flat_ref[key])):
                     raise MergeError(f"{name}: its frozen parameter {_name(key)} differs from the reference's "
                                      "(frozen parameters are not merged: the models to merge share them)")
-            out[key] = ref_value
-            counts["frozen"] += 1
-            continue
-        values = np.stack([np.asarray(flat[key], np.float32) for flat in flat_models])
-        b = np.asarray(flat_base[key], np.float32) if flat_base is not None else None
-        out[key] = np.asarray(merge_tensor(method, values, b, coefficients, scale, density), ref_value.dtype)
-        counts["merged"] += 1
-    return traverse_util.unflatten_dict(out), counts
+            yield name, {k: np.asarray(flat[k], np.float32) for k in merged_keys}
+
+    n = len(models)
+    if method == "ties":
+        total = {k: np.zeros_like(v) for k, v in f32.items()}
+        for _, flat in inputs():  # pass 1: the elected sign needs the sum of every trimmed task vector
+            for k in merged_keys:
+                total[k] += trim(flat[k] - f32[k], density)
+        sums = {k: np.zeros_like(v) for k, v in f32.items()}
+        counts = {k: np.zeros(v.shape, np.int32) for k, v in f32.items()}
+        for _, flat in inputs():  # pass 2: the mean of the trimmed values that agree with it
+            for k in merged_keys:
+                t = trim(flat[k] - f32[k], density)
+                agree = (np.sign(t) == np.sign(total[k])) & (t != 0)
+                sums[k] += np.where(agree, t, 0.0)
+                counts[k] += agree
+        result = {k: f32[k] + scale * np.where(counts[k] > 0, sums[k] / np.maximum(counts[k], 1), 0.0)
+                  for k in merged_keys}
+    else:
+        c = list(coefficients) if coefficients is not None else default_coefficients(method, n, base is not None)
+        if method == "progressive":
+            steps = iter(c)
+            result = dict(f32) if base is not None else None
+        else:
+            result = {k: np.zeros_like(v) for k, v in f32.items()}
+        for i, (_, flat) in enumerate(inputs()):
+            if method == "average":
+                for k in merged_keys:
+                    result[k] += np.float32(c[i]) * flat[k]
+            elif method == "task_arithmetic":
+                for k in merged_keys:
+                    result[k] += np.float32(c[i]) * (flat[k] - f32[k])
+            elif result is None:  # progressive without a base: it starts at the first model
+                result = flat
+            else:
+                coef = np.float32(next(steps))
+                result = {k: (1 - coef) * result[k] + coef * flat[k] for k in merged_keys}
+        if method == "task_arithmetic":
+            result = {k: f32[k] + np.float32(scale) * result[k] for k in merged_keys}
+    out = {k: np.asarray(result[k], np.asarray(flat_ref[k]).dtype) if k in result else np.asarray(flat_ref[k])
+           for k in flat_ref}
+    return traverse_util.unflatten_dict(out), {"merged": len(merged_keys), "frozen": len(flat_ref) - len(merged_keys)}
+
+
+def default_coefficients(method, n_models, has_base):
+    """average 1/n each; task_arithmetic 1 each; progressive 1/(k+1) at its k-th step (the running mean)."""
+    if method == "average":
+        return [1.0 / n_models] * n_models
+    if method == "task_arithmetic":
+        return [1.0] * n_models
+    # step k (1, 2, …) brings in the (k+1)-th element of the sequence (base or first model, then the models)
+    return [1.0 / (k + 1) for k in range(1, 1 + expected_coefficients(method, n_models, has_base))]
+
+
+def trim(task_vector, density):
+    """TIES's trim: the task vector with all but its `density` largest magnitudes zeroed (per tensor)."""
+    flat = task_vector.reshape(-1)
+    k = int(np.ceil(density * flat.size))
+    out = np.zeros_like(flat)
+    if k > 0:
+        keep = np.argpartition(-np.abs(flat), k - 1)[:k]
+        out[keep] = flat[keep]
+    return out.reshape(task_vector.shape)
