@@ -253,6 +253,10 @@ def _merge_parser(sub):
     p.add_argument("--scale", type=float, default=1.0, help="task_arithmetic, ties: the task vector's scale")
     p.add_argument("--density", type=float, default=0.2, help="ties: the share of each task vector kept")
     p.add_argument("--family", default=None, help="for weight files without recorded metadata")
+    p.add_argument("--mesh", default=None,
+                   help="merge on this process's devices, e.g. fsdp=8: each input restored straight into its shards "
+                        "as in training and the arithmetic done on the devices (weights directories and workdirs; "
+                        "default: on the host, streamed)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     return p
@@ -264,7 +268,15 @@ def cmd_merge(args):
     from geolink_jax.convert import merge, params_store
     from geolink_jax.data import outputs
 
+    mesh = None
+    if args.mesh:
+        from geolink_jax.train import sharding
+
+        mesh = sharding.make_mesh(_parse_mesh(args.mesh))
+
     def load(path):
+        if mesh is not None:
+            return merge.load_sharded(path, mesh, report=lambda line: print(line, file=sys.stderr))
         if pathlib.Path(path).is_dir():
             return params_store.load_params(path)
         family, _, params, cfg, _ = import_weights(path, args.family)

@@ -130,3 +130,28 @@ def evaluate_features():
     fn = evaluate.encoder("random:mae_demo", task.wavelengths_um)
     out = fn.device_outputs(task.images[:16], keep=("pooled",))
     return dict(pooled=fn(task.images[:16])["pooled"].tolist(), devices=len(out["pooled"].sharding.device_set))
+
+
+def merge_on_mesh(directory):
+    """`geolink-jax merge --mesh fsdp=8` of the weights directories base, a, b in `directory` (task arithmetic and
+    TIES): whether the inputs were restored sharded, and the largest difference to the host merge of the same."""
+    import pathlib
+
+    from geolink_jax import cli
+    from geolink_jax.convert import merge, params_store
+
+    d = pathlib.Path(directory)
+    mesh = _mesh(1, 8, 1)
+    loaded = merge.load_sharded(d / "a", mesh)
+    sharded = any("fsdp" in str(leaf.sharding.spec) for leaf in jax.tree.leaves(loaded.params))
+    out = dict(sharded=sharded)
+    for method in ("task_arithmetic", "ties"):
+        common = ["merge", "--base", str(d / "base"), "--models", str(d / "a"), str(d / "b"), "--method", method,
+                  "--scale", "0.7", "--density", "0.3"]
+        assert cli.main([*common, "--mesh", "fsdp=8", "--out", str(d / f"{method}_mesh")]) == 0
+        assert cli.main([*common, "--out", str(d / f"{method}_host")]) == 0
+        on_mesh = jax.tree.leaves(params_store.load_params(d / f"{method}_mesh").params)
+        host = jax.tree.leaves(params_store.load_params(d / f"{method}_host").params)
+        out[method] = max(float(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)).max())
+                          for x, y in zip(on_mesh, host))
+    return out

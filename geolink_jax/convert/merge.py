@@ -17,11 +17,14 @@ reads, loaded by the caller); `params` are nested dicts of arrays with the same 
 Parameters the family does not train (`Family.trainable`: DOFA-CLIP's locked text tower and teachers, fixed
 features) are not merged: they are taken from the reference (the base, or the first model), and an input whose
 frozen tensors differ from it is refused, since a merge of such models has no meaning. Non-parameter state (GAIR's
-location queue, batch statistics) is not part of weights and is not carried. Arithmetic is float32 on the host,
-streamed over the inputs (loaded one at a time; see `merge`); the result is cast back to each tensor's dtype.
+location queue, batch statistics) is not part of weights and is not carried. Arithmetic is float32, streamed over
+the inputs (loaded one at a time; see `merge`): numpy on the host, or jax.numpy on arrays that `load_sharded`
+restored into their shards over a mesh (`--mesh`); the result is cast back to each tensor's dtype.
 """
 
 import hashlib
+import json
+import pathlib
 
 import numpy as np
 from flax import traverse_util
@@ -37,12 +40,15 @@ class MergeError(ValueError):
 
 
 def fingerprint(params):
-    """A short SHA-256 of a param tree's names, shapes, dtypes and bytes (provenance of each input)."""
+    """A short SHA-256 of a param tree's names, shapes, dtypes and per-array fingerprints (train/checkpoint.py's,
+    computed where the arrays are: a sharded tree is never gathered to the host)."""
+    from geolink_jax.train.checkpoint import fingerprints
+
+    flat = traverse_util.flatten_dict(params)
+    prints = fingerprints({_name(k): v for k, v in flat.items()})
     h = hashlib.sha256()
-    for key, value in sorted(traverse_util.flatten_dict(params).items(), key=lambda kv: str(kv[0])):
-        value = np.ascontiguousarray(value)
-        h.update(f"{_name(key)}:{value.shape}:{value.dtype}".encode())
-        h.update(value.tobytes())
+    for key in sorted(flat, key=_name):
+        h.update(f"{_name(key)}:{np.shape(flat[key])}:{flat[key].dtype}:{prints[_name(key)][0]}".encode())
     return h.hexdigest()[:16]
 
 
@@ -88,7 +94,7 @@ def check_input(name, w, ref_name, ref):
     for k, v in flat.items():
         if np.shape(v) != shapes[k]:
             raise MergeError(f"{name}: {_name(k)} has shape {np.shape(v)}, {shapes[k]} in {ref_name}")
-        if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(v).all():
+        if np.issubdtype(v.dtype, np.floating) and not bool(_xp(v).isfinite(v).all()):
             raise MergeError(f"{name}: non-finite values (NaN/Inf) in {_name(k)}")
 
 
@@ -149,9 +155,9 @@ def merge(method, models, base=None, coefficients=None, scale=1.0, density=0.2, 
     ref, ref_name = (base, "base") if base is not None else (first, names[0])
     frozen = frozen_keys(ref.family, ref.config)
     flat_ref = traverse_util.flatten_dict(ref.params)
-    merged_keys = [k for k, v in flat_ref.items()
-                   if k not in frozen and np.issubdtype(np.asarray(v).dtype, np.floating)]
-    f32 = {k: np.asarray(flat_ref[k], np.float32) for k in merged_keys}  # the reference as float32
+    merged_keys = [k for k, v in flat_ref.items() if k not in frozen and np.issubdtype(v.dtype, np.floating)]
+    xp = _xp(*flat_ref.values())  # numpy on the host, jax.numpy for arrays sharded over a mesh
+    f32 = {k: xp.asarray(flat_ref[k]).astype(np.float32) for k in merged_keys}  # the reference as float32
 
     def inputs():
         """(name, flat float32 merged tensors) of each model, loaded, checked and frozen-compared one at a time."""
@@ -160,26 +166,26 @@ def merge(method, models, base=None, coefficients=None, scale=1.0, density=0.2, 
             check_input(name, w, ref_name, ref)
             flat = traverse_util.flatten_dict(w.params)
             for key in set(flat_ref) - set(merged_keys):
-                if not np.array_equal(np.asarray(flat[key]), np.asarray(flat_ref[key])):
+                if not bool(xp.array_equal(flat[key], flat_ref[key])):
                     raise MergeError(f"{name}: its frozen parameter {_name(key)} differs from the reference's "
                                      "(frozen parameters are not merged: the models to merge share them)")
-            yield name, {k: np.asarray(flat[k], np.float32) for k in merged_keys}
+            yield name, {k: xp.asarray(flat[k]).astype(np.float32) for k in merged_keys}
 
     n = len(models)
     if method == "ties":
-        total = {k: np.zeros_like(v) for k, v in f32.items()}
+        total = {k: xp.zeros_like(v) for k, v in f32.items()}
         for _, flat in inputs():  # pass 1: the elected sign needs the sum of every trimmed task vector
             for k in merged_keys:
-                total[k] += trim(flat[k] - f32[k], density)
-        sums = {k: np.zeros_like(v) for k, v in f32.items()}
-        counts = {k: np.zeros(v.shape, np.int32) for k, v in f32.items()}
+                total[k] = total[k] + trim(flat[k] - f32[k], density)
+        sums = {k: xp.zeros_like(v) for k, v in f32.items()}
+        counts = {k: xp.zeros_like(v) for k, v in f32.items()}
         for _, flat in inputs():  # pass 2: the mean of the trimmed values that agree with it
             for k in merged_keys:
                 t = trim(flat[k] - f32[k], density)
-                agree = (np.sign(t) == np.sign(total[k])) & (t != 0)
-                sums[k] += np.where(agree, t, 0.0)
-                counts[k] += agree
-        result = {k: f32[k] + scale * np.where(counts[k] > 0, sums[k] / np.maximum(counts[k], 1), 0.0)
+                agree = (xp.sign(t) == xp.sign(total[k])) & (t != 0)
+                sums[k] = sums[k] + xp.where(agree, t, 0.0)
+                counts[k] = counts[k] + agree
+        result = {k: f32[k] + np.float32(scale) * xp.where(counts[k] > 0, sums[k] / xp.maximum(counts[k], 1), 0.0)
                   for k in merged_keys}
     else:
         c = list(coefficients) if coefficients is not None else default_coefficients(method, n, base is not None)
@@ -187,14 +193,14 @@ def merge(method, models, base=None, coefficients=None, scale=1.0, density=0.2, 
             steps = iter(c)
             result = dict(f32) if base is not None else None
         else:
-            result = {k: np.zeros_like(v) for k, v in f32.items()}
+            result = {k: xp.zeros_like(v) for k, v in f32.items()}
         for i, (_, flat) in enumerate(inputs()):
             if method == "average":
                 for k in merged_keys:
-                    result[k] += np.float32(c[i]) * flat[k]
+                    result[k] = result[k] + np.float32(c[i]) * flat[k]
             elif method == "task_arithmetic":
                 for k in merged_keys:
-                    result[k] += np.float32(c[i]) * (flat[k] - f32[k])
+                    result[k] = result[k] + np.float32(c[i]) * (flat[k] - f32[k])
             elif result is None:  # progressive without a base: it starts at the first model
                 result = flat
             else:
@@ -202,8 +208,7 @@ def merge(method, models, base=None, coefficients=None, scale=1.0, density=0.2, 
                 result = {k: (1 - coef) * result[k] + coef * flat[k] for k in merged_keys}
         if method == "task_arithmetic":
             result = {k: f32[k] + np.float32(scale) * result[k] for k in merged_keys}
-    out = {k: np.asarray(result[k], np.asarray(flat_ref[k]).dtype) if k in result else np.asarray(flat_ref[k])
-           for k in flat_ref}
+    out = {k: result[k].astype(flat_ref[k].dtype) if k in result else flat_ref[k] for k in flat_ref}
     return traverse_util.unflatten_dict(out), {"merged": len(merged_keys), "frozen": len(flat_ref) - len(merged_keys)}
 
 
@@ -217,8 +222,28 @@ def default_coefficients(method, n_models, has_base):
     return [1.0 / (k + 1) for k in range(1, 1 + expected_coefficients(method, n_models, has_base))]
 
 
+def _xp(*arrays):
+    """numpy, or jax.numpy when any array is a jax Array (sharded inputs: the arithmetic stays on the devices)."""
+    import jax
+
+    if any(isinstance(a, jax.Array) for a in arrays):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
+
+
 def trim(task_vector, density):
-    """TIES's trim: the task vector with all but its `density` largest magnitudes zeroed (per tensor)."""
+    """TIES's trim: the task vector with all but its `density` largest magnitudes zeroed (per tensor). On a jax
+    Array: all values at least the k-th largest magnitude kept (ties at the threshold may keep a few more)."""
+    if _xp(task_vector) is not np:
+        import jax.numpy as jnp
+
+        k = int(np.ceil(density * task_vector.size))
+        if k == 0:
+            return jnp.zeros_like(task_vector)
+        threshold = jnp.sort(jnp.abs(task_vector).reshape(-1))[-k]
+        return jnp.where(jnp.abs(task_vector) >= threshold, task_vector, 0.0)
     flat = task_vector.reshape(-1)
     k = int(np.ceil(density * flat.size))
     out = np.zeros_like(flat)
@@ -226,3 +251,54 @@ def trim(task_vector, density):
         keep = np.argpartition(-np.abs(flat), k - 1)[:k]
         out[keep] = flat[keep]
     return out.reshape(task_vector.shape)
+
+
+def load_sharded(path, mesh, rules=None, report=print):
+    """A weights directory or a pretraining workdir (its newest checkpoint that verifies) → Weights whose params are
+    jax Arrays sharded over `mesh` as in training (`rules`: logical-axis rules, default the library's), restored
+    straight into their shards: no host holds a whole model."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from geolink_jax.convert import params_store
+    from geolink_jax.nn.partitioning import DEFAULT_RULES
+    from geolink_jax.train import checkpoint, sharding
+
+    path = pathlib.Path(path).absolute()
+    if (path / params_store.CONFIG_FILE).exists():
+        name, cfg = params_store.config_from_record(json.loads((path / params_store.CONFIG_FILE).read_text()))
+    elif (path / "config.json").exists() and (path / "checkpoints").is_dir():
+        run = json.loads((path / "config.json").read_text())
+        name, cfg = params_store.config_from_record(dict(family=run.get("family", params_store.LEGACY_FAMILY),
+                                                         model=run["model"]))
+    else:
+        raise FileNotFoundError(f"{path}: neither a weights directory ({params_store.CONFIG_FILE}) nor a pretraining "
+                                "workdir (checkpoints/ + config.json); files are merged on the host (no --mesh)")
+    fam = family_lib.get_family(name)
+    _, trained, frozen, _ = family_lib.split(family_lib.abstract_model(fam, cfg), fam)
+    rules = rules or DEFAULT_RULES
+
+    def target(state):
+        shardings = sharding.param_shardings(state, mesh, rules)
+        return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), family_lib.pure(state),
+                            shardings)
+
+    parts = {"params": target(trained), **({"frozen": target(frozen)} if jax.tree.leaves(frozen) else {})}
+    if (path / params_store.CONFIG_FILE).exists():
+        with ocp.StandardCheckpointer() as ckptr:
+            return params_store.Weights(name, ckptr.restore(path / "params", target=params_store.merge_trees(
+                parts["params"], parts.get("frozen", {}))), cfg)
+    for step in checkpoint.checkpoint_steps(path / "checkpoints"):
+        where = path / "checkpoints" / str(step)
+        try:
+            with ocp.PyTreeCheckpointer() as ckptr:
+                out = ckptr.restore(where / "state", args=ocp.args.PyTreeRestore(
+                    item=parts, partial_restore=True,
+                    restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), parts)))
+            integrity = where / "integrity" / "metadata"
+            saved = json.loads(integrity.read_text())["fingerprints"] if integrity.exists() else None
+            checkpoint.verify(out, saved and {k: v for k, v in saved.items() if k.split("/")[0] in parts})
+            return params_store.Weights(name, params_store.merge_trees(out["params"], out.get("frozen", {})), cfg)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: reported, the next older one tried
+            report(f"warning: checkpoint {where} skipped: {str(e).splitlines()[0][:200] if str(e) else e!r}")
+    raise FileNotFoundError(f"{path}: no checkpoint can be restored")

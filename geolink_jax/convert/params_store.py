@@ -85,7 +85,9 @@ def save_params(directory, params, model_cfg):
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(directory / "params", jax.tree.map(np.asarray, params), force=True)
+        # arrays sharded over a mesh are written from their shards (no host copy of the whole model)
+        ckptr.save(directory / "params", jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x),
+                                                       params), force=True)
     (directory / CONFIG_FILE).write_text(json.dumps(config_record(model_cfg), indent=1))
     return directory
 
@@ -97,11 +99,11 @@ def _int_keys(tree):
     return tree
 
 
-def _merge(a, b):
+def merge_trees(a, b):
     """Two nested dicts with disjoint leaves (trained and frozen params) → one."""
     out = dict(a)
     for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -110,8 +112,10 @@ def load_params(path, step=None):
     config.json; `step`: that checkpoint) → Weights(family, params, model config)."""
     path = pathlib.Path(path).absolute()
     if (path / CONFIG_FILE).exists():
+        from geolink_jax.train.checkpoint import restore_on_host
+
         with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(path / "params")
+            params = restore_on_host(ckptr, path / "params")  # written on any devices (a merge on a mesh)
         name, cfg = config_from_record(json.loads((path / CONFIG_FILE).read_text()))
         return Weights(name, _int_keys(params), cfg)
     if not (path / "checkpoints").is_dir() or not (path / "config.json").exists():
@@ -123,7 +127,7 @@ def load_params(path, step=None):
         _, state = load_verified(path / "checkpoints", report=lambda line: print(line, file=sys.stderr), step=step)
     except CheckpointError as e:
         raise FileNotFoundError(str(e)) from None
-    params = _int_keys(_merge(state["params"], state.get("frozen") or {}))
+    params = _int_keys(merge_trees(state["params"], state.get("frozen") or {}))
     run = json.loads((path / "config.json").read_text())
     model = run["model"]
     if "family" not in run and "osm_in_features" not in model:  # workdirs of before the family interface

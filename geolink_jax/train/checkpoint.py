@@ -25,6 +25,7 @@ import traceback
 import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from geolink_jax.train import hosts
@@ -333,6 +334,17 @@ class Checkpointer:
         self.manager.close()
 
 
+def restore_on_host(ckptr, path):
+    """An orbax tree at `path` as numpy arrays whatever devices wrote it: the restore target is built from the
+    tree's metadata, so a checkpoint written from arrays sharded over a pod's (or a simulated) mesh reads on one CPU
+    (without a target orbax insists on the writer's topology)."""
+    meta = ocp.StandardCheckpointHandler().metadata(pathlib.Path(path))  # the tree's own (no step metadata)
+    tree = getattr(meta, "tree", meta)
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype) if hasattr(m, "shape") and hasattr(m, "dtype")
+                          else m, tree)
+    return ckptr.restore(path, target=target)
+
+
 def checkpoint_steps(directory):
     """The steps of the checkpoints in `directory`, newest first."""
     return sorted((int(p.name) for p in pathlib.Path(directory).glob("*") if p.name.isdigit()), reverse=True)
@@ -353,7 +365,7 @@ def load_verified(directory, report=print, step=None):
     with ocp.StandardCheckpointer() as ckptr:
         for step in steps:
             try:
-                state = ckptr.restore(directory / str(step) / "state")
+                state = restore_on_host(ckptr, directory / str(step) / "state")
                 integrity_file = directory / str(step) / "integrity" / "metadata"
                 saved = json.loads(integrity_file.read_text())["fingerprints"] if integrity_file.exists() else None
                 verify(state, saved)
