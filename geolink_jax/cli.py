@@ -294,7 +294,8 @@ def cmd_merge(args):
     def loader(path):
         def load_once():
             w = load(path)
-            seen[path] = (merge.fingerprint(w.params), w.family, w.config)
+            if path not in seen:  # TIES loads each input twice: fingerprint it once
+                seen[path] = (merge.fingerprint(w.params), w.family, w.config)
             return w
         return load_once
 

@@ -116,7 +116,7 @@ def test_bad_inputs_are_one_line(case, message):
     elif case == "coefficients":
         coefficients = [0.2, 0.3, 0.5]
     with pytest.raises(merge.MergeError, match=message):
-        merge.check_inputs(method, [a, b], None, coefficients, ["a", "b"])
+        merge.merge(method, [a, b], None, coefficients, names=["a", "b"])
 
 
 def test_cli_merge_writes_nothing_on_bad_input(tmp_path, capsys):

@@ -98,14 +98,6 @@ def check_input(name, w, ref_name, ref):
             raise MergeError(f"{name}: non-finite values (NaN/Inf) in {_name(k)}")
 
 
-def check_inputs(method, models, base, coefficients, names):
-    """Every check of `merge` on inputs already loaded (Weights)."""
-    check_arguments(method, len(models), base is not None, coefficients)
-    inputs = ([("base", base)] if base is not None else []) + list(zip(names, models))
-    for name, w in inputs:
-        check_input(name, w, *inputs[0])
-
-
 def expected_coefficients(method, n_models, has_base):
     """How many --coefficients a method takes: one per model, progressive one per pairwise step."""
     if method == "progressive":

@@ -104,13 +104,20 @@ def _check_positionable(data_iterator, data_dir):
                                  "or with data.worker_count=0, which resumes on any number")
 
 
+def _exception_chain(e):
+    """`e` and the exceptions it was raised from (its __cause__, else __context__), outermost first."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
 def _unreadable(e):
     """A read failure of any kind → the CheckpointError that says so, in one line: the innermost cause (orbax wraps
     TensorStore's error in one that dumps the store's spec), "truncated" where a read ran past a file's end."""
-    chain = [e]
-    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    inner = chain[-1]
+    inner = _exception_chain(e)[-1]
     first = str(inner).splitlines()[0] if str(inner).strip() else ""
     first = first.split(" See full TensorStore details")[0]
     truncated = re.search(r'OUT_OF_RANGE: Error reading "([^"]+)".*not valid for value of size (\d+)', first)
@@ -142,11 +149,7 @@ def _drop_abandoned_read_errors():
 def _failure_cause(e):
     """The short cause of a failed save: "no space left on device" wherever ENOSPC hides in the exception chain
     (an OSError, or TensorStore's text of one), else the first line of the innermost error."""
-    seen, chain = set(), []
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain = _exception_chain(e)
     for err in chain:
         if getattr(err, "errno", None) == errno.ENOSPC or "no space left" in str(err).lower():
             return "no space left on device"
@@ -171,7 +174,10 @@ class _OrbaxErrorRecords(logging.Filter):
         return not (raised_in_orbax or "/orbax/" in record.pathname or "/orbax/" in record.getMessage())
 
 
-def _drop_orbax_error_records():
+def _quiet_orbax_failures():
+    """orbax's own reports of a failed read or save dropped (the logging filter above, the unraisable hook of
+    `_drop_abandoned_read_errors`): the caller reports the failure in one line. Idempotent, process-wide."""
+    _drop_abandoned_read_errors()
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OrbaxErrorRecords) for f in logger.filters):
@@ -188,8 +194,7 @@ class Checkpointer:
         self.report = report
         self._warned_space = False
         self.failed = False  # a save failed: close() quietly
-        _drop_orbax_error_records()
-        _drop_abandoned_read_errors()
+        _quiet_orbax_failures()
         policies = [ocp.checkpoint_managers.LatestN(keep)]
         if keep_period:
             policies.append(ocp.checkpoint_managers.EveryNSteps(keep_period))
@@ -242,8 +247,10 @@ class Checkpointer:
 
     def _check_space(self):
         """Warn once when the filesystem has less free space than the newest checkpoint takes (+10%)."""
+        if self._warned_space or jax.process_index() != 0:
+            return
         good = checkpoint_steps(self.directory)
-        if self._warned_space or not good or jax.process_index() != 0:
+        if not good:
             return
         need = 1.1 * _tree_bytes(self.directory / str(good[0]))
         free = shutil.disk_usage(self.directory).free
@@ -360,8 +367,7 @@ def load_verified(directory, report=print, step=None):
         if step not in steps:
             raise CheckpointError(f"{directory}: no checkpoint of step {step} (steps: {sorted(steps)})")
         steps = [step]
-    _drop_abandoned_read_errors()
-    _drop_orbax_error_records()
+    _quiet_orbax_failures()
     with ocp.StandardCheckpointer() as ckptr:
         for step in steps:
             try:
