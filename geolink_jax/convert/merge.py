@@ -235,7 +235,9 @@ def trim(task_vector, density):
         if k == 0:
             return jnp.zeros_like(task_vector)
         threshold = jnp.sort(jnp.abs(task_vector).reshape(-1))[-k]
-        return jnp.where(jnp.abs(task_vector) >= threshold, task_vector, 0.0)
+        # the sort gathers the shards: wait for it, so that no more than one collective is in flight (XLA:CPU's
+        # simulated devices abort when many eager collectives starve each other's threads past 40 s)
+        return jnp.where(jnp.abs(task_vector) >= threshold.block_until_ready(), task_vector, 0.0)
     flat = task_vector.reshape(-1)
     k = int(np.ceil(density * flat.size))
     out = np.zeros_like(flat)
