@@ -259,15 +259,11 @@ def load_sharded(path, mesh, rules=None, report=print):
     from geolink_jax.train import checkpoint, sharding
 
     path = pathlib.Path(path).absolute()
-    if (path / params_store.CONFIG_FILE).exists():
-        name, cfg = params_store.config_from_record(json.loads((path / params_store.CONFIG_FILE).read_text()))
-    elif (path / "config.json").exists() and (path / "checkpoints").is_dir():
-        run = json.loads((path / "config.json").read_text())
-        name, cfg = params_store.config_from_record(dict(family=run.get("family", params_store.LEGACY_FAMILY),
-                                                         model=run["model"]))
-    else:
-        raise FileNotFoundError(f"{path}: neither a weights directory ({params_store.CONFIG_FILE}) nor a pretraining "
-                                "workdir (checkpoints/ + config.json); files are merged on the host (no --mesh)")
+    try:
+        kind, record = params_store.weights_source(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}; files are merged on the host (no --mesh)") from None
+    name, cfg = params_store.config_from_record(record)
     fam = family_lib.get_family(name)
     _, trained, frozen, _ = family_lib.split(family_lib.abstract_model(fam, cfg), fam)
     rules = rules or DEFAULT_RULES
@@ -278,7 +274,7 @@ def load_sharded(path, mesh, rules=None, report=print):
                             shardings)
 
     parts = {"params": target(trained), **({"frozen": target(frozen)} if jax.tree.leaves(frozen) else {})}
-    if (path / params_store.CONFIG_FILE).exists():
+    if kind == "weights":
         with ocp.StandardCheckpointer() as ckptr:
             return params_store.Weights(name, ckptr.restore(path / "params", target=params_store.merge_trees(
                 parts["params"], parts.get("frozen", {}))), cfg)

@@ -107,20 +107,31 @@ def merge_trees(a, b):
     return out
 
 
+def weights_source(path):
+    """A weights directory (model_config.json) or a pretraining workdir (checkpoints/ + config.json) → ("weights" |
+    "workdir", its config record {"family", "model"}); anything else: FileNotFoundError saying what it is not."""
+    path = pathlib.Path(path)
+    if (path / CONFIG_FILE).exists():
+        return "weights", json.loads((path / CONFIG_FILE).read_text())
+    if (path / "checkpoints").is_dir() and (path / "config.json").exists():
+        run = json.loads((path / "config.json").read_text())
+        return "workdir", dict(family=run.get("family", LEGACY_FAMILY), model=run["model"])
+    raise FileNotFoundError(f"{path}: neither a weights directory ({CONFIG_FILE}) nor a pretraining workdir "
+                            "(checkpoints/ + config.json)")
+
+
 def load_params(path, step=None):
     """A converted directory (params/ + model_config.json) or a pretraining workdir (latest checkpoint +
     config.json; `step`: that checkpoint) → Weights(family, params, model config)."""
     path = pathlib.Path(path).absolute()
-    if (path / CONFIG_FILE).exists():
+    kind, record = weights_source(path)
+    if kind == "weights":
         from geolink_jax.train.checkpoint import restore_on_host
 
         with ocp.StandardCheckpointer() as ckptr:
             params = restore_on_host(ckptr, path / "params")  # written on any devices (a merge on a mesh)
-        name, cfg = config_from_record(json.loads((path / CONFIG_FILE).read_text()))
+        name, cfg = config_from_record(record)
         return Weights(name, _int_keys(params), cfg)
-    if not (path / "checkpoints").is_dir() or not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path}: neither a converted weights directory ({CONFIG_FILE}) nor a pretraining "
-                                "workdir (checkpoints/ + config.json)")
     from geolink_jax.train.checkpoint import CheckpointError, load_verified
 
     try:  # the newest checkpoint that verifies (damaged ones are reported and skipped)
@@ -128,11 +139,9 @@ def load_params(path, step=None):
     except CheckpointError as e:
         raise FileNotFoundError(str(e)) from None
     params = _int_keys(merge_trees(state["params"], state.get("frozen") or {}))
-    run = json.loads((path / "config.json").read_text())
-    model = run["model"]
-    if "family" not in run and "osm_in_features" not in model:  # workdirs of before the family interface
-        model["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])
-    name, cfg = config_from_record(dict(family=run.get("family", LEGACY_FAMILY), model=model))
+    if record["family"] == LEGACY_FAMILY and "osm_in_features" not in record["model"]:  # workdirs of before the
+        record["model"]["osm_in_features"] = int(np.shape(params["osm_node_pred"]["kernel"])[-1])  # family interface
+    name, cfg = config_from_record(record)
     return Weights(name, params, cfg)
 
 
