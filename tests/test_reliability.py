@@ -436,10 +436,12 @@ def test_shards_or_a_workdir_of_another_family_are_one_line(tmp_path, capsys):
 def test_a_truncated_checkpoint_file_is_one_warning_line(baseline_run, tmp_path, capfd):
     """Issue 28, item 5: a data file of the newest checkpoint cut to half its size: the reader falls back with one
     warning line that says "truncated" and names the array, and nothing else reaches stderr (orbax's abandoned reads
-    used to print a traceback and a TensorStore spec each, thousands of lines)."""
+    used to print a traceback and a TensorStore spec each, thousands of lines). Restored into shards (`merge
+    --mesh`'s reader) the same: one line, the older checkpoint's weights."""
     import gc
 
-    from geolink_jax.train import checkpoint
+    from geolink_jax.convert import merge, params_store
+    from geolink_jax.train import checkpoint, sharding
 
     w = tmp_path / "w"
     shutil.copytree(baseline_run, w)
@@ -448,12 +450,18 @@ def test_a_truncated_checkpoint_file_is_one_warning_line(baseline_run, tmp_path,
     os.truncate(largest, largest.stat().st_size // 2)
     lines = []
     step, _ = checkpoint.load_verified(w / "checkpoints", report=lines.append)
+    # restored into shards (merge --mesh): the same fallback and the same one line
+    sharded = merge.load_sharded(w, sharding.make_mesh({"fsdp": -1}), report=lines.append)
     gc.collect()
     time.sleep(0.5)  # the abandoned reads report from other threads
     gc.collect()
-    assert step == 6 and len(lines) == 1, lines
-    assert lines[0].startswith(f"warning: checkpoint {w / 'checkpoints' / '8'} skipped: a file of it is truncated")
+    assert step == 6 and len(lines) == 2, lines  # each names the first damaged array its own reads met
+    assert all(line.startswith(f"warning: checkpoint {w / 'checkpoints' / '8'} skipped: a file of it is truncated")
+               for line in lines), lines
     assert capfd.readouterr().err == ""
+    host = params_store.load_params(w)  # step 6 on the host: the sharded restore holds the same weights
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), host.params,
+                                     sharded.params))
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ restored into their shards over a mesh (`--mesh`); the result is cast back to ea
 """
 
 import hashlib
-import json
 import pathlib
 
 import numpy as np
@@ -278,17 +277,8 @@ def load_sharded(path, mesh, rules=None, report=print):
         with ocp.StandardCheckpointer() as ckptr:
             return params_store.Weights(name, ckptr.restore(path / "params", target=params_store.merge_trees(
                 parts["params"], parts.get("frozen", {}))), cfg)
-    for step in checkpoint.checkpoint_steps(path / "checkpoints"):
-        where = path / "checkpoints" / str(step)
-        try:
-            with ocp.PyTreeCheckpointer() as ckptr:
-                out = ckptr.restore(where / "state", args=ocp.args.PyTreeRestore(
-                    item=parts, partial_restore=True,
-                    restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), parts)))
-            integrity = where / "integrity" / "metadata"
-            saved = json.loads(integrity.read_text())["fingerprints"] if integrity.exists() else None
-            checkpoint.verify(out, saved and {k: v for k, v in saved.items() if k.split("/")[0] in parts})
-            return params_store.Weights(name, params_store.merge_trees(out["params"], out.get("frozen", {})), cfg)
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: reported, the next older one tried
-            report(f"warning: checkpoint {where} skipped: {str(e).splitlines()[0][:200] if str(e) else e!r}")
-    raise FileNotFoundError(f"{path}: no checkpoint can be restored")
+    try:  # the newest checkpoint that verifies (damaged ones are reported and skipped)
+        _, out = checkpoint.load_verified(path / "checkpoints", report=report, target=parts)
+    except checkpoint.CheckpointError as e:
+        raise FileNotFoundError(str(e)) from None
+    return params_store.Weights(name, params_store.merge_trees(out["params"], out.get("frozen", {})), cfg)

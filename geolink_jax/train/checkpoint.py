@@ -357,10 +357,12 @@ def checkpoint_steps(directory):
     return sorted((int(p.name) for p in pathlib.Path(directory).glob("*") if p.name.isdigit()), reverse=True)
 
 
-def load_verified(directory, report=print, step=None):
+def load_verified(directory, report=print, step=None, target=None):
     """The newest verified checkpoint's state in `directory` (no target: numpy arrays, no data iterator) →
-    (step, state); with `step`, that checkpoint only. Damaged ones are reported and skipped (not moved: a reader
-    does not change a run's directory)."""
+    (step, state); with `step`, that checkpoint only. `target`: a subtree of the state (e.g. {"params", "frozen"})
+    as jax.ShapeDtypeStructs with shardings, restored straight into those shards and verified against its own
+    arrays' fingerprints. Damaged ones are reported and skipped (not moved: a reader does not change a run's
+    directory)."""
     directory = pathlib.Path(directory).absolute()
     steps = checkpoint_steps(directory)
     if step is not None:
@@ -368,16 +370,27 @@ def load_verified(directory, report=print, step=None):
             raise CheckpointError(f"{directory}: no checkpoint of step {step} (steps: {sorted(steps)})")
         steps = [step]
     _quiet_orbax_failures()
-    with ocp.StandardCheckpointer() as ckptr:
-        for step in steps:
-            try:
-                state = restore_on_host(ckptr, directory / str(step) / "state")
-                integrity_file = directory / str(step) / "integrity" / "metadata"
-                saved = json.loads(integrity_file.read_text())["fingerprints"] if integrity_file.exists() else None
-                verify(state, saved)
-                return step, state
-            except Exception as e:  # noqa: BLE001 - report and try the next older one
-                reason = e if isinstance(e, CheckpointError) else _unreadable(e)
-                report(f"warning: checkpoint {directory / str(step)} skipped: {reason}")
+
+    def restore(where):
+        if target is None:
+            with ocp.StandardCheckpointer() as ckptr:
+                return restore_on_host(ckptr, where)
+        with ocp.PyTreeCheckpointer() as ckptr:
+            return ckptr.restore(where, args=ocp.args.PyTreeRestore(
+                item=target, partial_restore=True,
+                restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)))
+
+    for step in steps:
+        try:
+            state = restore(directory / str(step) / "state")
+            integrity_file = directory / str(step) / "integrity" / "metadata"
+            saved = json.loads(integrity_file.read_text())["fingerprints"] if integrity_file.exists() else None
+            if saved is not None and target is not None:  # a partial restore is checked on what it restored
+                saved = {k: v for k, v in saved.items() if k.split("/")[0] in target}
+            verify(state, saved)
+            return step, state
+        except Exception as e:  # noqa: BLE001 - report and try the next older one
+            reason = e if isinstance(e, CheckpointError) else _unreadable(e)
+            report(f"warning: checkpoint {directory / str(step)} skipped: {reason}")
     raise CheckpointError(f"{directory}: no checkpoint can be restored" if steps else
                           f"{directory}: no checkpoints")
